@@ -1,0 +1,165 @@
+"""Generator models: the registry, checkpoint loading, and batched per-frame generation.
+
+Each model lives in its own module ``pxdbg.models.<name>`` with a ``Model`` class (a ``torch.nn.Module``)
+and a ``generate(model)`` function returning one frame as a (40, 250, 768) uint8 tensor (the seed's
+contract). :func:`load` turns a name and a checkpoint into a :class:`BackgroundModel` ready for inference,
+whose :meth:`BackgroundModel.frames` generates frames from per-frame random streams.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import torch
+
+from pxdbg.shared import payloads
+from pxdbg.shared.frame import SparseFrame
+from pxdbg.shared.identity import ModelIdentity
+from pxdbg.shared.seeding import frame_rng
+
+#: The implemented generator models (each a module of this package).
+MODELS: tuple[str, ...] = ("convnet", "resnet", "parametric")
+DEFAULT_MODEL = "parametric"
+
+#: Images per forward call of a GAN on the CPU. Fixed, because the CPU kernels round differently for other
+#: batch sizes: with a fixed call size a frame's pixels do not depend on how frames were batched.
+CPU_IMAGES_PER_CALL = 8
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be used: unsafe, unreadable, or made for another model."""
+
+
+def model_module(name: str) -> ModuleType:
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; the models are: {', '.join(MODELS)}")
+    return importlib.import_module(f"pxdbg.models.{name}")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a plain state_dict with ``torch.load(weights_only=True)``; refuse anything that would run code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"refused to load {path}: it holds Python objects beyond tensors, and unpickling them could run "
+            f"code. pxdbg loads only plain state_dicts (torch.load(..., weights_only=True)). If you trust "
+            f"the file, convert it once: torch.save(torch.load(p, weights_only=False).state_dict(), new_p). "
+            f"Detail: {str(exc).splitlines()[0]}"
+        ) from exc
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state_dict (a mapping of parameter names to tensors)")
+    return dict(obj)
+
+
+def _which_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
+    for name in MODELS:
+        net = model_module(name).Model()
+        ref = net.state_dict()
+        if set(ref) == set(state_dict) and all(ref[k].shape == state_dict[k].shape for k in ref):
+            return name
+    return None
+
+
+def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state_dict) if expected[k].shape != state_dict[k].shape)
+    if missing or unexpected or wrong:
+        fits = _which_model(state_dict)
+        hint = f" It looks like a checkpoint of the model {fits!r}: load it with that model." if fits else ""
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+            if keys
+        )
+        raise CheckpointError(f"checkpoint {source} does not fit the model {name!r} ({detail}).{hint}")
+    net.load_state_dict(state_dict, strict=True)
+
+
+class BackgroundModel:
+    """A generator model ready for inference (eval mode, no gradients) with its identity."""
+
+    def __init__(self, name: str, net: torch.nn.Module, checkpoint_sha256: str,
+                 checkpoint_path: Path | None, device: torch.device, precision: str = "fp32") -> None:
+        self.name = name
+        self.module = model_module(name)
+        self.net = net
+        self.checkpoint_path = checkpoint_path
+        self.device = device
+        self.identity = ModelIdentity(name, checkpoint_sha256, precision)
+
+    def __repr__(self) -> str:
+        return f"BackgroundModel({self.identity}, device={self.device})"
+
+    @property
+    def is_gan(self) -> bool:
+        return not hasattr(self.module, "generate_sparse")
+
+    def generate(self) -> torch.Tensor:
+        """One frame from torch's global random state (the seed's contract): (40, 250, 768) uint8, CPU."""
+        return self.module.generate(self.net)
+
+    def images_per_call(self, n_frames: int) -> int:
+        return CPU_IMAGES_PER_CALL if self.device.type == "cpu" else 40 * n_frames
+
+    def dense_frames(self, seed: int, indices: Sequence[int]) -> torch.Tensor:
+        """Frames ``indices`` of stream ``seed`` as a (B, 40, 250, 768) uint8 tensor on the model's device."""
+        rngs = [frame_rng(seed, i) for i in indices]
+        if not self.is_gan:
+            frames = self.module.generate_sparse(self.net, rngs)
+            return torch.from_numpy(np.stack([f.to_dense() for f in frames])).to(self.device)
+        from pxdbg.models.common import generate_images, latents
+
+        z = latents(rngs)
+        step = self.images_per_call(len(rngs))
+        images = [generate_images(self.net, z[i : i + step]) for i in range(0, z.shape[0], step)]
+        return torch.cat(images).view(len(rngs), 40, 250, 768)
+
+    def frames(self, seed: int, indices: Sequence[int]) -> list[SparseFrame]:
+        """Frames ``indices`` of stream ``seed`` as sparse digits on the host (sparsified on the device)."""
+        if not self.is_gan:
+            return self.module.generate_sparse(self.net, [frame_rng(seed, i) for i in indices])
+        from pxdbg.models.common import sparsify
+
+        return sparsify(self.dense_frames(seed, indices))
+
+
+def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,
+         device: str | torch.device = "cpu", stores: list[str | os.PathLike] | None = None) -> BackgroundModel:
+    """A model ready for inference.
+
+    ``checkpoint`` is a path to a plain state_dict (read with ``weights_only=True``); ``None`` takes the
+    default payload ``PXDBackgroundGenerator_<name>`` from the payload stores under ``globaltag``.
+    """
+    module = model_module(name)
+    if checkpoint is None:
+        payload = payloads.find(name, globaltag, stores)
+        path, digest = payload.path, payload.sha256
+    else:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise CheckpointError(f"no checkpoint file at {path}")
+        digest = payloads.sha256_file(path)
+    state_dict = read_state_dict(path)
+    net = module.Model()
+    _load_state(net, name, state_dict, str(path))
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
+    net = net.to(device).eval().requires_grad_(False)
+    return BackgroundModel(name, net, digest, path, device)

@@ -1,0 +1,1 @@
+"""Torch-free pieces shared by producers and consumers: geometry, frames, files, seeding, wire protocol."""
