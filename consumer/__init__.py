@@ -1,1 +1,21 @@
-"""placeholder"""
+"""The consumer side: the client an event loop uses to get frames. It must not import torch."""
+
+from __future__ import annotations
+
+from pxdbg.consumer.client import (
+    BackgroundClient,
+    FrameTimeoutError,
+    IdentityMismatchError,
+    NoProducerError,
+    PipelineError,
+    ProducerFailure,
+)
+
+__all__ = [
+    "BackgroundClient",
+    "FrameTimeoutError",
+    "IdentityMismatchError",
+    "NoProducerError",
+    "PipelineError",
+    "ProducerFailure",
+]

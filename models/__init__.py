@@ -119,7 +119,15 @@ class BackgroundModel:
 
     def dense_frames(self, seed: int, indices: Sequence[int]) -> torch.Tensor:
         """Frames ``indices`` of stream ``seed`` as a (B, 40, 250, 768) uint8 tensor on the model's device."""
-        rngs = [frame_rng(seed, i) for i in indices]
+        return self.dense_frames_for([(seed, i) for i in indices])
+
+    def frames(self, seed: int, indices: Sequence[int]) -> list[SparseFrame]:
+        """Frames ``indices`` of stream ``seed`` as sparse digits on the host (sparsified on the device)."""
+        return self.frames_for([(seed, i) for i in indices])
+
+    def dense_frames_for(self, keys: Sequence[tuple[int, int]]) -> torch.Tensor:
+        """Frames given as (stream seed, frame index) pairs, dense (B, 40, 250, 768) uint8 on the device."""
+        rngs = [frame_rng(seed, i) for seed, i in keys]
         if not self.is_gan:
             frames = self.module.generate_sparse(self.net, rngs)
             return torch.from_numpy(np.stack([f.to_dense() for f in frames])).to(self.device)
@@ -130,13 +138,16 @@ class BackgroundModel:
         images = [generate_images(self.net, z[i : i + step]) for i in range(0, z.shape[0], step)]
         return torch.cat(images).view(len(rngs), 40, 250, 768)
 
-    def frames(self, seed: int, indices: Sequence[int]) -> list[SparseFrame]:
-        """Frames ``indices`` of stream ``seed`` as sparse digits on the host (sparsified on the device)."""
+    def frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame]:
+        """Frames given as (stream seed, frame index) pairs, as sparse digits on the host.
+
+        GAN frames are sparsified on the model's device, so only digits cross to the host.
+        """
         if not self.is_gan:
-            return self.module.generate_sparse(self.net, [frame_rng(seed, i) for i in indices])
+            return self.module.generate_sparse(self.net, [frame_rng(seed, i) for seed, i in keys])
         from pxdbg.models.common import sparsify
 
-        return sparsify(self.dense_frames(seed, indices))
+        return sparsify(self.dense_frames_for(keys))
 
 
 def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,

@@ -1,0 +1,359 @@
+"""The ``pxdbg`` command: generate, produce, run, bench, models, payload.
+
+torch is imported only by the subcommands that generate in this process (generate, produce, bench), so
+``pxdbg run --connect ...`` on a simulation node does not pay for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+
+from pxdbg.shared import payloads
+from pxdbg.shared.version import __version__
+
+log = logging.getLogger("pxdbg")
+DEFAULT_MODEL = "parametric"
+MODEL_NAMES = ("convnet", "resnet", "parametric")  # pxdbg.models.MODELS, without importing torch
+
+
+def _seed(text: str | None) -> tuple[int, bool]:
+    if text is None:
+        return int.from_bytes(os.urandom(8), "big", signed=True), True
+    from pxdbg.shared.seeding import check_seed
+
+    return check_seed(int(text, 0)), False
+
+
+class Progress:
+    """A one-line progress report on stderr: redrawn on a terminal, every 10 % otherwise."""
+
+    def __init__(self, total: int, what: str = "events", enabled: bool = True) -> None:
+        self.total, self.what, self.enabled = total, what, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+        self.last = 0.0
+        self.next_pct = 10
+
+    def update(self, done: int, extra: str = "") -> None:
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        pct = 100 * done // max(self.total, 1)
+        if self.tty and (now - self.last > 0.25 or done == self.total):
+            self.last = now
+            rate = done / max(now - self.t0, 1e-9)
+            sys.stderr.write(f"\r{done}/{self.total} {self.what} ({pct:3d} %) {rate:8.1f}/s {extra}   ")
+            if done == self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+        elif not self.tty and (pct >= self.next_pct or done == self.total):
+            self.next_pct = pct + 10
+            rate = done / max(now - self.t0, 1e-9)
+            print(f"{done}/{self.total} {self.what} ({pct} %), {rate:.1f}/s {extra}", file=sys.stderr, flush=True)
+
+
+# -- models / payload ----------------------------------------------------------------------------------
+def cmd_models(args) -> int:
+    for name in MODEL_NAMES:
+        try:
+            p = payloads.find(name, args.globaltag, verify=False)
+            where = f"payload {p.name} [{p.globaltag}] -> {p.path}"
+        except payloads.PayloadError:
+            where = (f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
+                     f"give --checkpoint or run 'pxdbg payload add PATH --model {name}'")
+        print(f"{name:11s} {where}")
+    print("payload stores searched, in order: " + ", ".join(str(s) for s in payloads.search_path()))
+    return 0
+
+
+def cmd_payload_add(args) -> int:
+    from pxdbg.models import CheckpointError, model_module, read_state_dict
+
+    # refuse to register a file that would not load: unsafe pickle, or a checkpoint of another model
+    try:
+        state = read_state_dict(args.path)
+        net = model_module(args.model).Model()
+        from pxdbg.models import _load_state
+
+        _load_state(net, args.model, state, args.path)
+    except CheckpointError as exc:
+        print(f"pxdbg payload add: {exc}", file=sys.stderr)
+        return 2
+    p = payloads.add(args.path, args.model, args.globaltag, args.store)
+    print(f"registered {p.name} in global tag {p.globaltag}: {p.path} (sha256 {p.sha256})")
+    return 0
+
+
+def cmd_payload_list(args) -> int:
+    for store in payloads.search_path():
+        index = payloads.read_index(store)
+        for tag, entries in sorted(index["globaltags"].items()):
+            for name, entry in sorted(entries.items()):
+                print(f"{store}  {tag}  {name}  {entry['file']}  sha256 {entry['sha256']}")
+    return 0
+
+
+# -- generate ------------------------------------------------------------------------------------------
+def cmd_generate(args) -> int:
+    from pxdbg.models import load
+    from pxdbg.shared.digitsfile import DigitsWriter
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    seed, random_seed = _seed(args.seed)
+    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device)
+    log.info("generating %d events with %s on %s, stream seed %d%s", args.events, model.identity,
+             model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
+    meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame,
+            "checkpoint": str(model.checkpoint_path)}
+    progress = Progress(args.events, enabled=not args.quiet)
+    t0 = time.perf_counter()
+    with _writer(args.out, meta) as writer:
+        done = 0
+        while done < args.events:
+            n = min(args.batch, args.events - done)
+            first = args.first_frame + done
+            for frame in model.frames(seed, range(first, first + n)):
+                writer.append(frame)
+            done += n
+            progress.update(done)
+    dt = time.perf_counter() - t0
+    print(f"wrote {args.events} events to {args.out} in {dt:.1f} s ({args.events / dt:.2f} events/s); "
+          f"model {model.identity}, stream seed {seed}")
+    return 0
+
+
+def _writer(path: str, meta: dict):
+    from pxdbg.shared.digitsfile import DigitsWriter
+
+    return DigitsWriter(path, meta)
+
+
+# -- produce -------------------------------------------------------------------------------------------
+def cmd_produce(args) -> int:
+    import torch
+
+    from pxdbg.models import load
+    from pxdbg.producer.server import ProducerServer
+
+    torch.set_num_threads(args.threads)
+    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device)
+    server = ProducerServer(model, args.bind, max_batch=args.max_batch, parent_pid=args.parent_pid)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: server.stop())
+    server.serve()
+    return 0
+
+
+# -- run -----------------------------------------------------------------------------------------------
+def _spend_cpu(ms: float) -> None:
+    end = time.perf_counter() + ms / 1000.0
+    x = 0
+    while time.perf_counter() < end:
+        x += 1
+
+
+def _percentile(values, q: float) -> float:
+    import numpy as np
+
+    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+
+def cmd_run(args) -> int:
+    from pxdbg.consumer import BackgroundClient, PipelineError
+    from pxdbg.shared.digitsfile import DigitsWriter
+    from pxdbg.shared.frame import BYTES_PER_DIGIT
+    from pxdbg.shared.geometry import FRAME_PIXELS
+
+    seed, random_seed = _seed(args.seed)
+    source = dict(workers=args.workers) if args.workers else dict(endpoints=args.connect)
+    t_start = time.perf_counter()
+    writer = None
+    try:
+        with BackgroundClient(**source, model=args.model, checkpoint=args.checkpoint,
+                              checkpoint_sha256=args.checkpoint_sha256, globaltag=args.globaltag, seed=seed,
+                              first_frame=args.first_frame, prefetch=args.prefetch, device=args.device,
+                              max_batch=args.max_batch, threads=args.threads,
+                              connect_timeout=args.connect_timeout) as client:
+            log.info("stream seed %d%s, model %s, %s", seed,
+                     " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
+                     f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}")
+            if args.out:
+                meta = {**client.identity.as_dict(), "seed": seed, "first_frame": args.first_frame}
+                writer = DigitsWriter(args.out, meta) if args.out.endswith(".npz") else None
+                if writer is None:
+                    raise SystemExit(f"pxdbg run: --out must name a .npz file, got {args.out!r}")
+            progress = Progress(args.events, enabled=not args.quiet)
+            digits = 0
+            first_frame_s = None
+            for i in range(args.events):
+                frame = client.next()
+                if first_frame_s is None:
+                    first_frame_s = time.perf_counter() - t_start
+                digits += frame.n_digits
+                if writer is not None:
+                    writer.append(frame)
+                if args.work_ms:
+                    _spend_cpu(args.work_ms)
+                progress.update(i + 1, f"wait p50 {1e3 * _percentile(client.waits[-200:], 50):.3f} ms")
+            wall = time.perf_counter() - t_start
+            waits = list(client.waits)
+            warm = waits[min(len(waits) - 1, args.prefetch):] or waits
+            summary = {
+                "events": args.events,
+                "model": str(client.identity),
+                "seed": seed,
+                "wall_s": wall,
+                "first_frame_s": first_frame_s,
+                "frames_per_s": args.events / wall,
+                "wait_ms_p50": 1e3 * _percentile(warm, 50),
+                "wait_ms_p99": 1e3 * _percentile(warm, 99),
+                "wait_ms_total": 1e3 * sum(waits),
+                "digits_per_frame": digits / args.events,
+                "wire_bytes_per_frame": client.wire_bytes / max(client.counters["frames_received"], 1),
+                "wire_bytes_per_digit": client.wire_bytes / max(client.wire_digits, 1),
+                "dense_bytes_per_frame": FRAME_PIXELS,
+                "max_in_flight": client.max_in_flight,
+                "counters": dict(client.counters),
+            }
+        if writer is not None:
+            writer.close()
+    except PipelineError as exc:
+        if writer is not None:
+            writer.abort()
+        print(f"pxdbg run: {exc}", file=sys.stderr)
+        return 1
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        s = summary
+        print(f"events          {s['events']} in {s['wall_s']:.2f} s: {s['frames_per_s']:.1f} frames/s "
+              f"(first frame after {s['first_frame_s']:.2f} s)")
+        print(f"model           {s['model']}, stream seed {seed}")
+        print(f"consumer wait   p50 {s['wait_ms_p50']:.3f} ms, p99 {s['wait_ms_p99']:.3f} ms per event once warm; "
+              f"{s['wait_ms_total'] / 1e3:.2f} s in all")
+        print(f"wire            {s['wire_bytes_per_frame'] / 1e3:.1f} kB per frame "
+              f"({s['wire_bytes_per_digit']:.2f} bytes per digit, {s['digits_per_frame']:.0f} digits per frame; "
+              f"dense would be {FRAME_PIXELS / 1e6:.2f} MB, {BYTES_PER_DIGIT} bytes per digit in memory)")
+        print(f"pipeline        at most {s['max_in_flight']} frames in flight (prefetch {args.prefetch}); "
+              f"{', '.join(f'{k} {v}' for k, v in sorted(s['counters'].items())) or 'no events'}")
+        if args.out:
+            print(f"wrote           {args.out}")
+    return 0
+
+
+# -- bench ---------------------------------------------------------------------------------------------
+def cmd_bench(args) -> int:
+    from pxdbg import bench
+
+    result = bench.run(args)
+    if args.json:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------------
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="generator model (default %(default)s)")
+    p.add_argument("--checkpoint", help="a plain state_dict file (default: the model's payload in the stores)")
+    p.add_argument("--globaltag", help=f"payload global tag (default {payloads.DEFAULT_GLOBALTAG})")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pxdbg", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"pxdbg {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("models", help="list the models and where each one's default checkpoint comes from")
+    p.add_argument("--globaltag")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("payload", help="manage payload stores")
+    psub = p.add_subparsers(dest="payload_command", required=True)
+    pa = psub.add_parser("add", help="register a checkpoint as a model's default payload")
+    pa.add_argument("path")
+    pa.add_argument("--model", required=True, choices=MODEL_NAMES)
+    pa.add_argument("--globaltag")
+    pa.add_argument("--store", help=f"store directory (default: first of ${payloads.ENV_VAR}, else the user store)")
+    pa.set_defaults(func=cmd_payload_add)
+    pl = psub.add_parser("list", help="list the payloads of every store searched")
+    pl.set_defaults(func=cmd_payload_list)
+
+    p = sub.add_parser("generate", help="generate events in this process into a digits file")
+    _model_args(p)
+    p.add_argument("--seed", help="stream seed (default: random, printed)")
+    p.add_argument("--first-frame", type=int, default=0)
+    p.add_argument("--events", type=_positive, required=True)
+    p.add_argument("--out", required=True, help="output .npz digits file")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=_positive, default=4, help="frames per model call")
+    p.add_argument("--threads", type=_positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("produce", help="serve frames of one model to consumers")
+    _model_args(p)
+    p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--max-batch", type=_positive, default=8, help="most frames per model call")
+    p.add_argument("--threads", type=_positive, default=1,
+                   help="torch intra-op threads (default 1: scale with processes; frames are bitwise "
+                        "reproducible for a fixed thread count)")
+    p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
+    _model_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--workers", type=_positive, help="start this many local producers")
+    src.add_argument("--connect", help="comma-separated producer endpoints (a farm)")
+    p.add_argument("--checkpoint-sha256", help="the farm's checkpoint, by checksum")
+    p.add_argument("--events", type=_positive, required=True)
+    p.add_argument("--seed", help="stream seed (default: random, printed)")
+    p.add_argument("--first-frame", type=int, default=0)
+    p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
+    p.add_argument("--out", help="write the digits to this .npz file")
+    p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
+    p.add_argument("--device", default="cpu", help="device of local producers")
+    p.add_argument("--max-batch", type=_positive, help="local producers' most frames per model call")
+    p.add_argument("--threads", type=_positive, help="local producers' torch threads")
+    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds without any producer before failing")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions; GAN cost extrapolated from 8 images")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (payloads.PayloadError, FileNotFoundError, ValueError, OSError) as exc:
+        print(f"pxdbg {args.command}: {exc}", file=sys.stderr)
+        return 2
