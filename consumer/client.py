@@ -126,6 +126,7 @@ class BackgroundClient:
         self.connect_timeout = connect_timeout
         self.frame_timeout = frame_timeout
         self.counters: Counter = Counter()
+        self.frames_per_producer: Counter = Counter()
         self.waits = array("d")
         self.wire_bytes = 0
         self.wire_digits = 0
@@ -198,6 +199,26 @@ class BackgroundClient:
 
     def __iter__(self):
         return self
+
+    def wait_for_producers(self, count: int | None = None, timeout: float = 60.0) -> int:
+        """Block until ``count`` producers (default: all) have welcomed this client; return how many have.
+
+        Raises :class:`NoProducerError` after ``timeout`` seconds. Useful to warm up before timing a loop.
+        """
+        count = len(self._peers) if count is None else count
+        deadline = time.monotonic() + timeout
+        with self._cv:
+            while True:
+                if self._error is not None:
+                    raise self._error
+                alive = sum(p.state == _ALIVE for p in self._peers)
+                if alive >= count:
+                    return alive
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoProducerError(f"{alive} of {count} producers answered within {timeout} s "
+                                          f"({self._describe()})")
+                self._cv.wait(min(remaining, 0.1))
 
     @property
     def consumed(self) -> int:
@@ -373,7 +394,9 @@ class BackgroundClient:
             peer.info = info if isinstance(info, dict) else {}
             log.info("producer %s ready: %s (pid %s on %s, %s)", peer.endpoint, theirs, peer.info.get("pid"),
                      peer.info.get("host"), peer.info.get("device"))
-            peer.state = _ALIVE
+            with self._cv:
+                peer.state = _ALIVE
+                self._cv.notify_all()
 
     def _receive_frame(self, peer: _Peer, header: dict, buffers: list) -> None:
         idx = header.get("idx")
@@ -397,6 +420,7 @@ class BackgroundClient:
         for p in self._peers:
             p.outstanding.discard(idx)
         self.counters["frames_received"] += 1
+        self.frames_per_producer[peer.endpoint] += 1
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
         self.wire_digits += frame.n_digits
         with self._cv:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -48,8 +49,12 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # the refusal below says what matters; torch's protocol note is noise
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        if "Unsupported operand" in str(exc):  # not a pickle at all
+            raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file") from exc
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects beyond tensors, and unpickling them could run "
             f"code. pxdbg loads only plain state_dicts (torch.load(..., weights_only=True)). If you trust "

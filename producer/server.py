@@ -175,6 +175,8 @@ class ProducerServer:
         except protocol.ProtocolError as exc:
             return self._bad("malformed_messages", str(exc))
         kind = header["t"]
+        if len(parts) > 2:
+            return self._bad("malformed_messages", f"a {kind!r} message with {len(parts) - 2} unexpected buffers")
         now = time.monotonic()
         client = self._clients.get(cid)
         if client is not None:

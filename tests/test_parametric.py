@@ -1,0 +1,73 @@
+"""The parametric model against the reference figures of simulated Belle II background (250 events)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pxdbg import models
+from pxdbg.models import parametric
+from pxdbg.shared.geometry import LAYER_OF_INDEX, PIXELS_PER_SENSOR
+
+N_EVENTS = 250
+
+
+@pytest.fixture(scope="module")
+def sample():
+    m = models.load("parametric")
+    frames = m.frames(20261127, range(N_EVENTS))
+    occ = np.array([f.sensor_counts() for f in frames]) / PIXELS_PER_SENSOR  # (events, 40)
+    return frames, occ, parametric.reference_figures()
+
+
+def test_per_sensor_occupancy_within_10_percent(sample):
+    _, occ, ref = sample
+    rel = occ.mean(axis=0) / np.asarray(ref["mean_occupancy_per_sensor"]) - 1
+    assert np.all(np.abs(rel) < 0.10), rel
+    # the phi modulation survives: on layer 2 sensor 1 is above sensor 2 on average
+    assert occ.mean(axis=0)[16::2].mean() > occ.mean(axis=0)[17::2].mean()
+
+
+@pytest.mark.parametrize(("layer", "mean", "std"), [(1, 0.01489, 0.00157), (2, 0.00512, 0.00081)])
+def test_layer_occupancy_and_spread(sample, layer, mean, std):
+    _, occ, _ = sample
+    images = occ[:, LAYER_OF_INDEX == layer]
+    assert abs(images.mean() / mean - 1) < 0.05
+    assert abs(images.std() / std - 1) < 0.25
+    # the event-to-event spread is far above Poisson noise: check the within-sensor part alone
+    within = np.sqrt(np.mean(images.var(axis=0)))
+    clusters = images.mean() * PIXELS_PER_SENSOR / 2.5
+    assert within / images.mean() > 2 * np.sqrt(1 / clusters)
+
+
+@pytest.mark.parametrize(("layer", "ref_mean"), [(1, 21.0), (2, 22.7)])
+def test_hit_charge_spectrum(sample, layer, ref_mean):
+    frames, _, _ = sample
+    charge = np.concatenate([f.charge[LAYER_OF_INDEX[f.sensor] == layer] for f in frames]).astype(float)
+    assert charge.min() >= 7, "the reference is zero-suppressed at 7 ADC"
+    assert abs(charge.mean() / ref_mean - 1) < 0.10
+    assert 15 <= np.median(charge) <= 19
+    assert 31 <= np.percentile(charge, 90) <= 39
+    hist = np.bincount(charge.astype(int), minlength=256)
+    assert hist[7] == hist[7:].max(), "the most frequent value sits at the threshold"
+
+
+def test_clusters_are_neighbouring_pixels(sample):
+    frames, _, _ = sample
+    f = frames[0]
+    dense = f.to_dense()[0] > 0
+    # most hit pixels have a hit neighbour (8-neighbourhood), unlike uniform random hits at this occupancy
+    padded = np.pad(dense, 1)
+    neighbours = sum(np.roll(np.roll(padded, du, 0), dv, 1) for du in (-1, 0, 1) for dv in (-1, 0, 1)
+                     if (du, dv) != (0, 0))[1:-1, 1:-1]
+    share = (neighbours[dense] > 0).mean()
+    assert share > 0.5, share
+
+
+def test_frames_reproducible_and_distinct():
+    m = models.load("parametric")
+    a = m.frames(5, [3, 4])
+    assert a[0] == m.frames(5, [3])[0] and a[1] == m.frames(5, [4])[0]
+    assert a[0] != a[1]
+    for f in a:
+        f.validate()

@@ -1,0 +1,279 @@
+"""The prefetching pipeline with real producer processes and real sockets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+
+from pipeline_helpers import process_gone, producers, wait_until
+from pxdbg import models
+from pxdbg.consumer import BackgroundClient, IdentityMismatchError, NoProducerError
+from pxdbg.shared import protocol
+
+pytestmark = pytest.mark.timeout(180)
+SEED = 424242
+
+
+@pytest.fixture(scope="module")
+def reference():
+    """Frames 0..119 of stream SEED generated in this process."""
+    return models.load("parametric").frames(SEED, range(120))
+
+
+def test_in_order_and_prefetch_bound(reference):
+    with BackgroundClient(workers=1, seed=SEED, prefetch=4, connect_timeout=60) as client:
+        got = []
+        for i in range(30):
+            got.append(client.next())
+            assert client.last_index == i
+            if i % 5 == 0:
+                time.sleep(0.1)  # let the producer fill the window
+                assert client.in_flight() <= 4
+        assert client.max_in_flight == 4, "the window fills up to, and never beyond, the prefetch bound"
+    assert all(a == b for a, b in zip(got, reference))
+    dense = None
+    with BackgroundClient(workers=1, seed=SEED, first_frame=7, prefetch=2) as client:
+        dense = client.next(dense=True)
+    assert dense.shape == (40, 250, 768) and dense.dtype == np.uint8
+    assert np.array_equal(dense, reference[7].to_dense())
+
+
+def test_identical_frames_with_1_and_3_producers(tmp_path, reference):
+    with producers(tmp_path) as p:
+        eps = [p.start(f"p{i}", "--max-batch", str(b)) for i, b in enumerate((1, 3, 8))]
+        with BackgroundClient(eps, seed=SEED, prefetch=9) as client:
+            assert client.wait_for_producers(timeout=60) == 3
+            three = [client.next() for _ in range(60)]
+            per_producer = dict(client.frames_per_producer)
+        with BackgroundClient(eps[:1], seed=SEED, prefetch=5) as client:
+            one = [client.next() for _ in range(60)]
+    assert len(per_producer) == 3, f"all three producers served frames: {per_producer}"
+    assert all(a == b for a, b in zip(three, one))
+    assert all(a == b for a, b in zip(three, reference))
+
+
+def test_failover_after_sigkill_and_reuse_after_restart(tmp_path, reference):
+    with producers(tmp_path) as p:
+        eps = [p.start(f"p{i}") for i in range(3)]
+        with BackgroundClient(eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, heartbeat_timeout=1.5,
+                              connect_timeout=30) as client:
+            client.wait_for_producers(timeout=60)
+            got = [client.next() for _ in range(20)]
+            p.kill("p1")
+            got += [client.next() for _ in range(40)]
+            assert client.counters["producer_failures"] >= 1
+            served_before = client.frames_per_producer[eps[1]]
+            p.start("p1")  # a producer restarted on the same endpoint
+            deadline = time.monotonic() + 60
+            while client.frames_per_producer[eps[1]] == served_before and time.monotonic() < deadline:
+                got.append(client.next())
+                time.sleep(0.005)
+            assert client.frames_per_producer[eps[1]] > served_before, \
+                f"the restarted producer was not used again: {p.log('p1')}"
+            got += [client.next() for _ in range(10)]
+    expected = models.load("parametric").frames(SEED, range(len(got)))
+    assert all(a == b for a, b in zip(got, expected)), "frames after failover must equal a fault-free run"
+
+
+def test_no_producer_gives_a_clear_error(tmp_path):
+    client = BackgroundClient([f"ipc://{tmp_path}/nobody.sock", "tcp://127.0.0.1:9"], seed=1,
+                              connect_timeout=1.0, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    t0 = time.monotonic()
+    with client, pytest.raises(NoProducerError, match="no producer answered for 1 s.*pxdbg produce"):
+        client.next()
+    assert time.monotonic() - t0 < 10
+
+
+def test_wrong_identity_is_refused(tmp_path):
+    with producers(tmp_path) as p:
+        ep = p.start("p0")
+        with BackgroundClient([ep], checkpoint_sha256="ab" * 32, seed=1, connect_timeout=30) as client:
+            with pytest.raises(IdentityMismatchError) as err:
+                client.next()
+    msg = str(err.value)
+    assert "serves model parametric:" in msg and "asked for parametric:abababababababab" in msg
+
+
+def _raw(ctx, ep):
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 2000)
+    s.connect(ep)
+    return s
+
+
+def test_producer_survives_malformed_messages(tmp_path, reference):
+    with producers(tmp_path) as p:
+        ep = p.start("p0")
+        ctx = zmq.Context()
+        try:
+            s = _raw(ctx, ep)
+            junk = [
+                [b"\xc1"],  # not msgpack
+                [b""],
+                [msgpack.packb([1, 2])],  # not a map
+                [msgpack.packb({"v": 99, "t": "hello"})],  # other protocol version
+                [protocol.pack({"t": "req", "seed": 1, "idx": [0]})],  # request before hello
+                [protocol.pack({"t": "launch"})],
+                [protocol.pack({"t": "hello"}), b"extra"],
+                [protocol.pack({"t": "req", "seed": "x", "idx": [0]})],
+                [protocol.pack({"t": "req", "seed": 1, "idx": [-1]})],
+                [protocol.pack({"t": "req", "seed": 2**63 + 5, "idx": [0]})],
+                [protocol.pack({"t": "req", "seed": 1, "idx": list(range(10_000))})],
+                [b"x" * (protocol.MAX_REQUEST_MESSAGE + 10)],  # oversized: the connection is dropped
+            ]
+            for parts in junk:
+                s.send_multipart(parts)
+            s.close()  # lingers until the junk is delivered
+            assert wait_until(lambda: "unexpected buffers" in p.log("p0"), timeout=20)
+            # the producer is still alive and serves a proper consumer the right frames
+            with BackgroundClient([ep], seed=SEED, prefetch=4, connect_timeout=30) as client:
+                got = [client.next() for _ in range(10)]
+            assert all(a == b for a, b in zip(got, reference))
+            assert p.procs["p0"].poll() is None
+        finally:
+            ctx.term()
+    log = p.log("p0")
+    assert "malformed messages" in log and "requests before hello" in log and "unexpected messages" in log
+
+
+class FakeProducer(threading.Thread):
+    """A ROUTER that welcomes with the right identity and answers requests by a script of bad messages."""
+
+    def __init__(self, ctx, ep, identity, frames, corrupt):
+        super().__init__(daemon=True)
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(ep)
+        self.identity, self.frames, self.corrupt = identity, frames, corrupt
+        self.stop = threading.Event()
+
+    def run(self):
+        try:
+            while not self.stop.is_set():
+                if not self.sock.poll(50):
+                    continue
+                cid, raw, *_ = self.sock.recv_multipart()
+                h = protocol.unpack(raw)
+                if h["t"] == "hello":
+                    self.sock.send_multipart([cid, protocol.pack({"t": "welcome",
+                                                                  "identity": self.identity.as_dict()})])
+                elif h["t"] == "ping":
+                    self.sock.send_multipart([cid, protocol.pack({"t": "pong"})])
+                elif h["t"] == "req":
+                    for idx in h["idx"]:
+                        enc = protocol.encode_frame(h["seed"], idx, str(self.identity), self.frames[idx])
+                        parts = [bytes(memoryview(b)) for b in enc.parts()]
+                        for bad in self.corrupt.pop(idx, []):
+                            self.sock.send_multipart([cid, *bad(parts)])
+                        self.sock.send_multipart([cid, *parts])
+        finally:
+            self.sock.close()
+
+
+def _with_header(parts, **changes):
+    h = protocol.unpack(parts[0])
+    h.update(changes)
+    return [protocol.pack(h), *parts[1:]]
+
+
+def test_consumer_survives_malformed_messages(tmp_path, reference):
+    identity = models.load("parametric").identity
+    corrupt = {
+        0: [lambda p: [p[0], p[1], p[2][:-1] + bytes([p[2][-1] ^ 1]), p[3]]],  # flipped bit: bad checksum
+        1: [lambda p: p[:-1], lambda p: [b"\x93\x01"]],  # missing buffer; not a map
+        2: [lambda p: _with_header(p, id="convnet:0000/fp32"), lambda p: _with_header(p, enc="zip")],
+        3: [lambda p: _with_header(p, n=-1), lambda p: [protocol.pack({"t": "surprise"})]],
+        4: [lambda p: [p[0], p[1][:-2], p[2], p[3]]],  # truncated buffer, consistent crc? no: crc catches it
+        5: [lambda p: _with_header(p, seed=SEED + 1)],
+    }
+    # a frame whose checksum is right but whose content is impossible (v out of range)
+    bad_frame = reference[6]
+    v = bad_frame.v.copy()
+    v[0] = 900
+    from pxdbg.shared.frame import SparseFrame
+
+    impossible = SparseFrame(bad_frame.sensor, bad_frame.u, v, bad_frame.charge)
+    enc6 = protocol.encode_frame(SEED, 6, str(identity), impossible)
+    corrupt[6] = [lambda p: [bytes(memoryview(b)) for b in enc6.parts()]]
+    ctx = zmq.Context()
+    ep = f"ipc://{tmp_path}/fake.sock"
+    fake = FakeProducer(ctx, ep, identity, reference, corrupt)
+    fake.start()
+    try:
+        with BackgroundClient([ep], seed=SEED, prefetch=3, connect_timeout=30) as client:
+            got = [client.next() for _ in range(10)]
+            bad = client.counters["bad_messages"]
+    finally:
+        fake.stop.set()
+        fake.join(5)
+        ctx.term()
+    assert all(a == b for a, b in zip(got, reference)), "only intact frames become frames"
+    assert bad >= 10
+
+
+CHILD = r"""
+import sys, time
+from pxdbg.consumer import BackgroundClient
+c = BackgroundClient(workers=2, seed=1, prefetch=2)
+c.next()
+print(" ".join(str(w.process.pid) for w in c._workers.workers), flush=True)
+time.sleep(600)
+"""
+
+
+def test_workers_stop_when_parent_is_killed():
+    proc = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        pids = [int(x) for x in line.split()]
+        assert len(pids) == 2 and not any(process_gone(pid) for pid in pids)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        assert wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=15), \
+            "local producers outlived their killed parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_close_stops_workers():
+    with BackgroundClient(workers=2, seed=1, prefetch=2) as client:
+        client.next()
+        pids = [w.process.pid for w in client._workers.workers]
+        tmpdir = client._workers.dir
+    assert all(process_gone(pid) for pid in pids)
+    assert not tmpdir.exists()
+
+
+def test_worker_start_failure_is_reported(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception, match="(?s)exited.*cannot read checkpoint .*not a PyTorch file"):
+        with BackgroundClient(workers=1, model="resnet", checkpoint=str(bad), seed=1) as client:
+            client.next()
+
+
+def test_tcp_farm_endpoint(tmp_path, reference):
+    with zmq.Context() as ctx:  # find a free port
+        s = ctx.socket(zmq.ROUTER)
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        s.close(0)
+    with producers(tmp_path) as p:
+        proc_ep = f"tcp://127.0.0.1:{port}"
+        p.procs["tcp"] = subprocess.Popen([sys.executable, "-m", "pxdbg", "produce", "--bind", proc_ep],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with BackgroundClient(proc_ep, seed=SEED, prefetch=4, connect_timeout=30) as client:
+            got = [client.next() for _ in range(5)]
+    assert all(a == b for a, b in zip(got, reference))
+    assert os.environ.get("PXDBG_PAYLOADS") is None
