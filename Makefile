@@ -1,0 +1,28 @@
+# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both bootstrap .venv.
+PYTHON ?= python3
+VENV ?= .venv
+# This machine has a CPU build of torch 2.13.0 on disk, which pip prefers for this pin. On a GPU cluster
+# bring your own build: make TORCH_SPEC="torch" (or install it into .venv first and set TORCH_SPEC=).
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.pxdbg-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[torch,test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/pxdbg run --workers 2 --events 500 --seed 2026 --prefetch 16 --out out/demo.npz
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/pxdbg bench
+
+clean:
+	rm -rf $(VENV) out build *.egg-info
