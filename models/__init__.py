@@ -12,6 +12,7 @@ import importlib
 import os
 import pickle
 import warnings
+import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -53,7 +54,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported operand" in str(exc):  # not a pickle at all
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if not zipfile.is_zipfile(path) and magic[:1] != b"\x80":  # neither torch's zip nor a pickle
             raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file") from exc
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects beyond tensors, and unpickling them could run "
@@ -153,6 +156,17 @@ class BackgroundModel:
         from pxdbg.models.common import sparsify
 
         return sparsify(self.dense_frames_for(keys))
+
+
+    def wire_frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame | np.ndarray]:
+        """Like :meth:`frames_for`, but frames that are smaller dense (an untrained GAN hits every pixel)
+        come back as dense host arrays: what a producer puts on the wire."""
+        if not self.is_gan:
+            return self.frames_for(keys)
+        from pxdbg.models.common import wire_frames
+        from pxdbg.shared.protocol import SPARSE_MAX_DIGITS
+
+        return wire_frames(self.dense_frames_for(keys), SPARSE_MAX_DIGITS)
 
 
 def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,

@@ -56,6 +56,23 @@ def seed_generate(model: torch.nn.Module) -> torch.Tensor:
     return generate_images(model, z).cpu()
 
 
+def wire_frames(dense: torch.Tensor, dense_above: int) -> list[SparseFrame | np.ndarray]:
+    """What a producer sends: sparse digits, except frames with more than ``dense_above`` hits, which stay
+    dense (a host numpy array) because that is smaller and saves sparsifying millions of digits."""
+    counts = (dense != 0).reshape(dense.shape[0], -1).sum(1).tolist()
+    heavy = [i for i, n in enumerate(counts) if n > dense_above]
+    if not heavy:
+        return sparsify(dense)
+    light = [i for i in range(dense.shape[0]) if i not in heavy]
+    out: list = [None] * dense.shape[0]
+    for i in heavy:
+        out[i] = dense[i].cpu().numpy()
+    if light:
+        for i, frame in zip(light, sparsify(dense[light])):
+            out[i] = frame
+    return out
+
+
 def sparsify(dense: torch.Tensor) -> list[SparseFrame]:
     """Sparse digits of a batch of dense frames (B, 40, 250, 768) uint8, computed on the tensor's device.
 

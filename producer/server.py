@@ -265,7 +265,7 @@ class ProducerServer:
     def _generate(self, out: zmq.Socket, batch: list[_Request]) -> None:
         t0 = time.perf_counter()
         try:
-            frames = self.model.frames_for([(r.seed, r.idx) for r in batch])
+            frames = self.model.wire_frames_for([(r.seed, r.idx) for r in batch])
         except Exception as exc:
             log.error("generation failed for %d frames: %s", len(batch), exc)
             msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -37,6 +37,8 @@ MAX_REQUEST_MESSAGE = 1024 * 1024
 MAX_INDICES_PER_REQUEST = 4096
 
 N_ROWS = N_SENSORS * N_U
+#: Above this many digits a frame is smaller dense than in any sparse encoding.
+SPARSE_MAX_DIGITS = (FRAME_PIXELS - 2 * N_ROWS) // 3
 _ROW_SENSOR = (np.arange(N_ROWS) // N_U).astype(np.uint8)
 _ROW_U = (np.arange(N_ROWS) % N_U).astype(np.uint8)
 _SENSOR_IDS = np.arange(N_SENSORS, dtype=np.uint8)
