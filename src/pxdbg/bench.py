@@ -153,6 +153,11 @@ def bench_throughput(quick: bool) -> dict:
 
 
 def run(args) -> dict:
+    import builtins
+    import functools
+    import sys
+
+    print = functools.partial(builtins.print, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     quick = bool(getattr(args, "quick", False))
     result = {"machine": f"{_cpu_name()}, {os.cpu_count()} cores", "quick": quick}
     print(f"pxdbg bench on {result['machine']}{' (quick)' if quick else ''}", flush=True)
