@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` (the main job) and `make test`. Both bootstrap .venv.
+# Two commands on a fresh machine: `make demo` (the main job, then its validation) and `make test`. Both bootstrap .venv.
 PYTHON ?= python3
 VENV ?= .venv
 # This machine has a CPU build of torch 2.13.0 on disk, which pip prefers for this pin. On a GPU cluster
@@ -12,11 +12,12 @@ STAMP := $(VENV)/.pxdbg-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[torch,test]"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[torch,validate,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/pxdbg run --workers 2 --events 500 --seed 2026 --prefetch 16 --out out/demo.npz
+	$(BIN)/pxdbg validate out/demo.npz --out out/validation
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -253,6 +253,30 @@ def cmd_run(args) -> int:
     return 0
 
 
+# -- validate ------------------------------------------------------------------------------------------
+def cmd_validate(args) -> int:
+    from pxdbg.validate import validate
+
+    bars: dict[str, Progress] = {}
+
+    def progress(label: str, done: int, total: int) -> None:
+        if args.quiet:
+            return
+        bar = bars.setdefault(label, Progress(total, what=f"events of {label}"))
+        bar.update(done)
+
+    seed, _ = _seed(args.seed if args.seed is not None else "1")
+    checks, report = validate(args.sample, args.reference, args.out, events=args.events,
+                              checkpoint=args.checkpoint, reference_checkpoint=args.reference_checkpoint,
+                              seed=seed, device=args.device, progress=progress)
+    for c in checks:
+        print(c.line())
+    failed = sum(c.verdict == "FAIL" for c in checks)
+    print(f"{'FAIL' if failed else 'PASS'}: {failed} of {sum(c.verdict != 'n/a' for c in checks)} checks failed; "
+          f"report {report}, plots and metrics.json beside it")
+    return 1 if failed and args.strict else 0
+
+
 # -- bench ---------------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from pxdbg import bench
@@ -340,6 +364,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="compare a sample with real background figures or another sample")
+    p.add_argument("sample", help="a digits file (.npz) or a model name to run on the fly")
+    p.add_argument("--reference", help="a digits file or model name (default: the shipped reference figures)")
+    p.add_argument("--out", default="validation", help="report directory (default %(default)s)")
+    p.add_argument("--events", type=_positive, help="events to use (default: all of a file, 1000 of a model)")
+    p.add_argument("--checkpoint", help="checkpoint of a SAMPLE model")
+    p.add_argument("--reference-checkpoint", help="checkpoint of a REFERENCE model")
+    p.add_argument("--seed", help="stream seed of models run on the fly (default 1; the reference uses seed + 1)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions; GAN cost extrapolated from 8 images")

@@ -1,0 +1,63 @@
+"""Validation: does generated background look like real background? (``pxdbg validate``)
+
+:mod:`pxdbg.validate.metrics` accumulates per-sample metrics over events (numpy and scipy, no torch) and
+compares two samples, or a sample with the shipped reference figures; :mod:`pxdbg.validate.report` draws
+the plots and writes the report.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def _source_frames(spec: str, *, events: int | None, checkpoint: str | None, seed: int, device: str):
+    """(description, number of events, frame iterator) of a digits file or a model run on the fly."""
+    if spec.endswith(".npz") or os.path.exists(spec):
+        from pxdbg.shared.digitsfile import DigitsFile
+
+        f = DigitsFile(spec)
+        n = f.n_events if events is None else min(events, f.n_events)
+        return f"digits file {spec} ({f.meta.get('model', '?')})", n, (f.frame(i) for i in range(n))
+    from pxdbg import models
+
+    if spec not in models.MODELS:
+        raise ValueError(f"{spec!r} is neither a digits file (.npz) nor a model ({', '.join(models.MODELS)})")
+    m = models.load(spec, checkpoint, device=device)
+    n = events or 1000
+
+    def frames():
+        for start in range(0, n, 8):
+            yield from m.frames(seed, range(start, min(start + 8, n)))
+
+    return f"model {m.identity} run on the fly, stream seed {seed}", n, frames()
+
+
+def validate(sample: str, reference: str | None = None, out: str | os.PathLike = "validation", *,
+             events: int | None = None, checkpoint: str | None = None, reference_checkpoint: str | None = None,
+             seed: int = 1, device: str = "cpu", progress=None):
+    """Compute the metrics of ``sample`` (and ``reference``), compare, write the report; return the checks."""
+    from pxdbg.validate.metrics import ReferenceFigures, SampleMetrics, compare, reference_figures
+    from pxdbg.validate.report import write_report
+
+    def measure(spec, ckpt, label, seed_):
+        desc, n, frames = _source_frames(spec, events=events, checkpoint=ckpt, seed=seed_, device=device)
+        metrics = SampleMetrics(name=label)
+        for i, frame in enumerate(frames):
+            metrics.add(frame)
+            if progress is not None:
+                progress(label, i + 1, n)
+        return desc, metrics
+
+    label = Path(sample).stem if sample.endswith(".npz") else sample
+    s_desc, s_metrics = measure(sample, checkpoint, label, seed)
+    if reference is None:
+        ref, r_desc = ReferenceFigures(reference_figures()), "the shipped reference figures (10,000 events)"
+    else:
+        r_label = Path(reference).stem if reference.endswith(".npz") else reference
+        if r_label == label:
+            r_label += " (reference)"
+        r_desc, ref = measure(reference, reference_checkpoint, r_label, seed + 1)
+    checks = compare(s_metrics, ref)
+    report = write_report(s_metrics, ref, checks, Path(out), {"sample": s_desc, "reference": r_desc})
+    return checks, report

@@ -1,0 +1,168 @@
+"""Validation metrics against hand-computed values, and the report's verdicts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from pxdbg import models
+from pxdbg.shared.digitsfile import write_digits
+from pxdbg.shared.frame import SparseFrame
+from pxdbg.validate import validate
+from pxdbg.validate.metrics import (
+    ReferenceFigures,
+    SampleMetrics,
+    clusters,
+    compare,
+    ks_distance,
+    reference_figures,
+    wasserstein_distance,
+)
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def frame_of(pixels):
+    """A frame from (sensor, u, v, charge) tuples."""
+    s, u, v, c = (np.array(x) for x in zip(*pixels))
+    return SparseFrame.from_pixels(s, u, v, c, merge="error")
+
+
+TWO_CLUSTERS = [
+    # sensor 0: an L of three pixels joined through a diagonal -> one cluster, charge 10 + 20 + 30
+    (0, 10, 10, 10), (0, 10, 11, 20), (0, 11, 12, 30),
+    # sensor 20: two single pixels two columns apart -> two clusters
+    (20, 0, 0, 7), (20, 0, 2, 9),
+    # sensor 5: end of one row and start of the next are not neighbours (no wrap-around)
+    (5, 3, 767, 50), (5, 4, 0, 60),
+    # sensor 6 and 7: same (u, v) on different sensors are not neighbours
+    (6, 100, 100, 8), (7, 100, 100, 8),
+]
+
+
+def test_clusters_by_hand():
+    f = frame_of(TWO_CLUSTERS)
+    labels, sizes, charges = clusters(f)
+    assert sorted(sizes.tolist()) == [1, 1, 1, 1, 1, 1, 3]
+    assert sorted(charges.tolist()) == [7, 8, 8, 9, 50, 60, 60]
+    # digits of sensor 0 share one label
+    assert len(set(labels[f.sensor == 0].tolist())) == 1
+
+
+def test_metrics_by_hand():
+    m = SampleMetrics()
+    f1 = frame_of(TWO_CLUSTERS)
+    f2 = frame_of([(0, 1, 1, 40), (1, 2, 2, 40), (1, 2, 3, 40)])
+    m.add(f1)
+    m.add(f2)
+    occ = m.occupancy_per_sensor()
+    assert occ[0] == pytest.approx((3 + 1) / (2 * 192000))
+    assert occ[1] == pytest.approx(2 / (2 * 192000))
+    assert occ[20] == pytest.approx(2 / (2 * 192000))
+    assert occ[39] == 0
+    # mean hit ADC per sensor: average over images with hits of the image mean
+    adc = m.mean_hit_adc_per_sensor()
+    assert adc[0] == pytest.approx(((10 + 20 + 30) / 3 + 40) / 2)
+    assert adc[20] == pytest.approx(8.0)
+    assert m.adc_counts[40] == 3 and m.adc_counts[8] == 2 and m.adc_counts.sum() == 12
+    assert m.cluster_size_counts[1] == 7 and m.cluster_size_counts[2] == 1 and m.cluster_size_counts[3] == 1
+    # per-image occupancy histogram: 80 images, all below 0.02 % -> first bin
+    assert m.image_occupancy_hist()[0] == 80 and m.image_occupancy_hist().sum() == 80
+    assert m.hitmap[0, 10, 11] == 1 and m.hitmap[1, 0, 2] == 1 and m.hitmap.sum() == 12
+    s = m.summary()
+    assert s["mean_cluster_size"] == pytest.approx((7 * 1 + 2 + 3) / 9)
+    json.dumps(s)
+
+
+def test_correlation_by_hand():
+    m = SampleMetrics()
+    for k in (1, 2, 3, 4):
+        # sensor 1 has k hits, sensor 2 has 2k, sensor 3 has 5 - k: correlations +1 and -1
+        pix = [(1, 0, v, 9) for v in range(k)] + [(2, 0, v, 9) for v in range(2 * k)]
+        pix += [(3, 0, v, 9) for v in range(5 - k)]
+        m.add(frame_of(pix))
+    c = m.correlation()
+    assert c[1, 2] == pytest.approx(1.0) and c[1, 3] == pytest.approx(-1.0)
+
+
+def test_distances_by_hand():
+    assert ks_distance(np.array([1, 0, 0]), np.array([0, 0, 1])) == 1.0
+    assert ks_distance(np.array([2, 2]), np.array([1, 1])) == 0.0
+    assert ks_distance(np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0])) == pytest.approx(0.5)
+    # moving all mass by 3 bins costs 3
+    assert wasserstein_distance(np.array([1, 0, 0, 0]), np.array([0, 0, 0, 1])) == pytest.approx(3.0)
+
+
+@pytest.fixture(scope="module")
+def parametric_sample():
+    m = SampleMetrics(name="parametric")
+    frames = models.load("parametric").frames(99, range(120))
+    for f in frames:
+        m.add(f)
+    return m, frames
+
+
+def test_parametric_passes_against_the_reference(parametric_sample):
+    checks = compare(parametric_sample[0], ReferenceFigures(reference_figures()))
+    verdicts = {c.metric: c.verdict for c in checks}
+    assert "FAIL" not in verdicts.values(), [c.line() for c in checks]
+    assert list(verdicts.values()).count("PASS") == 9
+
+
+def _failed(checks):
+    return [c.metric for c in checks if c.verdict == "FAIL"]
+
+
+def test_doubled_charges_are_flagged(parametric_sample):
+    doubled = SampleMetrics(name="doubled")
+    for f in parametric_sample[1]:
+        doubled.add(SparseFrame(f.sensor, f.u, f.v, np.minimum(f.charge.astype(int) * 2, 255).astype(np.uint8)))
+    failed = _failed(compare(doubled, ReferenceFigures(reference_figures())))
+    assert "hit-charge spectrum" in failed
+    assert "mean hit charge (ADC), layer 1" in failed and "mean hit charge (ADC), layer 2" in failed
+    assert not any("occupancy" in name for name in failed)
+    # and against another sample, the cluster charge fails too
+    failed = _failed(compare(doubled, parametric_sample[0]))
+    assert "cluster-charge distribution" in failed
+
+
+def test_empty_sensor_is_flagged(parametric_sample):
+    holed = SampleMetrics(name="sensor 7 empty")
+    for f in parametric_sample[1]:
+        keep = f.sensor != 7
+        holed.add(SparseFrame(f.sensor[keep], f.u[keep], f.v[keep], f.charge[keep]))
+    checks = compare(holed, ReferenceFigures(reference_figures()))
+    worst = checks[0]
+    assert worst.verdict == "FAIL" and "sensor index 7" in worst.metric and worst.distance == -1.0
+    assert "hit-charge spectrum" not in _failed(checks)
+
+
+def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_sample):
+    frames = parametric_sample[1][:40]
+    good = write_digits(tmp_path / "good.npz", frames, {"model": "parametric"})
+    bad_frames = [SparseFrame(f.sensor, f.u, f.v, np.minimum(f.charge.astype(int) * 2, 255).astype(np.uint8))
+                  for f in frames]
+    bad = write_digits(tmp_path / "bad.npz", bad_frames, {"model": "parametric"})
+    out = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "pxdbg", "validate", str(bad), "--reference", str(good),
+                           "--out", str(out), "--strict", "-q"], capture_output=True, text=True, timeout=200)
+    assert proc.returncode == 1, proc.stderr
+    assert "FAIL hit-charge spectrum" in proc.stdout
+    report = (out / "report.md").read_text()
+    assert "verdict: **FAIL**" in report and "![Hit-charge spectrum](hit_charge.png)" in report
+    for png in ("occupancy_per_sensor", "layers", "hit_charge", "image_occupancy", "clusters", "hitmaps",
+                "correlation"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+    numbers = json.loads((out / "metrics.json").read_text())
+    assert numbers["sample"]["events"] == 40 and len(numbers["sample"]["correlation"]) == 40
+    checks, _ = validate(str(good), out=tmp_path / "r2")
+    assert not _failed(checks)
+
+
+def test_validate_rejects_unknown_sample(tmp_path):
+    with pytest.raises(ValueError, match="neither a digits file"):
+        validate("nonsense", out=tmp_path)
