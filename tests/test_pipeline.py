@@ -277,3 +277,23 @@ def test_tcp_farm_endpoint(tmp_path, reference):
             got = [client.next() for _ in range(5)]
     assert all(a == b for a, b in zip(got, reference))
     assert os.environ.get("PXDBG_PAYLOADS") is None
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def test_memory_stays_flat_over_a_long_run():
+    with BackgroundClient(workers=1, seed=5, prefetch=8) as client:
+        worker = client._workers.workers[0].process.pid
+        for _ in range(300):
+            client.next()
+        consumer0, producer0 = _rss_mb(os.getpid()), _rss_mb(worker)
+        for _ in range(1200):
+            client.next()
+        consumer1, producer1 = _rss_mb(os.getpid()), _rss_mb(worker)
+        assert client.max_in_flight <= 8
+    # 1200 frames are ~270 MB on the wire: a leak of even one frame in ten would show
+    assert consumer1 - consumer0 < 25, (consumer0, consumer1)
+    assert producer1 - producer0 < 25, (producer0, producer1)

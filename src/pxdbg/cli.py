@@ -101,10 +101,9 @@ def cmd_payload_list(args) -> int:
 
 # -- generate ------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    from pxdbg.models import load
-    from pxdbg.shared.digitsfile import DigitsWriter
-
     import torch
+
+    from pxdbg.models import load
 
     torch.set_num_threads(args.threads)
     seed, random_seed = _seed(args.seed)
@@ -131,9 +130,11 @@ def cmd_generate(args) -> int:
 
 
 def _writer(path: str, meta: dict):
-    from pxdbg.shared.digitsfile import DigitsWriter
+    from pxdbg.rootio import digits_writer
 
-    return DigitsWriter(path, meta)
+    if not path.endswith((".npz", ".root")):
+        raise ValueError(f"--out must name a .npz or .root file, got {path!r}")
+    return digits_writer(path, meta)
 
 
 # -- produce -------------------------------------------------------------------------------------------
@@ -168,7 +169,6 @@ def _percentile(values, q: float) -> float:
 
 def cmd_run(args) -> int:
     from pxdbg.consumer import BackgroundClient, PipelineError
-    from pxdbg.shared.digitsfile import DigitsWriter
     from pxdbg.shared.frame import BYTES_PER_DIGIT
     from pxdbg.shared.geometry import FRAME_PIXELS
 
@@ -187,9 +187,7 @@ def cmd_run(args) -> int:
                      f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}")
             if args.out:
                 meta = {**client.identity.as_dict(), "seed": seed, "first_frame": args.first_frame}
-                writer = DigitsWriter(args.out, meta) if args.out.endswith(".npz") else None
-                if writer is None:
-                    raise SystemExit(f"pxdbg run: --out must name a .npz file, got {args.out!r}")
+                writer = _writer(args.out, meta)
             progress = Progress(args.events, enabled=not args.quiet)
             digits = 0
             first_frame_s = None
@@ -327,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, default=0)
     p.add_argument("--events", type=_positive, required=True)
-    p.add_argument("--out", required=True, help="output .npz digits file")
+    p.add_argument("--out", required=True, help="output digits file: .npz, or .root (needs uproot)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=_positive, default=4, help="frames per model call")
     p.add_argument("--threads", type=_positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
@@ -355,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, default=0)
     p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
-    p.add_argument("--out", help="write the digits to this .npz file")
+    p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
     p.add_argument("--device", default="cpu", help="device of local producers")
     p.add_argument("--max-batch", type=_positive, help="local producers' most frames per model call")
@@ -391,6 +389,6 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (payloads.PayloadError, FileNotFoundError, ValueError, OSError) as exc:
+    except (payloads.PayloadError, FileNotFoundError, ValueError, OSError, ImportError) as exc:
         print(f"pxdbg {args.command}: {exc}", file=sys.stderr)
         return 2

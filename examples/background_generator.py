@@ -1,0 +1,24 @@
+# Full chain with PXD background generated on the fly: generation, simulation with background overlay,
+# reconstruction, mdst output. The release's pxd/examples/background_generator.py with our import line.
+# Run inside basf2: basf2 examples/background_generator.py
+# To use local producer processes or a producer farm instead of in-process generation, give the module
+# workers=2 or endpoints=["tcp://gpu01:5555"].
+import basf2 as b2
+from background import get_background_files
+from mdst import add_mdst_output
+from pxdbg.background_generator import PXDBackgroundGenerator, inject_simulation
+from reconstruction import add_reconstruction
+
+main = b2.create_path()
+main.add_module("EventInfoSetter", evtNumList=[10])
+main.add_module("EventInfoPrinter")
+main.add_module("EvtGenInput")
+
+# the generator module replaces the PXD digits sampled from the background overlay files
+generator = PXDBackgroundGenerator(model="convnet")
+add_simulation = inject_simulation(generator)
+add_simulation(main, bkgfiles=get_background_files())
+
+add_reconstruction(main)
+add_mdst_output(main, filename="mdst.root")
+b2.process(main)

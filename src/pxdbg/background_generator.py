@@ -1,0 +1,265 @@
+"""The basf2 module: PXD background generated on the fly, as a drop-in for ``pxd.background_generator``.
+
+Steering files change only their import line::
+
+    from pxdbg.background_generator import PXDBackgroundGenerator, inject_simulation
+
+    module = PXDBackgroundGenerator(model="resnet")                # in-process, as the seed module
+    module = PXDBackgroundGenerator(model="resnet", workers=2)     # local producer processes
+    module = PXDBackgroundGenerator(model="resnet", endpoints=["tcp://gpu01:5555"])   # a producer farm
+    add_simulation = inject_simulation(module)
+
+This file imports without basf2 and ROOT: both are imported when the module class is first used. Nothing
+else in pxdbg needs basf2.
+
+Digits are written into the overlay collection ``PXDDigits<extension>`` in one call of a small C++
+function declared once through ROOT's interpreter, which constructs the ``Belle2::PXDDigit`` objects in
+place from the frame's numpy buffers (about 1 ms for 69,000 digits). Where that function cannot be
+declared, a Python loop fills the array instead (tens of microseconds per digit), and the log says so.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pathlib
+import time
+
+import numpy as np
+
+from pxdbg.shared.geometry import VXD_IDS
+from pxdbg.shared.seeding import check_seed, seed_from_framework_seed
+
+MODELS = ("convnet", "resnet", "parametric")
+DEFAULT_GLOBALTAG = "PXDBackgroundGenerator"
+
+_FILL_CODE = r"""
+#if __has_include(<pxd/dataobjects/PXDDigit.h>)
+#include <pxd/dataobjects/PXDDigit.h>
+#endif
+#include <TClonesArray.h>
+namespace pxdbg_fill {
+// Replace the content of `digits` (a TClonesArray of Belle2::PXDDigit) with n digits.
+long fill_pxd_digits(TClonesArray* digits, const unsigned short* vxd_id, const unsigned char* u,
+                     const unsigned short* v, const unsigned char* charge, long n) {
+  digits->Clear("C");
+  for (long i = 0; i < n; ++i)
+    new ((*digits)[i]) Belle2::PXDDigit(Belle2::VxdID(vxd_id[i]), u[i], v[i], charge[i]);
+  return digits->GetEntriesFast();
+}
+}
+"""
+
+
+class DigitFiller:
+    """Writes a frame's digits into a TClonesArray of ``Belle2::PXDDigit``: in one C++ call where the
+    interpreter accepts the fill function, otherwise with a Python loop."""
+
+    def __init__(self, force_python: bool = False) -> None:
+        import ROOT
+
+        self._root = ROOT
+        self.fast = False
+        if not force_python:
+            try:
+                self.fast = bool(hasattr(ROOT, "pxdbg_fill") or ROOT.gInterpreter.Declare(_FILL_CODE))
+            except Exception:  # the interpreter is missing or refused the code: use the loop
+                self.fast = False
+        self.why_slow = "" if self.fast else (
+            "forced" if force_python else "ROOT's interpreter did not accept the C++ fill function")
+
+    def fill(self, digits, frame) -> int:
+        vxd = np.ascontiguousarray(VXD_IDS[frame.sensor])
+        if self.fast:
+            return int(self._root.pxdbg_fill.fill_pxd_digits(
+                digits, vxd, np.ascontiguousarray(frame.u), np.ascontiguousarray(frame.v),
+                np.ascontiguousarray(frame.charge), frame.n_digits))
+        return self._fill_python(digits, vxd, frame)
+
+    def _fill_python(self, digits, vxd, frame) -> int:
+        Belle2 = self._root.Belle2
+        bind, address = self._root.bind_object, self._root.addressof
+        ids = {int(i): Belle2.VxdID(int(i)) for i in np.unique(vxd)}
+        digits.Clear("C")
+        for n, (i, u, v, c) in enumerate(zip(vxd.tolist(), frame.u.tolist(), frame.v.tolist(), frame.charge.tolist())):
+            slot = bind(address(digits.ConstructedAt(n)), Belle2.PXDDigit)
+            slot.__assign__(Belle2.PXDDigit(ids[i], u, v, c))
+        return digits.GetEntriesFast()
+
+
+def _check_args(model, checkpoint, seed, nintra, ninter, globaltag):
+    if not isinstance(model, str):
+        raise TypeError("expecting type str `model`")
+    if model not in MODELS:
+        raise ValueError(f"invalid `model`: {model!r} (options: {', '.join(map(repr, MODELS))})")
+    if not isinstance(checkpoint, (type(None), str, pathlib.Path)):
+        raise TypeError("expecting None or type str `checkpoint`")
+    if checkpoint is not None:
+        checkpoint = os.path.expandvars(str(checkpoint))
+        if not os.path.isfile(checkpoint):
+            raise ValueError(f"invalid `checkpoint`: {checkpoint!r} is not a file")
+    if seed is not None:
+        seed = check_seed(seed)
+    for name, value in (("nintra", nintra), ("ninter", ninter)):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"expecting type int `{name}`")
+        if value < 1:
+            raise ValueError(f"expecting `{name}` > 0 (got: {value})")
+    if not isinstance(globaltag, str):
+        raise TypeError("expecting type str `globaltag`")
+    return checkpoint, seed
+
+
+@functools.lru_cache(maxsize=None)
+def _module_class():
+    try:
+        import basf2
+    except ImportError as exc:
+        raise ImportError("PXDBackgroundGenerator is a basf2 module: set up a basf2 release (b2setup) first; "
+                          "outside basf2 use pxdbg.consumer.BackgroundClient in your event loop") from exc
+
+    class PXDBackgroundGenerator(basf2.Module):
+        """Generates PXD background for background overlay on the fly.
+
+        The seed module's parameters (``model``, ``checkpoint``, ``seed``, ``nintra``, ``ninter``,
+        ``globaltag``) keep their meaning. With neither ``workers`` nor ``endpoints`` frames are generated in
+        this process with ``nintra``/``ninter`` torch threads; ``workers=K`` starts K local producer
+        processes, ``endpoints=[...]`` connects to a producer farm (give ``checkpoint_sha256`` if the
+        checkpoint is not in this job's conditions). ``prefetch`` frames are requested ahead. Frame n of the
+        stream is the same in every mode. Event i of this module gets frame ``first_frame + i``.
+        """
+
+        def __init__(self, model: str = "convnet", checkpoint=None, seed: int | None = None, nintra: int = 1,
+                     ninter: int = 1, globaltag: str = DEFAULT_GLOBALTAG, *, workers: int | None = None,
+                     endpoints=None, prefetch: int = 16, device: str = "cpu",
+                     checkpoint_sha256: str | None = None, first_frame: int = 0,
+                     max_batch: int | None = None) -> None:
+            super().__init__()
+            self.checkpoint, self.seed = _check_args(model, checkpoint, seed, nintra, ninter, globaltag)
+            if workers is not None and endpoints is not None:
+                raise ValueError("give `workers` (local producers) or `endpoints` (a farm), not both")
+            if isinstance(endpoints, str):
+                endpoints = [e for e in endpoints.split(",") if e]
+            self.model, self.nintra, self.ninter, self.globaltag = model, nintra, ninter, globaltag
+            self.workers, self.endpoints, self.prefetch, self.device = workers, endpoints, prefetch, device
+            self.checkpoint_sha256, self.first_frame, self.max_batch = checkpoint_sha256, first_frame, max_batch
+            basf2.conditions.append_globaltag(globaltag)
+            self._client = None
+            self._model = None
+
+        # -- basf2 interface ----------------------------------------------------------------------------------
+        def initialize(self):
+            from ROOT import Belle2
+
+            mode = ("in-process" if self.workers is None and self.endpoints is None
+                    else f"{self.workers} local producer(s)" if self.workers else f"farm {self.endpoints}")
+            if self.seed is None:
+                framework_seed = basf2.get_random_seed()
+                self.seed = seed_from_framework_seed(framework_seed)
+                basf2.B2INFO(f"PXD background generator seed initialized to {self.seed} "
+                             f"(from the basf2 random seed {framework_seed!r})")
+            else:
+                basf2.B2INFO(f"PXD background generator seed initialized to {self.seed}")
+
+            bkginfo = Belle2.PyStoreObj("BackgroundInfo", Belle2.DataStore.c_Persistent)
+            if not bkginfo.isValid():
+                basf2.B2ERROR("PXDBackgroundGenerator: no BackgroundInfo in the data store; the path must contain "
+                              "BGOverlayInput before this module (use inject_simulation, or add_simulation with "
+                              "bkgfiles)")
+                raise RuntimeError("PXDBackgroundGenerator needs BGOverlayInput earlier in the path")
+            self.extension = str(bkginfo.getExtensionName())
+            self._digits = Belle2.PyStoreArray("PXDDigits", Belle2.DataStore.c_DontWriteOut)
+            self._digits.registerInDataStore(f"PXDDigits{self.extension}")
+
+            checkpoint = self.checkpoint
+            if checkpoint is None and self.checkpoint_sha256 is None:
+                payload = f"PXDBackgroundGenerator_{self.model}"
+                checkpoint = str(Belle2.DBAccessorBase(Belle2.DBStoreEntry.c_RawFile, payload, True).getFilename())
+                if not checkpoint or not os.path.isfile(checkpoint):
+                    raise RuntimeError(f"payload {payload} not found in the conditions database (global tag "
+                                       f"{self.globaltag!r}); give checkpoint=PATH")
+            if self.workers is None and self.endpoints is None:
+                import torch
+
+                from pxdbg import models
+
+                torch.set_num_threads(self.nintra)
+                if torch.get_num_interop_threads() != self.ninter:
+                    try:
+                        torch.set_num_interop_threads(self.ninter)
+                    except RuntimeError:  # torch allows it once, before any parallel work
+                        basf2.B2WARNING(f"could not set {self.ninter} inter-op threads: torch already runs "
+                                        f"{torch.get_num_interop_threads()}")
+                self._model = models.load(self.model, checkpoint, device=self.device)
+                identity = self._model.identity
+            else:
+                from pxdbg.consumer import BackgroundClient
+
+                source = dict(workers=self.workers) if self.workers else dict(endpoints=self.endpoints)
+                self._client = BackgroundClient(**source, model=self.model, checkpoint=checkpoint,
+                                                checkpoint_sha256=self.checkpoint_sha256, seed=self.seed,
+                                                first_frame=self.first_frame, prefetch=self.prefetch,
+                                                device=self.device, max_batch=self.max_batch,
+                                                threads=self.nintra)
+                identity = self._client.identity
+            self._filler = DigitFiller()
+            if not self._filler.fast:
+                basf2.B2WARNING(f"PXDBackgroundGenerator: filling digits with a Python loop "
+                                f"({self._filler.why_slow}); expect tens of microseconds per digit")
+            self._next = self.first_frame
+            self._fill_s = 0.0
+            self._events = 0
+            basf2.B2INFO(f"PXDBackgroundGenerator: model {identity}, {mode}, writing PXDDigits{self.extension}; "
+                         f"event i uses frame {self.first_frame} + i of stream {self.seed}")
+
+        def event(self):
+            index = self._next
+            if self._client is not None:
+                frame = self._client.next()
+            else:
+                frame = self._model.frames(self.seed, [index])[0]
+            t0 = time.perf_counter()
+            self._filler.fill(self._digits.getPtr(), frame)
+            self._fill_s += time.perf_counter() - t0
+            self._events += 1
+            self._next += 1
+            basf2.B2INFO(f"PXD background: stream seed {self.seed}, frame {index}, {frame.n_digits} digits")
+
+        def terminate(self):
+            if self._client is not None:
+                self._client.close()
+                self._client = None
+            if self._events:
+                basf2.B2INFO(f"PXDBackgroundGenerator: {self._events} events, digit fill "
+                             f"{1e3 * self._fill_s / self._events:.2f} ms per event "
+                             f"({'C++' if self._filler.fast else 'Python loop'})")
+
+    return PXDBackgroundGenerator
+
+
+def __getattr__(name: str):
+    if name == "PXDBackgroundGenerator":
+        return _module_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def inject_simulation(module=None):
+    """A drop-in replacement of ``simulation.add_simulation`` that adds ``module`` right after BGOverlayInput."""
+    import basf2
+    from simulation import add_simulation
+
+    if module is None:
+        return add_simulation
+    if not isinstance(module, basf2.Module):
+        raise TypeError("expecting None or type basf2.Module `module`")
+
+    @functools.wraps(add_simulation)
+    def injected_simulation(path, *args, **kwargs):
+        simulation_path = basf2.Path()
+        add_simulation(simulation_path, *args, **kwargs)
+        for simulation_module in simulation_path.modules():
+            path.add_module(simulation_module)
+            if simulation_module.name() == "BGOverlayInput":
+                path.add_module(module)
+
+    return injected_simulation
