@@ -147,7 +147,8 @@ class BackgroundClient:
         try:
             if workers is not None:
                 self._workers = LocalWorkers(workers, model=model, checkpoint=checkpoint, globaltag=globaltag,
-                                             device=device, max_batch=max_batch, threads=threads)
+                                             device=device, max_batch=max_batch, threads=threads,
+                                             precision=precision)
                 self._finalizer = weakref.finalize(self, self._workers.close)
                 endpoints = self._workers.endpoints
             self.endpoints = list(endpoints)

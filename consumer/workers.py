@@ -41,7 +41,7 @@ class LocalWorkers:
 
     def __init__(self, k: int, *, model: str, checkpoint: str | None = None, globaltag: str | None = None,
                  device: str = "cpu", max_batch: int | None = None, threads: int | None = None,
-                 python: str | None = None) -> None:
+                 precision: str = "fp32", python: str | None = None) -> None:
         if k < 1:
             raise ValueError("the number of local workers must be at least 1")
         self.dir = Path(tempfile.mkdtemp(prefix="pxdbg-"))
@@ -50,7 +50,7 @@ class LocalWorkers:
             for i in range(k):
                 endpoint = f"ipc://{self.dir}/w{i}.sock"
                 cmd = [python or sys.executable, "-m", "pxdbg", "produce", "--model", model, "--bind", endpoint,
-                       "--device", device, "--parent-pid", str(os.getpid())]
+                       "--device", device, "--precision", precision, "--parent-pid", str(os.getpid())]
                 if checkpoint is not None:
                     cmd += ["--checkpoint", str(checkpoint)]
                 if globaltag is not None:

@@ -20,6 +20,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from pxdbg.models.engine import GanEngine
 from pxdbg.shared import payloads
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
@@ -29,9 +30,6 @@ from pxdbg.shared.seeding import frame_rng
 MODELS: tuple[str, ...] = ("convnet", "resnet", "parametric")
 DEFAULT_MODEL = "parametric"
 
-#: Images per forward call of a GAN on the CPU. Fixed, because the CPU kernels round differently for other
-#: batch sizes: with a fixed call size a frame's pixels do not depend on how frames were batched.
-CPU_IMAGES_PER_CALL = 8
 
 
 class CheckpointError(ValueError):
@@ -100,16 +98,28 @@ def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.
 
 
 class BackgroundModel:
-    """A generator model ready for inference (eval mode, no gradients) with its identity."""
+    """A generator model ready for inference (eval mode, no gradients) with its identity.
+
+    GANs run through a :class:`~pxdbg.models.engine.GanEngine` (precision, memory layout, fixed call shape,
+    CUDA graphs); frame n of stream S draws its latent from its own random stream, so its pixels do not
+    depend on the batch it was generated in.
+    """
 
     def __init__(self, name: str, net: torch.nn.Module, checkpoint_sha256: str,
-                 checkpoint_path: Path | None, device: torch.device, precision: str = "fp32") -> None:
+                 checkpoint_path: Path | None, device: torch.device, precision: str = "fp32", *,
+                 images_per_call: int | None = None, cuda_graphs: bool | None = None) -> None:
         self.name = name
         self.module = model_module(name)
         self.net = net
         self.checkpoint_path = checkpoint_path
         self.device = device
         self.identity = ModelIdentity(name, checkpoint_sha256, precision)
+        self.engine = None
+        if self.is_gan:
+            self.engine = GanEngine(net, device, precision, images_per_call=images_per_call,
+                                    cuda_graphs=cuda_graphs)
+        elif precision != "fp32":
+            raise ValueError(f"the {name} model has no precision setting; use fp32")
 
     def __repr__(self) -> str:
         return f"BackgroundModel({self.identity}, device={self.device})"
@@ -121,9 +131,6 @@ class BackgroundModel:
     def generate(self) -> torch.Tensor:
         """One frame from torch's global random state (the seed's contract): (40, 250, 768) uint8, CPU."""
         return self.module.generate(self.net)
-
-    def images_per_call(self, n_frames: int) -> int:
-        return CPU_IMAGES_PER_CALL if self.device.type == "cpu" else 40 * n_frames
 
     def dense_frames(self, seed: int, indices: Sequence[int]) -> torch.Tensor:
         """Frames ``indices`` of stream ``seed`` as a (B, 40, 250, 768) uint8 tensor on the model's device."""
@@ -139,12 +146,9 @@ class BackgroundModel:
         if not self.is_gan:
             frames = self.module.generate_sparse(self.net, rngs)
             return torch.from_numpy(np.stack([f.to_dense() for f in frames])).to(self.device)
-        from pxdbg.models.common import generate_images, latents
+        from pxdbg.models.common import latents
 
-        z = latents(rngs)
-        step = self.images_per_call(len(rngs))
-        images = [generate_images(self.net, z[i : i + step]) for i in range(0, z.shape[0], step)]
-        return torch.cat(images).view(len(rngs), 40, 250, 768)
+        return self.engine.images(latents(rngs)).view(len(rngs), 40, 250, 768)
 
     def frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame]:
         """Frames given as (stream seed, frame index) pairs, as sparse digits on the host.
@@ -153,10 +157,7 @@ class BackgroundModel:
         """
         if not self.is_gan:
             return self.module.generate_sparse(self.net, [frame_rng(seed, i) for seed, i in keys])
-        from pxdbg.models.common import sparsify
-
-        return sparsify(self.dense_frames_for(keys))
-
+        return self.engine.sparsify(self.dense_frames_for(keys))
 
     def wire_frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame | np.ndarray]:
         """Like :meth:`frames_for`, but frames that are smaller dense (an untrained GAN hits every pixel)
@@ -166,16 +167,22 @@ class BackgroundModel:
         from pxdbg.models.common import wire_frames
         from pxdbg.shared.protocol import SPARSE_MAX_DIGITS
 
-        return wire_frames(self.dense_frames_for(keys), SPARSE_MAX_DIGITS)
+        return wire_frames(self.dense_frames_for(keys), SPARSE_MAX_DIGITS, sparsify=self.engine.sparsify)
 
 
 def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,
-         device: str | torch.device = "cpu", stores: list[str | os.PathLike] | None = None) -> BackgroundModel:
+         device: str | torch.device = "cpu", stores: list[str | os.PathLike] | None = None,
+         precision: str = "fp32", images_per_call: int | None = None,
+         cuda_graphs: bool | None = None) -> BackgroundModel:
     """A model ready for inference.
 
     ``checkpoint`` is a path to a plain state_dict (read with ``weights_only=True``); ``None`` takes the
     default payload ``PXDBackgroundGenerator_<name>`` from the payload stores under ``globaltag``.
+    ``precision``, ``images_per_call`` and ``cuda_graphs`` are passed to the GAN engine.
     """
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
     module = model_module(name)
     if checkpoint is None:
         payload = payloads.find(name, globaltag, stores)
@@ -188,8 +195,6 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
     state_dict = read_state_dict(path)
     net = module.Model()
     _load_state(net, name, state_dict, str(path))
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
     net = net.to(device).eval().requires_grad_(False)
-    return BackgroundModel(name, net, digest, path, device)
+    return BackgroundModel(name, net, digest, path, device, precision, images_per_call=images_per_call,
+                           cuda_graphs=cuda_graphs)

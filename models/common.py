@@ -56,9 +56,11 @@ def seed_generate(model: torch.nn.Module) -> torch.Tensor:
     return generate_images(model, z).cpu()
 
 
-def wire_frames(dense: torch.Tensor, dense_above: int) -> list[SparseFrame | np.ndarray]:
+def wire_frames(dense: torch.Tensor, dense_above: int, sparsify=None) -> list[SparseFrame | np.ndarray]:
     """What a producer sends: sparse digits, except frames with more than ``dense_above`` hits, which stay
-    dense (a host numpy array) because that is smaller and saves sparsifying millions of digits."""
+    dense (a host numpy array) because that is smaller and saves sparsifying millions of digits.
+    ``sparsify`` defaults to :func:`sparsify` (an engine passes its pinned-memory variant)."""
+    sparsify = sparsify or globals()["sparsify"]
     counts = (dense != 0).reshape(dense.shape[0], -1).sum(1).tolist()
     heavy = [i for i, n in enumerate(counts) if n > dense_above]
     if not heavy:
@@ -73,10 +75,11 @@ def wire_frames(dense: torch.Tensor, dense_above: int) -> list[SparseFrame | np.
     return out
 
 
-def sparsify(dense: torch.Tensor) -> list[SparseFrame]:
+def sparsify(dense: torch.Tensor, staging=None) -> list[SparseFrame]:
     """Sparse digits of a batch of dense frames (B, 40, 250, 768) uint8, computed on the tensor's device.
 
-    Only the digits (and per-frame counts) are copied to the host.
+    Only the digits (and per-frame counts) are copied to the host, by ``staging(tensor) -> numpy array``
+    when given (a pinned-memory copy on CUDA), else by ``tensor.cpu()``.
     """
     if dense.dtype != torch.uint8 or dense.dim() != 4 or dense.shape[1:] != (N_SENSORS, 250, N_V):
         raise ValueError(f"expected a (B, 40, 250, 768) uint8 tensor, got {tuple(dense.shape)} {dense.dtype}")
@@ -92,14 +95,14 @@ def sparsify(dense: torch.Tensor) -> list[SparseFrame]:
     v = rest - u * N_V
     counts = torch.bincount(frame_of, minlength=b)
     packed = torch.stack((sensor, u, v)).to(torch.int16)
-    packed, charge, counts = packed.cpu(), charge.cpu(), counts.cpu()
-    s_np = packed[0].numpy().astype(np.uint8)
-    u_np = packed[1].numpy().astype(np.uint8)
-    v_np = packed[2].numpy().view(np.uint16)
-    c_np = charge.numpy()
+    to_host = staging or (lambda t: t.cpu().numpy())
+    packed_np, c_np, counts_np = to_host(packed), to_host(charge), to_host(counts)
+    s_np = packed_np[0].astype(np.uint8)
+    u_np = packed_np[1].astype(np.uint8)
+    v_np = packed_np[2].view(np.uint16)
     frames = []
     start = 0
-    for n in counts.tolist():
+    for n in counts_np.tolist():
         sl = slice(start, start + n)
         frames.append(SparseFrame(s_np[sl], u_np[sl], v_np[sl], c_np[sl]))
         start += n

@@ -2,8 +2,9 @@
 
 Two threads. The network thread owns the ROUTER socket: it answers hello/ping at once (so heartbeats
 flow while the model computes), queues requests, expires silent consumers and forwards finished frames.
-The generation thread takes up to ``max_batch`` pending requests of all consumers, runs one model call,
-encodes the frames and hands them to the network thread over an inproc socket. A generation failure is
+The generation thread takes up to ``max_batch`` pending requests of all consumers and runs one model call
+(sparsifying on the model's device); a post thread encodes the frames and hands them to the network thread
+over an inproc socket while the next batch computes. A generation failure is
 shipped back to the consumers that asked, as an ``error`` message.
 
 Shutdown: :meth:`ProducerServer.stop` (or SIGTERM/SIGINT in ``pxdbg produce``, or the death of
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -251,38 +253,52 @@ class ProducerServer:
             return batch
 
     def _generation_loop(self, ctx: zmq.Context) -> None:
-        out = ctx.socket(zmq.PAIR)
-        out.connect(self._inproc)
+        """Run the model; a post thread encodes and sends, so the next batch computes meanwhile."""
+        handoff: queue.Queue = queue.Queue(maxsize=2)
+        post = threading.Thread(target=self._post_loop, args=(ctx, handoff), name="pxdbg-post", daemon=True)
+        post.start()
         try:
             while not self._stop.is_set():
                 batch = self._take_batch()
                 if not batch:
                     continue
-                self._generate(out, batch)
+                t0 = time.perf_counter()
+                try:
+                    frames = self.model.wire_frames_for([(r.seed, r.idx) for r in batch])
+                except Exception as exc:
+                    log.error("generation failed for %d frames: %s", len(batch), exc)
+                    self.stats.counters["generation_errors"] += 1
+                    handoff.put(("error", batch, "".join(traceback.format_exception_only(type(exc), exc)).strip()))
+                    continue
+                self.stats.model_s += time.perf_counter() - t0
+                self.stats.batches += 1
+                handoff.put(("frames", batch, frames))
+        finally:
+            handoff.put(None)
+            post.join(timeout=30)
+
+    def _post_loop(self, ctx: zmq.Context, handoff: queue.Queue) -> None:
+        out = ctx.socket(zmq.PAIR)
+        out.connect(self._inproc)
+        try:
+            while True:
+                item = handoff.get()
+                if item is None:
+                    return
+                kind, batch, payload = item
+                t0 = time.perf_counter()
+                if kind == "error":
+                    for r in batch:
+                        out.send_multipart([r.client, protocol.pack({"t": "error", "fatal": True, "seed": r.seed,
+                                                                     "idx": [r.idx], "msg": payload})])
+                else:
+                    for r, frame in zip(batch, payload):
+                        enc = protocol.encode_frame(r.seed, r.idx, self.identity_str, frame)
+                        out.send_multipart([r.client, *enc.parts()], copy=False)
+                self._settle(batch)
+                self.stats.post_s += time.perf_counter() - t0
         finally:
             out.close(transport.LINGER_MS)
-
-    def _generate(self, out: zmq.Socket, batch: list[_Request]) -> None:
-        t0 = time.perf_counter()
-        try:
-            frames = self.model.wire_frames_for([(r.seed, r.idx) for r in batch])
-        except Exception as exc:
-            log.error("generation failed for %d frames: %s", len(batch), exc)
-            msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            for r in batch:
-                out.send_multipart([r.client, protocol.pack({"t": "error", "fatal": True, "seed": r.seed,
-                                                             "idx": [r.idx], "msg": msg})])
-            self._settle(batch)
-            self.stats.counters["generation_errors"] += 1
-            return
-        t1 = time.perf_counter()
-        for r, frame in zip(batch, frames):
-            enc = protocol.encode_frame(r.seed, r.idx, self.identity_str, frame)
-            out.send_multipart([r.client, *enc.parts()], copy=False)
-        self._settle(batch)
-        self.stats.model_s += t1 - t0
-        self.stats.post_s += time.perf_counter() - t1
-        self.stats.batches += 1
 
     def _settle(self, batch: list[_Request]) -> None:
         with self._cv:

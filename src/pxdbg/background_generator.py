@@ -125,7 +125,8 @@ def _module_class():
         ``globaltag``) keep their meaning. With neither ``workers`` nor ``endpoints`` frames are generated in
         this process with ``nintra``/``ninter`` torch threads; ``workers=K`` starts K local producer
         processes, ``endpoints=[...]`` connects to a producer farm (give ``checkpoint_sha256`` if the
-        checkpoint is not in this job's conditions). ``prefetch`` frames are requested ahead. Frame n of the
+        checkpoint is not in this job's conditions). ``prefetch`` frames are requested ahead. ``precision``
+        (fp32, bf16, fp16, tf32) is part of the model identity. Frame n of the
         stream is the same in every mode. Event i of this module gets frame ``first_frame + i``.
         """
 
@@ -133,7 +134,7 @@ def _module_class():
                      ninter: int = 1, globaltag: str = DEFAULT_GLOBALTAG, *, workers: int | None = None,
                      endpoints=None, prefetch: int = 16, device: str = "cpu",
                      checkpoint_sha256: str | None = None, first_frame: int = 0,
-                     max_batch: int | None = None) -> None:
+                     max_batch: int | None = None, precision: str = "fp32") -> None:
             super().__init__()
             self.checkpoint, self.seed = _check_args(model, checkpoint, seed, nintra, ninter, globaltag)
             if workers is not None and endpoints is not None:
@@ -143,6 +144,7 @@ def _module_class():
             self.model, self.nintra, self.ninter, self.globaltag = model, nintra, ninter, globaltag
             self.workers, self.endpoints, self.prefetch, self.device = workers, endpoints, prefetch, device
             self.checkpoint_sha256, self.first_frame, self.max_batch = checkpoint_sha256, first_frame, max_batch
+            self.precision = precision
             basf2.conditions.append_globaltag(globaltag)
             self._client = None
             self._model = None
@@ -190,14 +192,15 @@ def _module_class():
                     except RuntimeError:  # torch allows it once, before any parallel work
                         basf2.B2WARNING(f"could not set {self.ninter} inter-op threads: torch already runs "
                                         f"{torch.get_num_interop_threads()}")
-                self._model = models.load(self.model, checkpoint, device=self.device)
+                self._model = models.load(self.model, checkpoint, device=self.device, precision=self.precision)
                 identity = self._model.identity
             else:
                 from pxdbg.consumer import BackgroundClient
 
                 source = dict(workers=self.workers) if self.workers else dict(endpoints=self.endpoints)
                 self._client = BackgroundClient(**source, model=self.model, checkpoint=checkpoint,
-                                                checkpoint_sha256=self.checkpoint_sha256, seed=self.seed,
+                                                checkpoint_sha256=self.checkpoint_sha256,
+                                                precision=self.precision, seed=self.seed,
                                                 first_frame=self.first_frame, prefetch=self.prefetch,
                                                 device=self.device, max_batch=self.max_batch,
                                                 threads=self.nintra)

@@ -31,7 +31,8 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def _gan(name: str, occupancy: float | None):
+def _gan(name: str, occupancy: float | None, precision: str = "fp32", device: str = "cpu",
+         images_per_call: int | None = None):
     import torch
 
     from pxdbg import models
@@ -45,7 +46,8 @@ def _gan(name: str, occupancy: float | None):
             last = net.features[20] if name == "convnet" else net.conv
             shift = float(torch.atanh(torch.tensor(-0.75)) - torch.quantile(pre.flatten()[::5], 1 - occupancy))
             last.bias.add_(shift)
-    return models.BackgroundModel(name, net, "0" * 64, None, torch.device("cpu"))
+    return models.BackgroundModel(name, net.to(device), "0" * 64, None, torch.device(device), precision,
+                                  images_per_call=images_per_call)
 
 
 def bench_parametric(quick: bool) -> dict:
@@ -199,3 +201,141 @@ def run(args) -> dict:
     print(f"1 producer  {t['frames_per_s_1_producers']:7.1f} frames/s\n2 producers {t['frames_per_s_2_producers']:7.1f} "
           f"frames/s (this machine has {os.cpu_count()} cores, shared with the consumer)")
     return result
+
+
+# -- producer speed and fidelity (pxdbg bench --producer) ------------------------------------------------------
+def macs_per_image(net) -> int:
+    """Multiply-adds of one image through ``net`` (convolutions and linear layers), counted with hooks."""
+    import torch
+
+    total = 0
+
+    def conv(mod, inp, out):
+        nonlocal total
+        total += out[0].numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+
+    def linear(mod, inp, out):
+        nonlocal total
+        total += mod.in_features * mod.out_features
+
+    hooks = [m.register_forward_hook(conv) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks += [m.register_forward_hook(linear) for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    try:
+        with torch.inference_mode():
+            net(torch.zeros(1, 96, device=next(net.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_tflops(device, precision: str) -> float:
+    """A large matrix product on the device, in the precision's arithmetic: the practical peak, TFLOP/s."""
+    import torch
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    n = 8192 if device.type == "cuda" else 2048
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    a @ b
+    _sync(device)
+    reps = 20 if device.type == "cuda" else 3
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    _sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e12
+
+
+def _fidelity(ref, other) -> dict:
+    """Changes of ``other`` against ``ref`` (uint8 images on one device): pixels, occupancy, mean hit charge."""
+    changed = float((ref != other).float().mean())
+    occ_ref, occ = float((ref > 0).float().mean()), float((other > 0).float().mean())
+    q_ref = float(ref[ref > 0].float().mean()) if occ_ref else float("nan")
+    q = float(other[other > 0].float().mean()) if occ else float("nan")
+    return {"pixels_changed": changed, "occupancy_rel_change": occ / occ_ref - 1 if occ_ref else float("nan"),
+            "mean_hit_adc_rel_change": q / q_ref - 1 if occ_ref else float("nan"), "occupancy": occ_ref}
+
+
+def bench_producer(args) -> dict:
+    import builtins
+    import functools
+    import sys
+
+    import torch
+
+    from pxdbg import models
+    from pxdbg.models.common import generate_images, latents
+    from pxdbg.shared.seeding import frame_rng
+
+    print = functools.partial(builtins.print, file=sys.stderr if args.json else sys.stdout)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    quick = args.quick
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    precisions = ("fp32", "tf32", "bf16", "fp16") if cuda else ("fp32", "bf16")
+    batches = ((1, 4, 8) if quick else (1, 4, 8, 16)) if cuda else (1,)
+    name_dev = torch.cuda.get_device_name(device) if cuda else f"{_cpu_name()}, {threads} threads"
+    result = {"device": name_dev, "rows": [], "peak_tflops": {}}
+    print(f"pxdbg bench --producer on {name_dev}; GAN weights random, last bias set for ~1 % occupancy")
+    for p in precisions:
+        result["peak_tflops"][p] = peak_tflops(device, p)
+    print("practical peak (matrix product): " + ", ".join(f"{p} {v:.1f} TFLOP/s"
+                                                            for p, v in result["peak_tflops"].items()))
+    header = (f"{'model':8s} {'prec':5s} {'frames/call':>11s} {'frames/s':>9s} {'s/event':>8s} {'TFLOP/s':>8s} "
+              f"{'of peak':>7s} {'pixels chg':>10s} {'occ chg':>8s} {'adc chg':>8s}")
+    print(header)
+    keys = [(12345, i) for i in range(max(batches) * (2 if cuda else 1))]
+    for name in ("convnet", "resnet"):
+        base = _gan(name, 0.01, "fp32", args.device)
+        state = {k: v.clone() for k, v in base.net.state_dict().items()}
+        macs = macs_per_image(base.net)
+        ref = None
+        for p in precisions:
+            for fpc in batches:
+                m = _gan(name, None, p, args.device, images_per_call=None if not cuda else 40 * fpc)
+                m.net.load_state_dict(state)
+                n_frames = fpc * (2 if cuda else 1)
+                if cuda:
+                    m.dense_frames_for(keys[:fpc])  # warm-up and CUDA graph capture
+                _sync(device)
+                t0 = time.perf_counter()
+                dense = m.dense_frames_for(keys[:n_frames])
+                _sync(device)
+                dt = time.perf_counter() - t0
+                fps = n_frames / dt
+                tflops = fps * 40 * macs * 2 / 1e12
+                if p == "fp32" and fpc == batches[0]:
+                    ref = dense[:1]
+                fid = _fidelity(ref, dense[:1])
+                row = {"model": name, "precision": p, "frames_per_call": fpc, "frames_per_s": fps,
+                       "s_per_event": 1 / fps, "tflops": tflops, "share_of_peak": tflops / result["peak_tflops"][p],
+                       **fid}
+                result["rows"].append(row)
+                print(f"{name:8s} {p:5s} {fpc:11d} {fps:9.2f} {1 / fps:8.2f} {tflops:8.2f} "
+                      f"{100 * row['share_of_peak']:6.1f}% {100 * fid['pixels_changed']:9.3f}% "
+                      f"{100 * fid['occupancy_rel_change']:+7.2f}% {100 * fid['mean_hit_adc_rel_change']:+7.2f}%")
+        if not cuda:  # the seed module's configuration: fp32, one thread, 40 images per call, no channels_last
+            torch.set_num_threads(1)
+            seed_net = models.model_module(name).Model().eval()
+            seed_net.load_state_dict(state)
+            z = latents([frame_rng(*keys[0])])
+            t0 = time.perf_counter()
+            generate_images(seed_net, z)
+            dt = time.perf_counter() - t0
+            torch.set_num_threads(threads)
+            result["rows"].append({"model": name, "precision": "fp32", "config": "seed default: 1 thread, 40 "
+                                   "images per call", "s_per_event": dt, "frames_per_s": 1 / dt})
+            print(f"{name:8s} fp32  seed default (1 thread, 40 images per call, contiguous): {dt:.2f} s/event")
+    return result
+

@@ -15,6 +15,7 @@ import sys
 import time
 
 from pxdbg.shared import payloads
+from pxdbg.shared.identity import PRECISIONS
 from pxdbg.shared.version import __version__
 
 log = logging.getLogger("pxdbg")
@@ -107,7 +108,8 @@ def cmd_generate(args) -> int:
 
     torch.set_num_threads(args.threads)
     seed, random_seed = _seed(args.seed)
-    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device)
+    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device,
+                 precision=args.precision)
     log.info("generating %d events with %s on %s, stream seed %d%s", args.events, model.identity,
              model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame,
@@ -145,7 +147,8 @@ def cmd_produce(args) -> int:
     from pxdbg.producer.server import ProducerServer
 
     torch.set_num_threads(args.threads)
-    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device)
+    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device,
+                 precision=args.precision)
     server = ProducerServer(model, args.bind, max_batch=args.max_batch, parent_pid=args.parent_pid)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
@@ -178,7 +181,8 @@ def cmd_run(args) -> int:
     writer = None
     try:
         with BackgroundClient(**source, model=args.model, checkpoint=args.checkpoint,
-                              checkpoint_sha256=args.checkpoint_sha256, globaltag=args.globaltag, seed=seed,
+                              checkpoint_sha256=args.checkpoint_sha256, globaltag=args.globaltag,
+                              precision=args.precision, seed=seed,
                               first_frame=args.first_frame, prefetch=args.prefetch, device=args.device,
                               max_batch=args.max_batch, threads=args.threads,
                               connect_timeout=args.connect_timeout) as client:
@@ -279,7 +283,7 @@ def cmd_validate(args) -> int:
 def cmd_bench(args) -> int:
     from pxdbg import bench
 
-    result = bench.run(args)
+    result = bench.bench_producer(args) if args.producer else bench.run(args)
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -290,6 +294,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="generator model (default %(default)s)")
     p.add_argument("--checkpoint", help="a plain state_dict file (default: the model's payload in the stores)")
     p.add_argument("--globaltag", help=f"payload global tag (default {payloads.DEFAULT_GLOBALTAG})")
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="GAN arithmetic: fp32 (default, exact), bf16 (CPU, GPU), fp16 and tf32 (GPU)")
 
 
 def _positive(text: str) -> int:
@@ -377,7 +383,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
-    p.add_argument("--quick", action="store_true", help="fewer repetitions; GAN cost extrapolated from 8 images")
+    p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")
+    p.add_argument("--producer", action="store_true",
+                   help="producer speed per model, precision and batch size, with the fidelity cost against fp32")
+    p.add_argument("--device", default="cpu", help="device for --producer (cpu or cuda)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser
