@@ -1,8 +1,9 @@
 """GanEngine: how a GAN generator runs for batches of frames on a device.
 
 - precision: ``fp32`` (default: exact and reproducible; TF32 is switched off on CUDA), ``bf16`` (autocast,
-  CPU and CUDA), ``fp16`` (autocast, CUDA) and ``tf32`` (fp32 with TF32 tensor-core maths, CUDA). The
-  precision is part of the model identity, so a consumer never mixes frames of different precisions;
+  CPU and CUDA), ``fp16`` (autocast, CUDA) and ``tf32`` (fp32 with TF32 tensor-core maths, CUDA); with
+  autocast the output convolution and the charge transform stay in fp32. The precision is part of the
+  model identity, so a consumer never mixes frames of different precisions;
 - channels_last memory layout (faster convolutions on CPUs and tensor cores);
 - a fixed call shape: every forward call has exactly ``images_per_call`` images (8 on the CPU, the
   measured optimum; 40 x ``frames_per_call`` on a GPU) and a short batch is padded. A frame's pixels then do
@@ -36,6 +37,26 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision {precision!r} needs a CUDA device; on the CPU use fp32 or bf16")
 
 
+def _keep_output_layer_fp32(net: torch.nn.Module, device_type: str) -> None:
+    """Run the image-producing convolution (the last one with a single output channel) in fp32.
+
+    The charge transform is exponential (ADC = 256^x - 1), so an output rounded to bf16's 8 bits would
+    move high charges by several ADC and flip pixels at the threshold; this layer costs ~1 % of the work.
+    The forward method is replaced on the instance, so parameter names stay those of the checkpoint.
+    """
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.out_channels == 1]
+    if not convs:
+        return
+    layer = convs[-1]
+    plain_forward = layer.forward
+
+    def forward_fp32(x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=device_type, enabled=False):
+            return plain_forward(x.float())
+
+    layer.forward = forward_fp32
+
+
 class GanEngine:
     def __init__(self, net: torch.nn.Module, device: torch.device, precision: str = "fp32", *,
                  images_per_call: int | None = None, cuda_graphs: bool | None = None) -> None:
@@ -54,6 +75,8 @@ class GanEngine:
         if device.type == "cuda":  # fp32 means fp32: PyTorch lets cuDNN use TF32 unless told otherwise
             torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
             torch.backends.cudnn.allow_tf32 = precision == "tf32"
+        if precision in _AUTOCAST:
+            _keep_output_layer_fp32(self.net, device.type)
         self._graph = None
         self._pinned: torch.Tensor | None = None
 
