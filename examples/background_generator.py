@@ -6,8 +6,9 @@
 import basf2 as b2
 from background import get_background_files
 from mdst import add_mdst_output
-from pxdbg.background_generator import PXDBackgroundGenerator, inject_simulation
 from reconstruction import add_reconstruction
+
+from pxdbg.background_generator import PXDBackgroundGenerator, inject_simulation
 
 main = b2.create_path()
 main.add_module("EventInfoSetter", evtNumList=[10])

@@ -2,6 +2,7 @@
 # Run inside basf2: basf2 examples/steering_inject_simulation.py
 import basf2
 from background import get_background_files
+
 from pxdbg.background_generator import PXDBackgroundGenerator, inject_simulation
 
 module = PXDBackgroundGenerator(model="resnet")

@@ -122,7 +122,6 @@ def test_fast_fill_equals_the_python_loop_and_costs(basf2, capsys):
     import ROOT
 
     from pxdbg.background_generator import DigitFiller
-
     from pxdbg.shared.frame import SparseFrame
 
     full = models.load("parametric").frames(3, [0])[0]

@@ -110,7 +110,7 @@ def _check_args(model, checkpoint, seed, nintra, ninter, globaltag):
     return checkpoint, seed
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module_class():
     try:
         import basf2

@@ -205,7 +205,8 @@ def run(args) -> dict:
 
     t = result["throughput"] = bench_throughput(quick)
     print("\n-- throughput, local parametric producers, consumer doing no work --")
-    print(f"1 producer  {t['frames_per_s_1_producers']:7.1f} frames/s\n2 producers {t['frames_per_s_2_producers']:7.1f} "
+    print(f"1 producer  {t['frames_per_s_1_producers']:7.1f} frames/s")
+    print(f"2 producers {t['frames_per_s_2_producers']:7.1f} "
           f"frames/s (this machine has {os.cpu_count()} cores, shared with the consumer)")
     return result
 

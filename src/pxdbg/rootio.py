@@ -2,8 +2,9 @@
 
 Tree ``pxd_background``: ``frame`` (int64, the frame index in its stream) and jagged branches ``vxd_id``
 (uint16, Belle II VxdID), ``u`` (uint8), ``v`` (uint16), ``charge`` (uint8, ADC), with the counter
-branches ``nvxd_id``, ``nu``, ``nv``, ``ncharge`` that uproot writes for jagged arrays (all equal). The same JSON metadata as the ``.npz`` is stored as the
-string object ``meta``. uproot and awkward are optional dependencies (``pip install pxdbg[root]``).
+branches ``nvxd_id``, ``nu``, ``nv``, ``ncharge`` that uproot writes for jagged arrays (all equal). The
+same JSON metadata as the ``.npz`` is stored as the string object ``meta``. uproot and awkward are
+optional dependencies (``pip install pxdbg[root]``).
 """
 
 from __future__ import annotations

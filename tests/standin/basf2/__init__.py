@@ -6,7 +6,7 @@ import os
 import sys
 
 import belle2_root  # noqa: F401 - declares the ROOT classes and attaches the data-store stand-ins
-from belle2_root import STORE, BackgroundInfo, Belle2, read_digits  # noqa: F401
+from belle2_root import STORE, BackgroundInfo, Belle2, read_digits
 
 log_messages: list[tuple[str, str]] = []
 _random_seed: object = "basf2-default-seed"

@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# The GPU device check of the producer: convnet and resnet at fp32/tf32/bf16/fp16 and several batch sizes,
+# printing JSON. Needs only torch (the bench imports neither pyzmq nor msgpack) and installs nothing:
+# the package is assembled under /tmp and put on PYTHONPATH.
+#   bash tools/gpu_bench.sh [--quick]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+pkg=$(mktemp -d)
+mkdir -p "$pkg/pxdbg"
+cp -r src/pxdbg/. "$pkg/pxdbg/"
+for sub in shared models producer consumer; do cp -r "$sub" "$pkg/pxdbg/$sub"; done
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+PYTHONPATH="$pkg" PYTHONUNBUFFERED=1 python3 -m pxdbg bench --producer --device cuda --json "$@"
