@@ -288,6 +288,8 @@ def bench_producer(args) -> dict:
     print = functools.partial(builtins.print, file=sys.stderr if args.json else sys.stdout)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
     quick = args.quick
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
