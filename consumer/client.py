@@ -64,6 +64,7 @@ class _Peer:
     outstanding: set = field(default_factory=set)
     info: dict = field(default_factory=dict)
     deaths: int = 0
+    process_exited: bool = False  # a local worker's process exit was seen and reported
 
 
 def expected_identity(model: str, *, checkpoint=None, checkpoint_sha256: str | None = None,
@@ -445,8 +446,8 @@ class BackgroundClient:
         gone = self._workers.exited()
         for w in gone:
             peer = next(p for p in self._peers if p.endpoint == w.endpoint)
-            if not getattr(peer, "exit_seen", False):
-                peer.exit_seen = True
+            if not peer.process_exited:
+                peer.process_exited = True
                 log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode,
                           w.log_tail())
                 if peer.state == _ALIVE or peer.outstanding:

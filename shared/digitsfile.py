@@ -11,6 +11,7 @@ The file loads with ``numpy.load(path)`` and no pickle.
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
@@ -40,7 +41,29 @@ def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, s
                 shutil.copyfileobj(raw, member, 1 << 20)
 
 
-class DigitsWriter:
+class AtomicWriter(abc.ABC):
+    """Context-manager behaviour of the digits writers: :meth:`close` on success, :meth:`abort` on error."""
+
+    @abc.abstractmethod
+    def append(self, frame: SparseFrame) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> Path: ...
+
+    @abc.abstractmethod
+    def abort(self) -> None: ...
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class DigitsWriter(AtomicWriter):
     """Append frames one at a time; the ``.npz`` appears (atomically) at :meth:`close`.
 
     Use as a context manager. If the block raises, no output file is written and the spool is removed.
@@ -102,15 +125,6 @@ class DigitsWriter:
         for f in self._files.values():
             f.close()
         shutil.rmtree(self._spool, ignore_errors=True)
-
-    def __enter__(self) -> DigitsWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 class DigitsFile:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pxdbg.shared.digitsfile import AtomicWriter
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.geometry import VXD_IDS
 from pxdbg.shared.version import __version__
@@ -23,7 +24,7 @@ TREE = "pxd_background"
 CHUNK = 100  # events per basket
 
 
-class RootDigitsWriter:
+class RootDigitsWriter(AtomicWriter):
     """Same interface as :class:`pxdbg.shared.digitsfile.DigitsWriter`, writing a ROOT file atomically."""
 
     def __init__(self, path: str | os.PathLike, meta: dict | None = None) -> None:
@@ -84,15 +85,6 @@ class RootDigitsWriter:
     def abort(self) -> None:
         self._file.close()
         self._tmp.unlink(missing_ok=True)
-
-    def __enter__(self) -> RootDigitsWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def digits_writer(path: str, meta: dict):
