@@ -268,14 +268,28 @@ class ProducerServer:
                 except Exception as exc:
                     log.error("generation failed for %d frames: %s", len(batch), exc)
                     self.stats.counters["generation_errors"] += 1
-                    handoff.put(("error", batch, "".join(traceback.format_exception_only(type(exc), exc)).strip()))
+                    self._hand_over(handoff, post, ("error", batch,
+                                                    "".join(traceback.format_exception_only(type(exc), exc)).strip()))
                     continue
                 self.stats.model_s += time.perf_counter() - t0
                 self.stats.batches += 1
-                handoff.put(("frames", batch, frames))
+                self._hand_over(handoff, post, ("frames", batch, frames))
         finally:
-            handoff.put(None)
+            if post.is_alive():
+                self._hand_over(handoff, post, None)
             post.join(timeout=30)
+
+    def _hand_over(self, handoff: queue.Queue, post: threading.Thread, item) -> None:
+        """Queue work for the post thread; never wait forever on a post thread that died."""
+        while True:
+            try:
+                handoff.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                if not post.is_alive():
+                    log.error("the post thread died; stopping the producer")
+                    self.stop()
+                    return
 
     def _post_loop(self, ctx: zmq.Context, handoff: queue.Queue) -> None:
         out = ctx.socket(zmq.PAIR)
@@ -287,14 +301,21 @@ class ProducerServer:
                     return
                 kind, batch, payload = item
                 t0 = time.perf_counter()
+                if kind == "frames":
+                    try:
+                        parts = [[r.client, *protocol.encode_frame(r.seed, r.idx, self.identity_str, f).parts()]
+                                 for r, f in zip(batch, payload)]
+                    except Exception as exc:  # a frame the model made but we cannot encode: report, go on
+                        log.exception("encoding failed for %d frames", len(batch))
+                        self.stats.counters["encoding_errors"] += 1
+                        kind, payload = "error", f"the producer could not encode the frames: {exc!r}"
                 if kind == "error":
                     for r in batch:
                         out.send_multipart([r.client, protocol.pack({"t": "error", "fatal": True, "seed": r.seed,
                                                                      "idx": [r.idx], "msg": payload})])
                 else:
-                    for r, frame in zip(batch, payload):
-                        enc = protocol.encode_frame(r.seed, r.idx, self.identity_str, frame)
-                        out.send_multipart([r.client, *enc.parts()], copy=False)
+                    for msg in parts:
+                        out.send_multipart(msg, copy=False)
                 self._settle(batch)
                 self.stats.post_s += time.perf_counter() - t0
         finally:

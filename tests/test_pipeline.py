@@ -297,3 +297,46 @@ def test_memory_stays_flat_over_a_long_run():
     # 1200 frames are ~270 MB on the wire: a leak of even one frame in ten would show
     assert consumer1 - consumer0 < 25, (consumer0, consumer1)
     assert producer1 - producer0 < 25, (producer0, producer1)
+
+
+class FlakyModel:
+    """A model for an in-thread ProducerServer: parametric frames, but it fails on chosen frames."""
+
+    def __init__(self, fail_generate: int, fail_encode: int):
+        self.inner = models.load("parametric")
+        self.identity, self.device = self.inner.identity, self.inner.device
+        self.fail_generate, self.fail_encode = fail_generate, fail_encode
+
+    def wire_frames_for(self, keys):
+        if any(idx == self.fail_generate for _, idx in keys):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        frames = self.inner.wire_frames_for(keys)
+        return ["not a frame" if idx == self.fail_encode else f for (_, idx), f in zip(keys, frames)]
+
+
+@pytest.mark.parametrize(("fail_generate", "fail_encode", "match"), [
+    (3, -1, "failed on frame\\(s\\) \\[3\\].*CUDA out of memory \\(simulated\\)"),
+    (-1, 2, "failed on frame\\(s\\) \\[2\\].*could not encode"),
+])
+def test_producer_failures_reach_the_consumer(tmp_path, fail_generate, fail_encode, match):
+    from pxdbg.consumer import ProducerFailure
+    from pxdbg.producer.server import ProducerServer
+
+    ep = f"ipc://{tmp_path}/flaky.sock"
+    server = ProducerServer(FlakyModel(fail_generate, fail_encode), ep, max_batch=1)
+    ready = threading.Event()
+    thread = threading.Thread(target=server.serve, kwargs={"ready": ready}, daemon=True)
+    thread.start()
+    try:
+        assert ready.wait(30)
+        with BackgroundClient([ep], seed=SEED, prefetch=1, connect_timeout=30) as client:
+            good = min(fail_generate if fail_generate >= 0 else 99, fail_encode if fail_encode >= 0 else 99)
+            for _ in range(good):
+                client.next()
+            with pytest.raises(ProducerFailure, match=match):
+                client.next()
+        assert thread.is_alive(), "the producer survives a failed batch"
+    finally:
+        server.stop()
+        thread.join(30)
+    assert not thread.is_alive()
