@@ -182,7 +182,7 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
+        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
     module = model_module(name)
     if checkpoint is None:
         payload = payloads.find(name, globaltag, stores)

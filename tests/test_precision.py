@@ -41,7 +41,7 @@ def test_unsupported_precisions_are_refused(ckpt):
     with pytest.raises(ValueError, match="parametric model has no precision setting"):
         models.load("parametric", precision="bf16")
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match="no CUDA device"):
+        with pytest.raises(ValueError, match="no CUDA device"):
             models.load("resnet", ckpt, device="cuda")
         with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
             GanEngine(resnet.Model().eval(), torch.device("cpu"), cuda_graphs=True)
