@@ -58,7 +58,7 @@ class ProducerStats:
 
 class ProducerServer:
     def __init__(self, model, bind: str | list[str], *, max_batch: int = 8, client_timeout: float = 30.0,
-                 parent_pid: int | None = None) -> None:
+                 parent_pid: int | None = None, report_interval: float = 60.0) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model
@@ -68,6 +68,7 @@ class ProducerServer:
         self.max_batch = max_batch
         self.client_timeout = client_timeout
         self.parent_pid = parent_pid
+        self.report_interval = report_interval
         self.stats = ProducerStats()
         self._stop = threading.Event()
         self._cv = threading.Condition()
@@ -119,6 +120,8 @@ class ProducerServer:
         poller.register(results, zmq.POLLIN)
         backlog: deque[list] = deque()
         next_housekeeping = 0.0
+        next_report = time.monotonic() + self.report_interval
+        sent_at_report = 0
         while not self._stop.is_set():
             events = dict(poller.poll(100))
             if sock in events:
@@ -145,6 +148,15 @@ class ProducerServer:
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process %d is gone; stopping", self.parent_pid)
                     self.stop()
+            if now >= next_report:  # numbers for the people who run the farm
+                sent = self.stats.counters["frames_sent"]
+                with self._cv:
+                    pending = len(self._pending)
+                log.info("%d consumers, %.1f frames/s over the last %.0f s, %d frames sent in all, %d pending, "
+                         "model %.1f s, post-processing %.1f s in all", len(self._clients),
+                         (sent - sent_at_report) / self.report_interval, self.report_interval, sent, pending,
+                         self.stats.model_s, self.stats.post_s)
+                next_report, sent_at_report = now + self.report_interval, sent
 
     def _send(self, sock: zmq.Socket, parts: list, frame: bool = False) -> bool:
         """Send to a consumer. False if its queue is full (retry later); a vanished consumer is dropped."""

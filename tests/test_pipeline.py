@@ -339,3 +339,28 @@ def test_producer_failures_reach_the_consumer(tmp_path, fail_generate, fail_enco
         server.stop()
         thread.join(30)
     assert not thread.is_alive()
+
+
+def test_producer_reports_its_numbers(tmp_path, caplog):
+    import logging
+
+    from pxdbg.producer.server import ProducerServer
+
+    ep = f"ipc://{tmp_path}/report.sock"
+    server = ProducerServer(models.load("parametric"), ep, report_interval=0.3)
+    ready = threading.Event()
+    thread = threading.Thread(target=server.serve, kwargs={"ready": ready}, daemon=True)
+    with caplog.at_level(logging.INFO, logger="pxdbg.producer"):
+        thread.start()
+        try:
+            assert ready.wait(30)
+            with BackgroundClient([ep], seed=SEED, prefetch=4, connect_timeout=30) as client:
+                for _ in range(20):
+                    client.next()
+                time.sleep(0.7)
+        finally:
+            server.stop()
+            thread.join(30)
+    reports = [r.getMessage() for r in caplog.records if "frames/s over the last" in r.getMessage()]
+    assert reports and "1 consumers" in " ".join(reports)
+    assert server.stats.counters["frames_sent"] >= 20
