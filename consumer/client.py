@@ -288,14 +288,17 @@ class BackgroundClient:
         hello = protocol.pack({"t": "hello", "want": self.identity.as_dict(),
                                "client": f"{socket.gethostname()}:{os.getpid()}"})
         ping = protocol.pack({"t": "ping"})
+        poller, polled = None, None
         while True:
             with self._cv:
                 if self._closing:
                     return
-            poller = zmq.Poller()
-            poller.register(self._wake_rx, zmq.POLLIN)
-            for peer in self._peers:
-                poller.register(peer.sock, zmq.POLLIN)
+            sockets = [peer.sock for peer in self._peers]
+            if sockets != polled:  # rebuilt only when a dead producer's socket was replaced
+                poller, polled = zmq.Poller(), sockets
+                poller.register(self._wake_rx, zmq.POLLIN)
+                for sock in sockets:
+                    poller.register(sock, zmq.POLLIN)
             events = dict(poller.poll(int(self.heartbeat_interval * 500)))
             if self._wake_rx in events:
                 while True:

@@ -41,7 +41,8 @@ class Progress:
         self.last = 0.0
         self.next_pct = 10
 
-    def update(self, done: int, extra: str = "") -> None:
+    def update(self, done: int, extra=None) -> None:
+        """Report ``done``; ``extra`` is a callable giving more text, called only when a line is printed."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -49,14 +50,16 @@ class Progress:
         if self.tty and (now - self.last > 0.25 or done == self.total):
             self.last = now
             rate = done / max(now - self.t0, 1e-9)
-            sys.stderr.write(f"\r{done}/{self.total} {self.what} ({pct:3d} %) {rate:8.1f}/s {extra}   ")
+            text = extra() if extra else ""
+            sys.stderr.write(f"\r{done}/{self.total} {self.what} ({pct:3d} %) {rate:8.1f}/s {text}   ")
             if done == self.total:
                 sys.stderr.write("\n")
             sys.stderr.flush()
         elif not self.tty and (pct >= self.next_pct or done == self.total):
             self.next_pct = pct + 10
             rate = done / max(now - self.t0, 1e-9)
-            print(f"{done}/{self.total} {self.what} ({pct} %), {rate:.1f}/s {extra}", file=sys.stderr, flush=True)
+            text = extra() if extra else ""
+            print(f"{done}/{self.total} {self.what} ({pct} %), {rate:.1f}/s {text}", file=sys.stderr, flush=True)
 
 
 # -- models / payload ----------------------------------------------------------------------------------
@@ -204,7 +207,7 @@ def cmd_run(args) -> int:
                     writer.append(frame)
                 if args.work_ms:
                     _spend_cpu(args.work_ms)
-                progress.update(i + 1, f"wait p50 {1e3 * _percentile(client.waits[-200:], 50):.3f} ms")
+                progress.update(i + 1, lambda: f"wait p50 {1e3 * _percentile(client.waits[-200:], 50):.3f} ms")
             wall = time.perf_counter() - t_start
             waits = list(client.waits)
             warm = waits[min(len(waits) - 1, args.prefetch):] or waits
