@@ -1,0 +1,193 @@
+"""Endpoint strings: static lists, rendezvous directories (real files, real threads), DNS names."""
+
+from __future__ import annotations
+
+import json
+import math
+import socket
+import threading
+import time
+
+import pytest
+
+from pxdbg.shared import discovery
+from pxdbg.shared.errors import ConfigError, PxdbgError
+
+
+def test_static_forms_mix_and_normalise():
+    src = discovery.parse(" tcp://gpu01:5555, ipc:///tmp/p.sock,tcp://[::1]:7000 ,")
+    assert src.resolve() == ["tcp://gpu01:5555", "ipc:///tmp/p.sock", "tcp://[::1]:7000"]
+    assert not src.dynamic
+    assert src.refresh_interval == math.inf
+    assert discovery.parse(["tcp://a:1,tcp://b:2", "tcp://a:1"]).resolve() == ["tcp://a:1", "tcp://b:2"]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("", "no producer endpoints"),
+        (" , ", "no producer endpoints"),
+        ("gpu01:5555", "unknown form"),
+        ("http://gpu01:5555", "unknown form"),
+        ("tcp://gpu01", "host:port"),
+        ("tcp://gpu01:0", "not in 1..65535"),
+        ("tcp://gpu01:70000", "not in 1..65535"),
+        ("tcp://*:5555", "names no host"),
+        ("dns://farm.example:x", "host:port"),
+        ("dir:", "names no directory"),
+        ("ipc://", "names no socket path"),
+    ],
+)
+def test_bad_strings_are_one_line_config_errors(text, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        discovery.parse(text)
+    assert isinstance(info.value, PxdbgError)
+    assert "\n" not in str(info.value)
+
+
+def test_parse_rejects_non_strings():
+    with pytest.raises(ConfigError, match="string or a list"):
+        discovery.parse(5555)
+
+
+def test_register_resolve_close(tmp_path):
+    rdv = tmp_path / "rdv" / "farm"  # created by the first registration
+    src = discovery.parse(f"dir:{rdv}")
+    assert src.dynamic and src.refresh_interval == discovery.DIR_REFRESH
+    assert src.resolve() == []  # not there yet: no producers, no error
+    with discovery.register(rdv, "tcp://10.0.0.2:5555", "parametric:abc/fp32", {"device": "cpu"}) as reg:
+        assert reg.path.exists()
+        assert src.resolve() == ["tcp://10.0.0.2:5555"]
+        with discovery.register(rdv, "tcp://10.0.0.3:5555", "parametric:abc/fp32"):
+            assert src.resolve() == ["tcp://10.0.0.2:5555", "tcp://10.0.0.3:5555"]  # joined mid-run
+        assert src.resolve() == ["tcp://10.0.0.2:5555"]  # left: its file is gone
+        entry = json.loads(reg.path.read_text())
+        assert entry["identity"] == "parametric:abc/fp32"
+        assert entry["info"] == {"device": "cpu"}
+    assert not reg.path.exists()
+    assert src.resolve() == []
+
+
+def test_heartbeat_refreshes_the_entry(tmp_path):
+    with discovery.register(tmp_path, "tcp://10.0.0.2:5555", "x", interval=0.05) as reg:
+        first = json.loads(reg.path.read_text())["heartbeat"]
+        later = first
+        for _ in range(200):
+            time.sleep(0.02)
+            later = json.loads(reg.path.read_text())["heartbeat"]
+            if later > first:
+                break
+        assert later > first
+
+
+def test_stale_malformed_and_temporary_files_are_ignored(tmp_path):
+    now = time.time()
+
+    def write(name, **entry):
+        (tmp_path / name).write_text(json.dumps(entry))
+
+    write("fresh.json", endpoint="tcp://10.0.0.2:1", heartbeat=now, interval=2.0)
+    write("stale.json", endpoint="tcp://10.0.0.3:1", heartbeat=now - 7.0, interval=2.0)  # > 3 intervals
+    write("wide.json", endpoint="tcp://10.0.0.4:1", heartbeat=now - 7.0, interval=10.0)  # its own interval
+    write("dns.json", endpoint="dns://farm:1", heartbeat=now, interval=2.0)  # not a concrete endpoint
+    write("noport.json", endpoint="tcp://10.0.0.5", heartbeat=now, interval=2.0)
+    write("nobeat.json", endpoint="tcp://10.0.0.6:1", interval=2.0)
+    write(".fresh.json.tmp123", endpoint="tcp://10.0.0.7:1", heartbeat=now, interval=2.0)
+    (tmp_path / "half.json").write_text('{"endpoint": "tcp://10.0.0.8:1", "heartb')
+    (tmp_path / "notes.txt").write_text("not an entry")
+    (tmp_path / "huge.json").write_text(" " * (discovery.MAX_ENTRY_BYTES + 1))
+    entries = {e["endpoint"]: e["stale"] for e in discovery.read_directory(tmp_path, now=now)}
+    assert entries == {"tcp://10.0.0.2:1": False, "tcp://10.0.0.3:1": True, "tcp://10.0.0.4:1": False}
+    assert discovery.parse(f"dir:{tmp_path}").resolve() == ["tcp://10.0.0.2:1", "tcp://10.0.0.4:1"]
+
+
+def test_a_reader_never_sees_half_an_entry(tmp_path):
+    with discovery.register(tmp_path, "tcp://10.0.0.2:5555", "x", {"pad": "y" * 20000}, interval=0.001) as reg:
+        reads = 0
+        for _ in range(2000):
+            json.loads(reg.path.read_text())  # raises on a torn file
+            reads += 1
+    assert reads == 2000
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_an_unreadable_directory_keeps_the_last_list(tmp_path):
+    rdv = tmp_path / "rdv"
+    src = discovery.parse(f"dir:{rdv}")
+    reg = discovery.register(rdv, "tcp://10.0.0.2:5555", "x")
+    assert src.resolve() == ["tcp://10.0.0.2:5555"]
+    reg.close()
+    rdv.rmdir()  # the shared filesystem went away
+    assert src.resolve() == ["tcp://10.0.0.2:5555"]
+    rdv.mkdir()  # it is back, empty
+    assert src.resolve() == []
+
+
+def test_register_refuses_unconnectable_endpoints(tmp_path):
+    with pytest.raises(ConfigError, match="names no host"):
+        discovery.register(tmp_path, "tcp://*:5555", "x")
+    with pytest.raises(ConfigError, match="concrete"):
+        discovery.register(tmp_path, f"dir:{tmp_path}", "x")
+    with pytest.raises(ConfigError, match="positive"):
+        discovery.register(tmp_path, "tcp://h:1", "x", interval=0)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match="cannot create the rendezvous directory"):
+        discovery.register(blocker / "rdv", "tcp://h:1", "x")
+
+
+def test_dns_names_through_the_resolver():
+    src = discovery.parse("dns://localhost:5555")
+    assert src.dynamic and src.refresh_interval == discovery.DNS_REFRESH
+    found = src.resolve()
+    assert found and set(found) <= {"tcp://127.0.0.1:5555", "tcp://[::1]:5555"}
+
+
+def _infos(*addrs):
+    return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, 7)) for a in addrs]
+
+
+def test_dns_changes_failures_and_hangs(monkeypatch):
+    answers = [_infos("10.0.0.2", "10.0.0.3", "10.0.0.2")]
+    release = threading.Event()
+
+    def fake(name, port, *args, **kw):
+        assert (name, port) == ("producers.farm.test", 7)
+        answer = answers[-1]
+        if answer == "hang":
+            release.wait(30)
+            return _infos("10.0.0.9")
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    monkeypatch.setattr(discovery.socket, "getaddrinfo", fake)
+    src = discovery.parse("dns://producers.farm.test:7")
+    src.entries[0].timeout = 0.2
+    assert src.resolve() == ["tcp://10.0.0.2:7", "tcp://10.0.0.3:7"]
+    answers.append(_infos("10.0.0.3", "10.0.0.4", "fd00::5"))
+    assert src.resolve() == ["tcp://10.0.0.3:7", "tcp://10.0.0.4:7", "tcp://[fd00::5]:7"]
+    answers.append(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution"))
+    assert src.resolve() == ["tcp://10.0.0.3:7", "tcp://10.0.0.4:7", "tcp://[fd00::5]:7"]
+    answers.append("hang")
+    assert src.resolve() == ["tcp://10.0.0.3:7", "tcp://10.0.0.4:7", "tcp://[fd00::5]:7"]  # bounded: timed out
+    assert src.resolve() == ["tcp://10.0.0.3:7", "tcp://10.0.0.4:7", "tcp://[fd00::5]:7"]  # no second lookup
+    release.set()
+    src.entries[0]._pending.join(10)
+    assert src.resolve() == ["tcp://10.0.0.9:7"]  # the late answer is taken up
+
+
+def test_mixed_sources_resolve_in_order(tmp_path):
+    with discovery.register(tmp_path, "tcp://10.0.0.2:5555", "x"):
+        src = discovery.parse(f"tcp://gpu01:1,dir:{tmp_path},tcp://10.0.0.2:5555")
+        assert src.dynamic and src.refresh_interval == discovery.DIR_REFRESH
+        assert src.resolve() == ["tcp://gpu01:1", "tcp://10.0.0.2:5555"]
+        assert str(src) == f"tcp://gpu01:1,dir:{tmp_path},tcp://10.0.0.2:5555"
+
+
+def test_module_command(tmp_path, capsys):
+    with discovery.register(tmp_path, "tcp://10.0.0.2:5555", "x"):
+        assert discovery.main([f"tcp://a:1,dir:{tmp_path}"]) == 0
+    assert capsys.readouterr().out.split() == ["tcp://a:1", "tcp://10.0.0.2:5555"]
+    assert discovery.main(["bogus"]) == 2
+    assert "unknown form" in capsys.readouterr().err
