@@ -21,25 +21,24 @@ import numpy as np
 import torch
 
 from pxdbg.models.engine import GanEngine
-from pxdbg.shared import payloads
+from pxdbg.shared import payloads, registry
+from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
 from pxdbg.shared.seeding import frame_rng
 
-#: The implemented generator models (each a module of this package).
-MODELS: tuple[str, ...] = ("convnet", "resnet", "parametric")
-DEFAULT_MODEL = "parametric"
+#: The implemented generator models, from the registry (each a module of this package).
+MODELS: tuple[str, ...] = registry.names()
+DEFAULT_MODEL = registry.DEFAULT_MODEL
 
 
-
-class CheckpointError(ValueError):
+class CheckpointError(PxdbgError, ValueError):
     """A checkpoint cannot be used: unsafe, unreadable, or made for another model."""
 
 
 def model_module(name: str) -> ModuleType:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; the models are: {', '.join(MODELS)}")
-    return importlib.import_module(f"pxdbg.models.{name}")
+    """The module ``pxdbg.models.<name>`` of a registered model."""
+    return importlib.import_module(registry.get(name).module_name)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -72,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _which_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
-    for name in MODELS:
+    for name in registry.names():
         net = model_module(name).Model()
         ref = net.state_dict()
         if set(ref) == set(state_dict) and all(ref[k].shape == state_dict[k].shape for k in ref):
@@ -109,6 +108,7 @@ class BackgroundModel:
                  checkpoint_path: Path | None, device: torch.device, precision: str = "fp32", *,
                  images_per_call: int | None = None, cuda_graphs: bool | None = None) -> None:
         self.name = name
+        self.info = registry.get(name)
         self.module = model_module(name)
         self.net = net
         self.checkpoint_path = checkpoint_path
@@ -119,14 +119,14 @@ class BackgroundModel:
             self.engine = GanEngine(net, device, precision, images_per_call=images_per_call,
                                     cuda_graphs=cuda_graphs)
         elif precision != "fp32":
-            raise ValueError(f"the {name} model has no precision setting; use fp32")
+            raise ConfigError(f"the {name} model has no precision setting; use fp32")
 
     def __repr__(self) -> str:
         return f"BackgroundModel({self.identity}, device={self.device})"
 
     @property
     def is_gan(self) -> bool:
-        return not hasattr(self.module, "generate_sparse")
+        return self.info.is_gan
 
     def generate(self) -> torch.Tensor:
         """One frame from torch's global random state (the seed's contract): (40, 250, 768) uint8, CPU."""
@@ -182,7 +182,7 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
+        raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
     module = model_module(name)
     if checkpoint is None:
         payload = payloads.find(name, globaltag, stores)
@@ -198,3 +198,24 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
     net = net.to(device).eval().requires_grad_(False)
     return BackgroundModel(name, net, digest, path, device, precision, images_per_call=images_per_call,
                            cuda_graphs=cuda_graphs)
+
+
+def load_spec(spec, **engine_options) -> BackgroundModel:
+    """The model a :class:`~pxdbg.shared.spec.ProducerSpec` names, ready for inference.
+
+    A spec that names its checkpoint by ``checkpoint_sha256`` as well is checked against the file actually
+    loaded: a mismatch is a :class:`CheckpointError`, never a silent substitution.
+    """
+    model = load(spec.model, spec.checkpoint, globaltag=spec.globaltag, device=spec.device,
+                 precision=spec.precision, **engine_options)
+    if spec.checkpoint_sha256 is not None and model.identity.checkpoint_sha256 != spec.checkpoint_sha256:
+        raise CheckpointError(
+            f"checkpoint {model.checkpoint_path} has sha256 {model.identity.checkpoint_sha256}, but "
+            f"{spec.checkpoint_sha256} was asked for; give the checkpoint that was asked for, or drop the checksum")
+    return model
+
+
+def check_checkpoint(name: str, path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` unless ``path`` is a safe checkpoint that loads strictly into ``name``."""
+    net = model_module(name).Model()
+    _load_state(net, name, read_state_dict(path), str(path))

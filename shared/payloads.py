@@ -22,6 +22,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from pxdbg.shared.errors import PxdbgError
+
 DEFAULT_GLOBALTAG = "PXDBackgroundGenerator"
 INDEX_NAME = "index.json"
 INDEX_FORMAT = "pxdbg-payloads-1"
@@ -31,7 +33,7 @@ BUILTIN_STORE = Path(__file__).resolve().parent / "payloads"
 _configured_stores: list[Path] = []
 
 
-class PayloadError(LookupError):
+class PayloadError(PxdbgError, LookupError):
     """A payload is missing, unreadable, or its checksum does not match the store's index."""
 
 
@@ -116,7 +118,9 @@ def find(model: str, globaltag: str | None = None, stores: list[str | os.PathLik
         return Payload(name, globaltag, path, entry["sha256"], store)
     where = ", ".join(str(s) for s in searched)
     hint = ""
-    if model in ("convnet", "resnet"):
+    from pxdbg.shared import registry
+
+    if model in registry.REGISTRY and not registry.get(model).public_checkpoint:
         hint = (f" There are no public weights for {model}: the Belle II default checkpoints live in the "
                 f"conditions database. If you hold a checkpoint (a plain state_dict), pass it as "
                 f"checkpoint=PATH (--checkpoint PATH) or register it once with "

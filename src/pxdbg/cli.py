@@ -7,6 +7,7 @@ torch is imported only by the subcommands that generate in this process (generat
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -14,13 +15,12 @@ import signal
 import sys
 import time
 
-from pxdbg.shared import payloads
-from pxdbg.shared.identity import PRECISIONS
+from pxdbg.shared import payloads, registry
+from pxdbg.shared.errors import ConfigError, PxdbgError
+from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
 
 log = logging.getLogger("pxdbg")
-DEFAULT_MODEL = "parametric"
-MODEL_NAMES = ("convnet", "resnet", "parametric")  # pxdbg.models.MODELS, without importing torch
 
 
 def _seed(text: str | None) -> tuple[int, bool]:
@@ -28,7 +28,10 @@ def _seed(text: str | None) -> tuple[int, bool]:
         return int.from_bytes(os.urandom(8), "big", signed=True), True
     from pxdbg.shared.seeding import check_seed
 
-    return check_seed(int(text, 0)), False
+    try:
+        return check_seed(int(text, 0)), False
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad --seed {text!r}: {exc}") from None
 
 
 class Progress:
@@ -64,31 +67,22 @@ class Progress:
 
 # -- models / payload ----------------------------------------------------------------------------------
 def cmd_models(args) -> int:
-    for name in MODEL_NAMES:
+    for info in registry.REGISTRY.values():
         try:
-            p = payloads.find(name, args.globaltag, verify=False)
+            p = payloads.find(info.name, args.globaltag, verify=False)
             where = f"payload {p.name} [{p.globaltag}] -> {p.path}"
         except payloads.PayloadError:
             where = (f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
-                     f"give --checkpoint or run 'pxdbg payload add PATH --model {name}'")
-        print(f"{name:11s} {where}")
+                     f"give --checkpoint or run 'pxdbg payload add PATH --model {info.name}'")
+        print(f"{info.name:11s} {where}\n{'':11s} ({info.kind}: {info.summary})")
     print("payload stores searched, in order: " + ", ".join(str(s) for s in payloads.search_path()))
     return 0
 
 
 def cmd_payload_add(args) -> int:
-    from pxdbg.models import CheckpointError, model_module, read_state_dict
+    from pxdbg.models import check_checkpoint
 
-    # refuse to register a file that would not load: unsafe pickle, or a checkpoint of another model
-    try:
-        state = read_state_dict(args.path)
-        net = model_module(args.model).Model()
-        from pxdbg.models import _load_state
-
-        _load_state(net, args.model, state, args.path)
-    except CheckpointError as exc:
-        print(f"pxdbg payload add: {exc}", file=sys.stderr)
-        return 2
+    check_checkpoint(args.model, args.path)  # refuse a file that would not load: unsafe, or another model's
     p = payloads.add(args.path, args.model, args.globaltag, args.store)
     print(f"registered {p.name} in global tag {p.globaltag}: {p.path} (sha256 {p.sha256})")
     return 0
@@ -107,12 +101,11 @@ def cmd_payload_list(args) -> int:
 def cmd_generate(args) -> int:
     import torch
 
-    from pxdbg.models import load
+    from pxdbg.models import load_spec
 
     torch.set_num_threads(args.threads)
     seed, random_seed = _seed(args.seed)
-    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device,
-                 precision=args.precision)
+    model = load_spec(ProducerSpec.from_args(args))
     log.info("generating %d events with %s on %s, stream seed %d%s", args.events, model.identity,
              model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame,
@@ -138,7 +131,7 @@ def _writer(path: str, meta: dict):
     from pxdbg.rootio import digits_writer
 
     if not path.endswith((".npz", ".root")):
-        raise ValueError(f"--out must name a .npz or .root file, got {path!r}")
+        raise ConfigError(f"--out must name a .npz or .root file, got {path!r}")
     return digits_writer(path, meta)
 
 
@@ -146,17 +139,29 @@ def _writer(path: str, meta: dict):
 def cmd_produce(args) -> int:
     import torch
 
-    from pxdbg.models import load
+    from pxdbg.models import load_spec
     from pxdbg.producer.server import ProducerServer
 
-    torch.set_num_threads(args.threads)
-    model = load(args.model, args.checkpoint, globaltag=args.globaltag, device=args.device,
-                 precision=args.precision)
-    server = ProducerServer(model, args.bind, max_batch=args.max_batch, parent_pid=args.parent_pid)
+    spec = ProducerSpec.from_args(args)
+    threads = spec.threads or _default_producer_threads(spec)
+    torch.set_num_threads(threads)
+    model = load_spec(spec)
+    log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
+    server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
     server.serve()
     return 0
+
+
+def _default_producer_threads(spec: ProducerSpec) -> int:
+    """Torch threads of a producer when ``--threads`` is not given: the engine's choice for a GAN on this
+    device, one for the sparse models (they run numpy in one thread; scale those with processes)."""
+    try:
+        from pxdbg.models.engine import recommended_threads
+    except ImportError:
+        return 1
+    return recommended_threads(spec.info, spec.device)
 
 
 # -- run -----------------------------------------------------------------------------------------------
@@ -179,15 +184,13 @@ def cmd_run(args) -> int:
     from pxdbg.shared.geometry import FRAME_PIXELS
 
     seed, random_seed = _seed(args.seed)
+    spec = ProducerSpec.from_args(args)
     source = dict(workers=args.workers) if args.workers else dict(endpoints=args.connect)
     t_start = time.perf_counter()
     writer = None
     try:
-        with BackgroundClient(**source, model=args.model, checkpoint=args.checkpoint,
-                              checkpoint_sha256=args.checkpoint_sha256, globaltag=args.globaltag,
-                              precision=args.precision, seed=seed,
-                              first_frame=args.first_frame, prefetch=args.prefetch, device=args.device,
-                              max_batch=args.max_batch, threads=args.threads,
+        with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed,
+                              first_frame=args.first_frame, prefetch=args.prefetch,
                               connect_timeout=args.connect_timeout) as client:
             log.info("stream seed %d%s, model %s, %s", seed,
                      " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
@@ -293,14 +296,6 @@ def cmd_bench(args) -> int:
 
 
 # -- parser --------------------------------------------------------------------------------------------
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES, help="generator model (default %(default)s)")
-    p.add_argument("--checkpoint", help="a plain state_dict file (default: the model's payload in the stores)")
-    p.add_argument("--globaltag", help=f"payload global tag (default {payloads.DEFAULT_GLOBALTAG})")
-    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="GAN arithmetic: fp32 (default, exact), bf16 (CPU, GPU), fp16 and tf32 (GPU)")
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -322,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     psub = p.add_subparsers(dest="payload_command", required=True)
     pa = psub.add_parser("add", help="register a checkpoint as a model's default payload")
     pa.add_argument("path")
-    pa.add_argument("--model", required=True, choices=MODEL_NAMES)
+    pa.add_argument("--model", required=True, choices=registry.names())
     pa.add_argument("--globaltag")
     pa.add_argument("--store", help=f"store directory (default: first of ${payloads.ENV_VAR}, else the user store)")
     pa.set_defaults(func=cmd_payload_add)
@@ -330,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=cmd_payload_list)
 
     p = sub.add_parser("generate", help="generate events in this process into a digits file")
-    _model_args(p)
+    ProducerSpec.add_arguments(p, compute=False)
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, default=0)
     p.add_argument("--events", type=_positive, required=True)
@@ -342,31 +337,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("produce", help="serve frames of one model to consumers")
-    _model_args(p)
+    ProducerSpec.add_arguments(p)
     p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--max-batch", type=_positive, default=8, help="most frames per model call")
-    p.add_argument("--threads", type=_positive, default=1,
-                   help="torch intra-op threads (default 1: scale with processes; frames are bitwise "
-                        "reproducible for a fixed thread count)")
     p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
-    _model_args(p)
+    ProducerSpec.add_arguments(p, farm=True, prefix_help="local producers' ")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workers", type=_positive, help="start this many local producers")
     src.add_argument("--connect", help="comma-separated producer endpoints (a farm)")
-    p.add_argument("--checkpoint-sha256", help="the farm's checkpoint, by checksum")
     p.add_argument("--events", type=_positive, required=True)
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, default=0)
     p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
     p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
-    p.add_argument("--device", default="cpu", help="device of local producers")
-    p.add_argument("--max-batch", type=_positive, help="local producers' most frames per model call")
-    p.add_argument("--threads", type=_positive, help="local producers' torch threads")
     p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds without any producer before failing")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
@@ -401,6 +387,15 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (payloads.PayloadError, FileNotFoundError, ValueError, OSError, ImportError) as exc:
+    except PxdbgError as exc:  # a user error: one line; anything else is a bug and keeps its traceback
         print(f"pxdbg {args.command}: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # the environment said no (disk full, permissions, a busy port): one line, with the path
+        if exc.errno is None:
+            raise
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""
+        print(f"pxdbg {args.command}: {exc}{where}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pxdbg {args.command}: interrupted", file=sys.stderr)
+        return 130
