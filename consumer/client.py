@@ -23,15 +23,18 @@ import numpy as np
 import zmq
 
 from pxdbg.consumer.workers import LocalWorkers
-from pxdbg.shared import payloads, protocol, transport
+from pxdbg.shared import protocol
+from pxdbg.shared import transport as sockets
+from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
 from pxdbg.shared.seeding import check_seed
+from pxdbg.shared.spec import ProducerSpec, TransportOptions
 
 log = logging.getLogger("pxdbg.consumer")
 
 
-class PipelineError(RuntimeError):
+class PipelineError(PxdbgError, RuntimeError):
     """Base class of the errors a :class:`BackgroundClient` raises."""
 
 
@@ -67,26 +70,37 @@ class _Peer:
     process_exited: bool = False  # a local worker's process exit was seen and reported
 
 
-def expected_identity(model: str, *, checkpoint=None, checkpoint_sha256: str | None = None,
-                      globaltag: str | None = None, precision: str = "fp32",
-                      stores=None) -> ModelIdentity:
-    """The identity a consumer asks for, resolved without torch (file checksum or payload store)."""
-    if checkpoint_sha256 is not None:
-        digest = checkpoint_sha256.lower()
-        if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
-            raise ValueError(f"checkpoint_sha256 must be 64 hex digits, got {checkpoint_sha256!r}")
-    elif checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"no checkpoint file at {checkpoint}")
-        digest = payloads.sha256_file(checkpoint)
-    else:
-        try:
-            digest = payloads.find(model, globaltag, stores).sha256
-        except payloads.PayloadError as exc:
-            raise payloads.PayloadError(
-                f"{exc} For a producer farm, name the farm's checkpoint by its sha256 instead "
-                f"(checkpoint_sha256=..., --checkpoint-sha256 ...).") from None
-    return ModelIdentity(model, digest, precision)
+def expected_identity(
+    model: str,
+    *,
+    checkpoint=None,
+    checkpoint_sha256: str | None = None,
+    globaltag: str | None = None,
+    precision: str = "fp32",
+    stores=None,
+) -> ModelIdentity:
+    """The identity a consumer asks for, resolved without torch: ``ProducerSpec(...).identity()``."""
+    spec = ProducerSpec(
+        model=model,
+        checkpoint=checkpoint,
+        checkpoint_sha256=checkpoint_sha256,
+        globaltag=globaltag,
+        precision=precision,
+    )
+    return spec.identity(stores)
+
+
+#: The keywords that build a :class:`ProducerSpec` when no ``spec`` is given (the constructor's older form).
+_SPEC_KEYWORDS = (
+    "model",
+    "checkpoint",
+    "checkpoint_sha256",
+    "globaltag",
+    "precision",
+    "device",
+    "max_batch",
+    "threads",
+)
 
 
 class BackgroundClient:
@@ -98,29 +112,47 @@ class BackgroundClient:
     the next frame does not come: :class:`FrameTimeoutError`).
     """
 
-    def __init__(self, endpoints: list[str] | str | None = None, *, workers: int | None = None,
-                 model: str = "parametric", checkpoint: str | None = None, checkpoint_sha256: str | None = None,
-                 globaltag: str | None = None, precision: str = "fp32", seed: int = 0, first_frame: int = 0,
-                 prefetch: int = 16, device: str = "cpu", max_batch: int | None = None,
-                 threads: int | None = None, heartbeat_interval: float = 0.5, heartbeat_timeout: float = 5.0,
-                 connect_timeout: float = 60.0, frame_timeout: float = 600.0) -> None:
+    def __init__(
+        self,
+        endpoints: list[str] | str | None = None,
+        *,
+        workers: int | None = None,
+        spec: ProducerSpec | None = None,
+        transport: TransportOptions | None = None,
+        seed: int = 0,
+        first_frame: int = 0,
+        prefetch: int = 16,
+        heartbeat_interval: float = 0.5,
+        heartbeat_timeout: float = 5.0,
+        connect_timeout: float = 60.0,
+        frame_timeout: float = 600.0,
+        **spec_keywords,
+    ) -> None:
+        unknown = set(spec_keywords) - set(_SPEC_KEYWORDS)
+        if unknown:
+            raise TypeError(f"BackgroundClient() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
+        if spec is not None and spec_keywords:
+            raise ConfigError(f"give either spec or {', '.join(sorted(spec_keywords))}, not both")
+        if spec is None:
+            spec = ProducerSpec(**{k: v for k, v in spec_keywords.items() if v is not None})
+        self.spec = spec
+        self.transport = transport if transport is not None else TransportOptions()
         if (endpoints is None) == (workers is None):
-            raise ValueError("give either endpoints (a producer farm) or workers (local producers), not both")
+            raise ConfigError("give either endpoints (a producer farm) or workers (local producers), not both")
         if isinstance(endpoints, str):
             endpoints = [e for e in endpoints.split(",") if e]
         if endpoints is not None and not endpoints:
-            raise ValueError("no producer endpoints given")
+            raise ConfigError("no producer endpoints given")
         if not 1 <= prefetch <= protocol.MAX_INDICES_PER_REQUEST:
-            raise ValueError(f"prefetch must be in 1..{protocol.MAX_INDICES_PER_REQUEST}, got {prefetch}")
+            raise ConfigError(f"prefetch must be in 1..{protocol.MAX_INDICES_PER_REQUEST}, got {prefetch}")
         if first_frame < 0:
-            raise ValueError("first_frame must be non-negative")
+            raise ConfigError("first_frame must be non-negative")
         if heartbeat_timeout <= 2 * heartbeat_interval:
-            raise ValueError("heartbeat_timeout must exceed twice the heartbeat_interval")
+            raise ConfigError("heartbeat_timeout must exceed twice the heartbeat_interval")
         self.seed = check_seed(seed)
         self.first_frame = first_frame
         self.prefetch = prefetch
-        self.identity = expected_identity(model, checkpoint=checkpoint, checkpoint_sha256=checkpoint_sha256,
-                                          globaltag=globaltag, precision=precision)
+        self.identity = spec.identity()
         self.identity_str = str(self.identity)
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
@@ -147,9 +179,7 @@ class BackgroundClient:
         self._finalizer = None
         try:
             if workers is not None:
-                self._workers = LocalWorkers(workers, model=model, checkpoint=checkpoint, globaltag=globaltag,
-                                             device=device, max_batch=max_batch, threads=threads,
-                                             precision=precision)
+                self._workers = LocalWorkers(workers, spec)
                 self._finalizer = weakref.finalize(self, self._workers.close)
                 endpoints = self._workers.endpoints
             self.endpoints = list(endpoints)
@@ -160,7 +190,7 @@ class BackgroundClient:
             self._wake_tx.setsockopt(zmq.LINGER, 0)
             self._wake_tx.setsockopt(zmq.SNDHWM, 1)
             self._wake_tx.connect(self._wake_addr)
-            self._peers = [_Peer(ep, transport.dealer(self._ctx, ep)) for ep in self.endpoints]
+            self._peers = [_Peer(ep, sockets.dealer(self._ctx, ep)) for ep in self.endpoints]
             self._thread = threading.Thread(target=self._io_loop, name="pxdbg-consumer-io", daemon=True)
             self._thread.start()
         except BaseException:
@@ -187,7 +217,8 @@ class BackgroundClient:
                 if remaining <= 0:
                     raise FrameTimeoutError(
                         f"frame {self._next} of stream {self.seed} did not arrive within {self.frame_timeout} s "
-                        f"although producers answer heartbeats; they may be overloaded ({self._describe()})")
+                        f"although producers answer heartbeats; they may be overloaded ({self._describe()})"
+                    )
                 self._cv.wait(min(remaining, 1.0))
         try:
             self._wake_tx.send(b"", zmq.NOBLOCK)
@@ -218,8 +249,9 @@ class BackgroundClient:
                     return alive
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise NoProducerError(f"{alive} of {count} producers answered within {timeout} s "
-                                          f"({self._describe()})")
+                    raise NoProducerError(
+                        f"{alive} of {count} producers answered within {timeout} s ({self._describe()})"
+                    )
                 self._cv.wait(min(remaining, 0.1))
 
     @property
@@ -285,8 +317,9 @@ class BackgroundClient:
 
     def _io_run(self) -> None:
         last_alive = time.monotonic()
-        hello = protocol.pack({"t": "hello", "want": self.identity.as_dict(),
-                               "client": f"{socket.gethostname()}:{os.getpid()}"})
+        hello = protocol.pack(
+            {"t": "hello", "want": self.identity.as_dict(), "client": f"{socket.gethostname()}:{os.getpid()}"}
+        )
         ping = protocol.pack({"t": "ping"})
         poller, polled = None, None
         while True:
@@ -323,10 +356,14 @@ class BackgroundClient:
                 extra = ""
                 if self._workers is not None:
                     extra = " Local worker logs:\n" + "\n".join(
-                        f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers)
-                self._fail(NoProducerError(
-                    f"no producer answered for {self.connect_timeout:.0f} s at {', '.join(self.endpoints)}; "
-                    f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"))
+                        f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers
+                    )
+                self._fail(
+                    NoProducerError(
+                        f"no producer answered for {self.connect_timeout:.0f} s at {', '.join(self.endpoints)}; "
+                        f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
+                    )
+                )
                 return
             self._assign_credits(now)
             with self._cv:
@@ -377,8 +414,12 @@ class BackgroundClient:
                 self._peer_died(peer, "it restarted", reconnect=False)
                 return
             idx = header.get("idx")
-            self._fail(ProducerFailure(f"producer {peer.endpoint} failed on frame(s) {idx} of stream "
-                                       f"{header.get('seed')}: {header.get('msg')}"))
+            self._fail(
+                ProducerFailure(
+                    f"producer {peer.endpoint} failed on frame(s) {idx} of stream "
+                    f"{header.get('seed')}: {header.get('msg')}"
+                )
+            )
             return
         raise protocol.ProtocolError(f"unexpected message type {kind!r}")
 
@@ -388,17 +429,26 @@ class BackgroundClient:
         except (KeyError, TypeError, ValueError) as exc:
             raise protocol.ProtocolError(f"welcome without a valid identity: {exc}") from None
         if theirs != self.identity:
-            self._fail(IdentityMismatchError(
-                f"producer {peer.endpoint} serves model {theirs} (checkpoint sha256 {theirs.checkpoint_sha256}), "
-                f"but this consumer asked for {self.identity} (checkpoint sha256 "
-                f"{self.identity.checkpoint_sha256}); point it at producers of the same model, checkpoint "
-                f"and precision"))
+            self._fail(
+                IdentityMismatchError(
+                    f"producer {peer.endpoint} serves model {theirs} (checkpoint sha256 {theirs.checkpoint_sha256}), "
+                    f"but this consumer asked for {self.identity} (checkpoint sha256 "
+                    f"{self.identity.checkpoint_sha256}); point it at producers of the same model, checkpoint "
+                    f"and precision"
+                )
+            )
             return
         if peer.state != _ALIVE:
             info = header.get("producer", {})
             peer.info = info if isinstance(info, dict) else {}
-            log.info("producer %s ready: %s (pid %s on %s, %s)", peer.endpoint, theirs, peer.info.get("pid"),
-                     peer.info.get("host"), peer.info.get("device"))
+            log.info(
+                "producer %s ready: %s (pid %s on %s, %s)",
+                peer.endpoint,
+                theirs,
+                peer.info.get("pid"),
+                peer.info.get("host"),
+                peer.info.get("device"),
+            )
             with self._cv:
                 peer.state = _ALIVE
                 self._cv.notify_all()
@@ -406,8 +456,9 @@ class BackgroundClient:
     def _receive_frame(self, peer: _Peer, header: dict, buffers: list) -> None:
         idx = header.get("idx")
         if header.get("seed") != self.seed or header.get("id") != self.identity_str:
-            raise protocol.ProtocolError(f"frame of stream {header.get('seed')} / {header.get('id')}, "
-                                         f"expected {self.seed} / {self.identity_str}")
+            raise protocol.ProtocolError(
+                f"frame of stream {header.get('seed')} / {header.get('id')}, expected {self.seed} / {self.identity_str}"
+            )
         with self._cv:
             wanted = isinstance(idx, int) and idx >= self._next and idx not in self._ready
         if not wanted:
@@ -443,7 +494,7 @@ class BackgroundClient:
         peer.last_sent = 0.0
         if reconnect:  # a fresh socket: nothing queued for the dead process is delivered to a new one
             peer.sock.close(0)
-            peer.sock = transport.dealer(self._ctx, peer.endpoint)
+            peer.sock = sockets.dealer(self._ctx, peer.endpoint)
 
     def _check_workers(self) -> None:
         gone = self._workers.exited()
@@ -451,14 +502,17 @@ class BackgroundClient:
             peer = next(p for p in self._peers if p.endpoint == w.endpoint)
             if not peer.process_exited:
                 peer.process_exited = True
-                log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode,
-                          w.log_tail())
+                log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode, w.log_tail())
                 if peer.state == _ALIVE or peer.outstanding:
                     self._peer_died(peer, f"process exited with code {w.process.returncode}")
         if gone and len(gone) == len(self._workers.workers):
             w = gone[0]
-            self._fail(ProducerFailure(f"all {len(gone)} local producer(s) exited; worker {w.index} "
-                                       f"(code {w.process.returncode}) said:\n{w.log_tail()}"))
+            self._fail(
+                ProducerFailure(
+                    f"all {len(gone)} local producer(s) exited; worker {w.index} "
+                    f"(code {w.process.returncode}) said:\n{w.log_tail()}"
+                )
+            )
 
     def _assign_credits(self, now: float) -> None:
         alive = [p for p in self._peers if p.state == _ALIVE]

@@ -18,6 +18,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pxdbg.shared.errors import ConfigError
+from pxdbg.shared.spec import ProducerSpec
+
 log = logging.getLogger("pxdbg.consumer")
 
 
@@ -39,30 +42,36 @@ class Worker:
 class LocalWorkers:
     """K producer subprocesses on ipc endpoints in a private temporary directory."""
 
-    def __init__(self, k: int, *, model: str, checkpoint: str | None = None, globaltag: str | None = None,
-                 device: str = "cpu", max_batch: int | None = None, threads: int | None = None,
-                 precision: str = "fp32", python: str | None = None) -> None:
+    def __init__(self, k: int, spec: ProducerSpec, *, python: str | None = None) -> None:
         if k < 1:
-            raise ValueError("the number of local workers must be at least 1")
+            raise ConfigError("the number of local workers must be at least 1")
+        self.spec = spec
         self.dir = Path(tempfile.mkdtemp(prefix="pxdbg-"))
         self.workers: list[Worker] = []
         try:
             for i in range(k):
                 endpoint = f"ipc://{self.dir}/w{i}.sock"
-                cmd = [python or sys.executable, "-m", "pxdbg", "produce", "--model", model, "--bind", endpoint,
-                       "--device", device, "--precision", precision, "--parent-pid", str(os.getpid())]
-                if checkpoint is not None:
-                    cmd += ["--checkpoint", str(checkpoint)]
-                if globaltag is not None:
-                    cmd += ["--globaltag", globaltag]
-                if max_batch is not None:
-                    cmd += ["--max-batch", str(max_batch)]
-                if threads is not None:
-                    cmd += ["--threads", str(threads)]
+                cmd = [
+                    python or sys.executable,
+                    "-m",
+                    "pxdbg",
+                    "produce",
+                    *spec.produce_argv(),
+                    "--bind",
+                    endpoint,
+                    "--parent-pid",
+                    str(os.getpid()),
+                ]
                 log_path = self.dir / f"w{i}.log"
                 with open(log_path, "wb") as logf:
-                    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                            start_new_session=True, close_fds=True)
+                    proc = subprocess.Popen(
+                        cmd,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,
+                        close_fds=True,
+                    )
                 self.workers.append(Worker(i, endpoint, proc, log_path))
         except BaseException:
             self.close()

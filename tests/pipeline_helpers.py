@@ -23,8 +23,9 @@ class Producers:
     def start(self, name: str, *extra: str) -> str:
         ep = self.endpoint(name)
         log = open(self.tmp / f"{name}.log", "ab")
-        self.procs[name] = subprocess.Popen([*PRODUCE, "--bind", ep, *extra], stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL)
+        self.procs[name] = subprocess.Popen(
+            [*PRODUCE, "--bind", ep, *extra], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         return ep
 

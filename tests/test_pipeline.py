@@ -64,8 +64,9 @@ def test_identical_frames_with_1_and_3_producers(tmp_path, reference):
 def test_failover_after_sigkill_and_reuse_after_restart(tmp_path, reference):
     with producers(tmp_path) as p:
         eps = [p.start(f"p{i}") for i in range(3)]
-        with BackgroundClient(eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, heartbeat_timeout=1.5,
-                              connect_timeout=30) as client:
+        with BackgroundClient(
+            eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, heartbeat_timeout=1.5, connect_timeout=30
+        ) as client:
             client.wait_for_producers(timeout=60)
             got = [client.next() for _ in range(20)]
             p.kill("p1")
@@ -77,16 +78,22 @@ def test_failover_after_sigkill_and_reuse_after_restart(tmp_path, reference):
             while client.frames_per_producer[eps[1]] == served_before and time.monotonic() < deadline:
                 got.append(client.next())
                 time.sleep(0.005)
-            assert client.frames_per_producer[eps[1]] > served_before, \
+            assert client.frames_per_producer[eps[1]] > served_before, (
                 f"the restarted producer was not used again: {p.log('p1')}"
+            )
             got += [client.next() for _ in range(10)]
     expected = models.load("parametric").frames(SEED, range(len(got)))
     assert all(a == b for a, b in zip(got, expected)), "frames after failover must equal a fault-free run"
 
 
 def test_no_producer_gives_a_clear_error(tmp_path):
-    client = BackgroundClient([f"ipc://{tmp_path}/nobody.sock", "tcp://127.0.0.1:9"], seed=1,
-                              connect_timeout=1.0, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    client = BackgroundClient(
+        [f"ipc://{tmp_path}/nobody.sock", "tcp://127.0.0.1:9"],
+        seed=1,
+        connect_timeout=1.0,
+        heartbeat_interval=0.1,
+        heartbeat_timeout=0.5,
+    )
     t0 = time.monotonic()
     with client, pytest.raises(NoProducerError, match="no producer answered for 1 s.*pxdbg produce"):
         client.next()
@@ -164,8 +171,9 @@ class FakeProducer(threading.Thread):
                 cid, raw, *_ = self.sock.recv_multipart()
                 h = protocol.unpack(raw)
                 if h["t"] == "hello":
-                    self.sock.send_multipart([cid, protocol.pack({"t": "welcome",
-                                                                  "identity": self.identity.as_dict()})])
+                    self.sock.send_multipart(
+                        [cid, protocol.pack({"t": "welcome", "identity": self.identity.as_dict()})]
+                    )
                 elif h["t"] == "ping":
                     self.sock.send_multipart([cid, protocol.pack({"t": "pong"})])
                 elif h["t"] == "req":
@@ -238,8 +246,9 @@ def test_workers_stop_when_parent_is_killed():
         assert len(pids) == 2 and not any(process_gone(pid) for pid in pids)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
-        assert wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=15), \
+        assert wait_until(lambda: all(process_gone(pid) for pid in pids), timeout=15), (
             "local producers outlived their killed parent"
+        )
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -271,8 +280,11 @@ def test_tcp_farm_endpoint(tmp_path, reference):
         s.close(0)
     with producers(tmp_path) as p:
         proc_ep = f"tcp://127.0.0.1:{port}"
-        p.procs["tcp"] = subprocess.Popen([sys.executable, "-m", "pxdbg", "produce", "--bind", proc_ep],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        p.procs["tcp"] = subprocess.Popen(
+            [sys.executable, "-m", "pxdbg", "produce", "--bind", proc_ep],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with BackgroundClient(proc_ep, seed=SEED, prefetch=4, connect_timeout=30) as client:
             got = [client.next() for _ in range(5)]
     assert all(a == b for a, b in zip(got, reference))
@@ -313,10 +325,13 @@ class FlakyModel:
         return ["not a frame" if idx == self.fail_encode else f for (_, idx), f in zip(keys, frames)]
 
 
-@pytest.mark.parametrize(("fail_generate", "fail_encode", "match"), [
-    (3, -1, "failed on frame\\(s\\) \\[3\\].*CUDA out of memory \\(simulated\\)"),
-    (-1, 2, "failed on frame\\(s\\) \\[2\\].*could not encode"),
-])
+@pytest.mark.parametrize(
+    ("fail_generate", "fail_encode", "match"),
+    [
+        (3, -1, "failed on frame\\(s\\) \\[3\\].*CUDA out of memory \\(simulated\\)"),
+        (-1, 2, "failed on frame\\(s\\) \\[2\\].*could not encode"),
+    ],
+)
 def test_producer_failures_reach_the_consumer(tmp_path, fail_generate, fail_encode, match):
     from pxdbg.consumer import ProducerFailure
     from pxdbg.producer.server import ProducerServer
