@@ -134,10 +134,18 @@ class TransportOptions:
 
     ``hwm``: high-water mark, messages per peer (credits bound the queues; this is the second guard).
     ``linger_ms``: milliseconds a closing producer socket may spend delivering queued messages.
+    CURVE key files (see :mod:`pxdbg.shared.security`; ``None`` reads ``PXDBG_CURVE_<FIELD>`` from the
+    environment): a producer's ``curve_server_secret`` (its NAME.key_secret) and ``curve_allow_dir`` (the
+    consumers' NAME.key files it admits); a consumer's ``curve_client_secret`` and ``curve_server_public`` (the
+    producers' NAME.key). Paths only: key material never goes into argv.
     """
 
     hwm: int = 256
     linger_ms: int = 200
+    curve_server_secret: str | None = None
+    curve_allow_dir: str | None = None
+    curve_client_secret: str | None = None
+    curve_server_public: str | None = None
 
     def __post_init__(self) -> None:
         _positive_int(self.hwm, "hwm")
