@@ -1,0 +1,193 @@
+"""The producer's metrics and health port, scraped over real HTTP on the loopback and parsed by prometheus_client."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import sys
+import urllib.error
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from pxdbg.producer.metrics import MetricsServer, health
+from pxdbg.shared.errors import ConfigError, MissingDependencyError
+
+pytestmark = pytest.mark.timeout(60)
+
+SNAPSHOT = {
+    "identity": "parametric@8f02cf77526a/fp32",
+    "host": "gpu01",
+    "pid": 4242,
+    "device": "cpu",
+    "endpoints": ["tcp://*:5555"],
+    "uptime_s": 12.5,
+    "ready": True,
+    "last_progress_s": 0.25,
+    "consumers": 3,
+    "pending": 7,
+    "counters": {
+        "frames_generated": 120,
+        "frames_sent": 117,
+        "malformed_messages": 2,
+        "refused_auth": 5,
+        "requests_over_limit": 1,
+        "sends_to_gone_consumer": 4,
+    },
+    "histograms": {
+        "model_seconds": {"buckets": [0.01, 0.1, 1.0], "counts": [3, 10, 15, 15], "sum": 2.5, "count": 15},
+        "post_seconds": {"buckets": [0.001, 0.01], "counts": [9, 15, 15], "sum": 0.06, "count": 15},
+        "batch_size": {"buckets": [1, 2, 4, 8], "counts": [2, 5, 9, 15, 15], "sum": 120, "count": 15},
+    },
+}
+
+
+class FakeProducer:
+    """A stand-in with ProducerServer.snapshot()'s documented shape, changed by the test between scrapes."""
+
+    def __init__(self) -> None:
+        self.snap = copy.deepcopy(SNAPSHOT)
+        self.fail = False
+
+    def snapshot(self) -> dict:
+        if self.fail:
+            raise RuntimeError("snapshot broke")
+        return copy.deepcopy(self.snap)
+
+
+def get(port: int, path: str, accept: str | None = None) -> tuple[int, str, str]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Accept": accept} if accept else {})
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, resp.headers["Content-Type"], resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+def scrape(port: int) -> dict:
+    status, _, text = get(port, "/metrics")
+    assert status == 200, text
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+@pytest.fixture
+def served():
+    fake = FakeProducer()
+    with MetricsServer(fake, 0, host="127.0.0.1") as server:
+        yield fake, server.port
+
+
+def value(family, sample_name: str | None = None, **labels) -> float:
+    found = [
+        s.value
+        for s in family.samples
+        if (sample_name is None or s.name == sample_name) and all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    assert len(found) == 1, (family.name, sample_name, labels, family.samples)
+    return found[0]
+
+
+def test_scrape_reads_the_snapshot_at_scrape_time(served):
+    fake, port = served
+    fams = scrape(port)
+    assert value(fams["pxdbg_producer_frames_generated"], "pxdbg_producer_frames_generated_total") == 120
+    assert value(fams["pxdbg_producer_frames_sent"], "pxdbg_producer_frames_sent_total") == 117
+    assert value(fams["pxdbg_producer_malformed_messages"], "pxdbg_producer_malformed_messages_total") == 2
+    assert value(fams["pxdbg_producer_refused_auth"], "pxdbg_producer_refused_auth_total") == 5
+    assert value(fams["pxdbg_producer_sends_to_gone_consumer"], "pxdbg_producer_sends_to_gone_consumer_total") == 4
+    assert value(fams["pxdbg_producer_consumers"]) == 3
+    assert value(fams["pxdbg_producer_pending"]) == 7
+    assert value(fams["pxdbg_producer_ready"]) == 1
+    info = fams["pxdbg_producer_info"]  # an info metric: a gauge of 1 in the text format
+    assert value(info, identity="parametric@8f02cf77526a/fp32", device="cpu", host="gpu01") == 1
+    model = fams["pxdbg_producer_model_seconds"]
+    assert model.type == "histogram"
+    assert value(model, "pxdbg_producer_model_seconds_bucket", le="0.1") == 10
+    assert value(model, "pxdbg_producer_model_seconds_bucket", le="+Inf") == 15
+    assert value(model, "pxdbg_producer_model_seconds_count") == 15
+    assert value(model, "pxdbg_producer_model_seconds_sum") == 2.5
+    assert value(fams["pxdbg_producer_batch_size"], "pxdbg_producer_batch_size_bucket", le="4.0") == 9
+    assert value(fams["pxdbg_producer_post_processing_seconds"], "pxdbg_producer_post_processing_seconds_sum") == 0.06
+    assert "pxdbg_producer_gpu_memory_bytes" not in fams, "no GPU numbers for a CPU producer"
+
+    fake.snap["counters"]["frames_sent"] = 500  # the next scrape sees the producer's numbers of that moment
+    fake.snap["consumers"] = 0
+    fams = scrape(port)
+    assert value(fams["pxdbg_producer_frames_sent"], "pxdbg_producer_frames_sent_total") == 500
+    assert value(fams["pxdbg_producer_consumers"]) == 0
+
+
+def test_label_values_are_bounded(served):
+    """Series do not multiply with traffic: more consumers and frames change values, never the set of series."""
+    fake, port = served
+
+    def series(fams):
+        return {
+            (s.name, tuple(sorted(s.labels.items())))
+            for f in fams.values()
+            for s in f.samples
+            if not s.name.startswith("process_")
+        }
+
+    before = series(scrape(port))
+    fake.snap["consumers"], fake.snap["pending"] = 4000, 90000
+    for name in ("frames_generated", "frames_sent", "malformed_messages", "refused_auth"):
+        fake.snap["counters"][name] *= 1000
+    after = series(scrape(port))
+    assert before == after
+    labels = {k for _, items in after for k, _ in items}
+    assert labels <= {"le", "identity", "device", "host", "pid"}, labels
+
+
+def test_health_and_readiness(served):
+    fake, port = served
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/readyz")[0] == 200
+    fake.snap["pending"], fake.snap["last_progress_s"] = 0, 900.0  # idle for a long time is alive
+    status, _, text = get(port, "/healthz")
+    assert (status, text.strip()) == (200, "idle")
+    fake.snap["pending"] = 12  # pending work and no progress: stuck
+    status, _, text = get(port, "/healthz")
+    assert status == 503 and "stalled: 12 frames pending" in text
+    fake.snap["ready"] = False  # loading, warming up or draining: not ready, but not to be restarted either
+    assert get(port, "/readyz")[0] == 503
+    assert get(port, "/healthz")[0] == 200
+    assert get(port, "/nothing")[0] == 404
+
+
+def test_a_failing_snapshot_is_a_500_and_the_server_goes_on(served):
+    fake, port = served
+    fake.fail = True
+    assert get(port, "/metrics")[0] == 500
+    assert get(port, "/healthz")[0] == 500
+    fake.fail = False
+    assert get(port, "/metrics")[0] == 200
+
+
+def test_openmetrics_when_asked(served):
+    _, port = served
+    status, content_type, text = get(port, "/metrics", accept="application/openmetrics-text; version=1.0.0")
+    assert status == 200 and content_type.startswith("application/openmetrics-text")
+    assert text.rstrip().endswith("# EOF")
+
+
+def test_health_rule_is_a_pure_function():
+    assert health({"ready": True, "pending": 3, "last_progress_s": 5.0}, stall_s=10) == (
+        True,
+        "generating: 3 frames pending, last batch 5.0 s ago",
+    )
+    assert not health({"ready": True, "pending": 3, "last_progress_s": 11.0}, stall_s=10)[0]
+
+
+def test_port_in_use_and_missing_dependency(monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        with pytest.raises(ConfigError, match="cannot serve metrics on 127.0.0.1"):
+            MetricsServer(FakeProducer(), taken.getsockname()[1], host="127.0.0.1")
+    with pytest.raises(ConfigError, match="0..65535"):
+        MetricsServer(FakeProducer(), 70000)
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'pxdbg\[metrics\]'"):
+        MetricsServer(FakeProducer(), 0)
