@@ -1,18 +1,28 @@
 """parametric: a fast, physics-motivated background model; the embedded default.
 
 What it is: per event and sensor, a number of particle clusters is drawn (Poisson, with a log-normal
-event-to-event intensity shared by the whole event and one per image, to give the spread measured in real
-background); each cluster is a small shape of neighbouring pixels (1 to 9 pixels, seed pixel carrying the
-largest charge); pixel charges follow the measured zero-suppressed hit spectrum (7..255 ADC), and charges of
-clusters that overlap add up. Everything is calibrated to the per-sensor occupancies, the per-layer
-event-to-event spreads and the hit-charge spectrum of 10,000 events of Geant4-simulated Belle II background
-(``pxdbg/shared/data/reference-figures.json``); the calibration is analytic (:func:`fit`) and its numbers
-live in the checkpoint like any other model's parameters.
+intensity whose logarithm follows a low-rank factor model across the 40 sensors, so sensors fluctuate together
+the way they do in real background); each cluster is taken from a per-sensor library of cluster shapes, each
+shape carrying its pixels' offsets from the seed pixel and how the charge is shared among them (the rank of
+each pixel's charge, as a quantile); the cluster's seed pixel is placed according to a per-sensor hit density
+over (u, v); pixel charges come from the sensor's own hit-charge spectrum (1..255 ADC) at the library quantile,
+and charges of clusters that overlap add up.
 
-What it is not: not a trained GAN, and no physics beyond these marginals: no correlation between detectors,
-no realistic cluster shapes per particle type or incidence angle, no per-layer charge spectra, no hit-map
-structure within a sensor (hits are uniform over each sensor). It needs no GPU and generates a frame in a few
-milliseconds, which makes it the default for pipelines, tests and demonstrations.
+Two ways to set its numbers, both stored in the checkpoint like any other model's parameters:
+
+- :func:`fit` (the shipped payload): analytic, from the published figures of 10,000 events of
+  Geant4-simulated Belle II background (``pxdbg/shared/data/reference-figures.json``): per-sensor occupancy,
+  per-layer event-to-event spread, per-sensor mean hit charge (each sensor's spectrum is the measured one,
+  exponentially tilted to the sensor's mean). The figures say nothing about shapes, hit maps or correlations,
+  so the shipped model has a fixed table of small cluster shapes, uniform hit density and one event-wide factor.
+- ``pxdbg calibrate`` (:mod:`pxdbg.calibrate`): learned from a background sample: everything above per
+  sensor, including the shape library sampled from the sample's own clusters, a smoothed hit density and the
+  factor model of log-occupancies.
+
+What it is not: not a trained GAN, and no physics beyond what it learns: clusters are independent given the
+event's intensities, and a shape does not depend on where on the sensor it lands (beyond the sensor). It needs
+no GPU and generates a frame in about ten milliseconds, which makes it the default for pipelines, tests and
+demonstrations.
 """
 
 from __future__ import annotations
@@ -28,13 +38,20 @@ from torch import nn
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, N_U, N_V, PIXELS_PER_SENSOR
 
-ADC_MIN = 7  # the reference sample is zero-suppressed at 7 ADC
+ADC_MIN = 1  # the spectrum table covers 1..255 ADC; a zero-suppressed sample has no weight below its threshold
 N_ADC = 256 - ADC_MIN
-MAX_CLUSTER = 9
+MAX_CLUSTER = 16  # pixels per library shape
+LIBRARY = 256  # library shapes per sensor
+N_FACTORS = 4  # common factors of the log-intensities
+CELL_U, CELL_V = 10, 16  # hit-density grid cell, in pixels
+GRID_U, GRID_V = N_U // CELL_U, N_V // CELL_V
+N_CELLS = GRID_U * GRID_V
+CODE_MAX = 32767  # library charge quantile q is stored as code in 1..CODE_MAX, q = (code - 0.5) / CODE_MAX
+assert GRID_U * CELL_U == N_U and GRID_V * CELL_V == N_V
 
-# Cluster shapes (offsets in u, v from the seed pixel, seed first) and their probabilities. Background hits
-# are dominated by low-energy particles leaving 1-3 pixels; a tail of larger clusters stands for slow,
-# strongly ionising particles and tracks at shallow incidence (elongated along v, the beam direction).
+# The shipped model's cluster shapes (offsets in u, v from the seed pixel, seed first) and their
+# probabilities. Background hits are dominated by low-energy particles leaving 1-3 pixels; a tail of larger
+# clusters stands for slow, strongly ionising particles and tracks at shallow incidence (elongated along v).
 SHAPES: tuple[tuple[float, tuple[tuple[int, int], ...]], ...] = (
     (0.34, ((0, 0),)),
     (0.10, ((0, 0), (0, 1))),
@@ -53,14 +70,15 @@ SHAPES: tuple[tuple[float, tuple[tuple[int, int], ...]], ...] = (
 )
 
 
-def _shape_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    probs = np.array([p for p, _ in SHAPES], dtype=np.float64)
-    offsets = np.zeros((len(SHAPES), MAX_CLUSTER, 2), dtype=np.int64)
-    mask = np.zeros((len(SHAPES), MAX_CLUSTER), dtype=bool)
-    for t, (_, shape) in enumerate(SHAPES):
-        offsets[t, : len(shape)] = shape
-        mask[t, : len(shape)] = True
-    return probs / probs.sum(), offsets, mask
+def _flat_cdf(cdf: np.ndarray) -> np.ndarray:
+    """Per-sensor CDFs (rows ending at 1) laid end to end as one increasing array: row s spans [s, s + 1]."""
+    return (cdf + np.arange(cdf.shape[0])[:, None]).ravel()
+
+
+def _pick(flat: np.ndarray, width: int, sensor: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw from row ``sensor`` of a :func:`_flat_cdf` table for uniforms ``r`` in [0, 1)."""
+    idx = np.searchsorted(flat, sensor + r, side="right") - sensor * width
+    return np.minimum(idx, width - 1)  # s + r can round up to s + 1 for r just below 1
 
 
 class Model(nn.Module):
@@ -68,59 +86,79 @@ class Model(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        probs, offsets, mask = _shape_tables()
-        #: expected clusters per sensor and event (before the intensity factors), per generator index
-        self.register_buffer("clusters_per_sensor", torch.zeros(N_SENSORS, dtype=torch.float64))
-        #: log-normal sigma of the event-wide intensity factor and of the per-image factor, per layer (1, 2)
-        self.register_buffer("sigma_event", torch.zeros(2, dtype=torch.float64))
-        self.register_buffer("sigma_image", torch.zeros(2, dtype=torch.float64))
-        #: cumulative distribution of a hit pixel's charge over ADC 7..255
-        self.register_buffer("adc_cdf", torch.linspace(0, 1, N_ADC + 1, dtype=torch.float64)[1:])
-        self.register_buffer("shape_cdf", torch.from_numpy(np.cumsum(probs)))
-        self.register_buffer("shape_offsets", torch.from_numpy(offsets))
-        self.register_buffer("shape_mask", torch.from_numpy(mask))
-        self._tables: tuple[np.ndarray, ...] | None = None
+        f64 = torch.float64
+        #: expected clusters per sensor and event at unit intensity, per generator index
+        self.register_buffer("clusters_per_sensor", torch.zeros(N_SENSORS, dtype=f64))
+        #: factor loadings of the log-intensity: log I_s = loadings[s] . z + sigma_image[s] * eps_s (+ const)
+        self.register_buffer("loadings", torch.zeros(N_SENSORS, N_FACTORS, dtype=f64))
+        self.register_buffer("sigma_image", torch.zeros(N_SENSORS, dtype=f64))
+        #: per-sensor cumulative distribution of a hit pixel's charge over ADC 1..255
+        self.register_buffer("adc_cdf", torch.ones(N_SENSORS, N_ADC, dtype=f64))
+        #: per-sensor cumulative distribution of a cluster's seed-pixel cell on the GRID_U x GRID_V grid
+        self.register_buffer("density_cdf", torch.ones(N_SENSORS, N_CELLS, dtype=torch.float32))
+        #: per-sensor cumulative probability of each library shape
+        self.register_buffer("library_cdf", torch.ones(N_SENSORS, LIBRARY, dtype=f64))
+        #: library shapes: pixel offsets (du, dv) from the seed pixel, and charge quantile codes (0 = no pixel)
+        self.register_buffer("library_offsets", torch.zeros(N_SENSORS, LIBRARY, MAX_CLUSTER, 2, dtype=torch.int8))
+        self.register_buffer("library_charge", torch.zeros(N_SENSORS, LIBRARY, MAX_CLUSTER, dtype=torch.int16))
+        self._tables: dict[str, np.ndarray] | None = None
 
-    def _numpy_tables(self) -> tuple[np.ndarray, ...]:
-        # numpy views of the buffers, made once after the state_dict is loaded (generation is numpy code)
+    def _numpy_tables(self) -> dict[str, np.ndarray]:
+        # numpy forms of the buffers, made once after the state_dict is loaded (generation is numpy code)
         if self._tables is None:
-            self._tables = tuple(
-                b.detach().cpu().numpy()
-                for b in (self.clusters_per_sensor, self.sigma_event, self.sigma_image, self.adc_cdf,
-                          self.shape_cdf, self.shape_offsets, self.shape_mask)
+            b = {name: t.detach().cpu().numpy() for name, t in self.named_buffers()}
+            loadings, sigma = b["loadings"], b["sigma_image"]
+            self._tables = {
+                "clusters": b["clusters_per_sensor"],
+                "loadings": loadings,
+                "sigma": sigma,
+                "log_norm": -0.5 * ((loadings**2).sum(axis=1) + sigma**2),  # unit mean intensity
+                "adc": _flat_cdf(b["adc_cdf"]),
+                "density": _flat_cdf(b["density_cdf"].astype(np.float64)),
+                "library": _flat_cdf(b["library_cdf"]),
+            }
+            # the library's pixels laid out flat, shape after shape, so a frame touches only real pixels
+            codes = b["library_charge"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER).astype(np.int64)
+            present = codes > 0
+            offsets = b["library_offsets"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER, 2).astype(np.int64)
+            sizes = present.sum(axis=1)
+            self._tables.update(
+                size=sizes,
+                start=np.cumsum(sizes) - sizes,
+                du=offsets[..., 0][present],
+                dv=offsets[..., 1][present],
+                q=(codes[present] - 0.5) / CODE_MAX,
             )
         return self._tables
 
-    def _load_from_state_dict(self, *args, **kwargs):  # keep the numpy views in step with the buffers
+    def _load_from_state_dict(self, *args, **kwargs):  # keep the numpy tables in step with the buffers
         self._tables = None
         return super()._load_from_state_dict(*args, **kwargs)
 
     def sample(self, rng: np.random.Generator) -> SparseFrame:
         """One frame's digits from the random stream ``rng``."""
-        clusters, sig_ev, sig_im, adc_cdf, shape_cdf, offsets, mask = self._numpy_tables()
-        layer = LAYER_OF_INDEX.astype(np.intp) - 1
-        z_event = rng.standard_normal()
-        z_image = rng.standard_normal(N_SENSORS)
-        s_ev, s_im = sig_ev[layer], sig_im[layer]
-        intensity = np.exp(s_ev * z_event - 0.5 * s_ev**2 + s_im * z_image - 0.5 * s_im**2)
-        n = rng.poisson(clusters * intensity)
+        t = self._numpy_tables()
+        z = rng.standard_normal(N_FACTORS)
+        eps = rng.standard_normal(N_SENSORS)
+        intensity = np.exp(t["loadings"] @ z + t["sigma"] * eps + t["log_norm"])
+        n = rng.poisson(t["clusters"] * intensity)
         total = int(n.sum())
         sensor = np.repeat(np.arange(N_SENSORS, dtype=np.int64), n)
-        u0 = rng.integers(0, N_U, total)
-        v0 = rng.integers(0, N_V, total)
-        shape = np.searchsorted(shape_cdf, rng.random(total), side="right").clip(max=len(shape_cdf) - 1)
-        in_shape = mask[shape]
-        off = offsets[shape]
-        u = u0[:, None] + off[..., 0]
-        v = v0[:, None] + off[..., 1]
-        keep = in_shape & (u >= 0) & (u < N_U) & (v >= 0) & (v < N_V)
-        charge = np.zeros(keep.shape, dtype=np.int64)
-        charge[in_shape] = np.searchsorted(adc_cdf, rng.random(int(in_shape.sum())), side="right") + ADC_MIN
-        # shapes list their seed pixel first: sorting each cluster's charges in descending order gives the
-        # seed the largest one (slots outside the shape hold 0 and sort last)
-        charge = -np.sort(-charge, axis=1)
-        s = np.broadcast_to(sensor[:, None], keep.shape)
-        return SparseFrame.from_pixels(s[keep], u[keep], v[keep], charge[keep].clip(max=255))
+        cell = _pick(t["density"], N_CELLS, sensor, rng.random(total))
+        cu, cv = np.divmod(cell, GRID_V)
+        u0 = cu * CELL_U + rng.integers(0, CELL_U, total)
+        v0 = cv * CELL_V + rng.integers(0, CELL_V, total)
+        row = sensor * LIBRARY + _pick(t["library"], LIBRARY, sensor, rng.random(total))
+        size = t["size"][row]
+        cluster = np.repeat(np.arange(total), size)  # the cluster of each pixel
+        first = np.cumsum(size) - size
+        pix = t["start"][row][cluster] + np.arange(cluster.size) - first[cluster]
+        u = u0[cluster] + t["du"][pix]
+        v = v0[cluster] + t["dv"][pix]
+        keep = (u >= 0) & (u < N_U) & (v >= 0) & (v < N_V)
+        s = sensor[cluster][keep]
+        charge = _pick(t["adc"], N_ADC, s, t["q"][pix][keep]) + ADC_MIN
+        return SparseFrame.from_pixels(s, u[keep], v[keep], charge)
 
 
 def generate(model: Model) -> torch.Tensor:
@@ -140,49 +178,155 @@ def reference_figures() -> dict:
     return json.loads(text)["real"]
 
 
+# -- calibration helpers, shared by fit() and pxdbg calibrate ---------------------------------------------------
+def stratified_codes(charges: np.ndarray, weights: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Quantile codes for library pixels with these ``charges`` (any order) and selection ``weights``.
+
+    Each pixel gets its weighted mid-rank among all of the sensor's library pixels (ties in random order), so
+    the library's charge quantiles cover [0, 1] evenly: drawn through the sensor's spectrum they reproduce that
+    spectrum exactly, while the ranks keep how the charge is shared within each shape.
+    """
+    order = np.lexsort((rng.random(charges.size), charges))
+    w = weights[order]
+    mid = (np.cumsum(w) - 0.5 * w) / w.sum()
+    codes = np.empty(charges.size, np.int64)
+    codes[order] = np.clip(np.rint(mid * CODE_MAX + 0.5), 1, CODE_MAX)
+    return codes
+
+
+def expected_pixels_in_sensor(offsets: np.ndarray, present: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """Expected pixels inside the sensor of each library shape of one sensor, for seed pixels placed by
+    ``density`` (GRID_U x GRID_V probabilities, uniform within a cell): shapes near an edge lose pixels."""
+    du = offsets[..., 0][present]
+    dv = offsets[..., 1][present]
+    pairs, inverse = np.unique(np.stack([du, dv], axis=1), axis=0, return_inverse=True)
+
+    def inside(n: int, cell: int, d: np.ndarray) -> np.ndarray:  # (cells, len(d)): share of a cell's pixels
+        pos = np.arange(n)[:, None] + d[None, :]
+        ok = ((pos >= 0) & (pos < n)).reshape(n // cell, cell, d.size)
+        return ok.mean(axis=1)
+
+    fu = inside(N_U, CELL_U, pairs[:, 0])
+    fv = inside(N_V, CELL_V, pairs[:, 1])
+    p_pair = np.einsum("ij,in,jn->n", density.reshape(GRID_U, GRID_V), fu, fv)
+    per_pixel = np.zeros(present.shape)
+    per_pixel[present] = p_pair[inverse.ravel()]
+    return per_pixel.sum(axis=1)
+
+
+def clusters_for_occupancy(occupancy: np.ndarray, mean_size: np.ndarray) -> np.ndarray:
+    """Clusters per sensor and event giving ``occupancy`` when clusters of ``mean_size`` in-sensor pixels land
+    independently (overlapping clusters merge: occupancy = 1 - exp(-pixel density))."""
+    rho = -np.log1p(-np.clip(occupancy, 0.0, 0.5))
+    return np.where(mean_size > 0, rho * PIXELS_PER_SENSOR / np.maximum(mean_size, 1e-12), 0.0)
+
+
+def tilted_cdf(counts: np.ndarray, target_mean: float) -> np.ndarray:
+    """CDF over ADC 1..255 of the spectrum ``counts`` (index = ADC 0..255), exponentially tilted
+    (p(a) ~ counts(a) exp(t a)) so that its mean is ``target_mean``."""
+    a = np.arange(ADC_MIN, 256, dtype=np.float64)
+    p0 = np.asarray(counts[ADC_MIN:], dtype=np.float64)
+    lo, hi = -0.5, 0.5
+
+    def tilted(t: float) -> np.ndarray:
+        w = p0 * np.exp(t * (a - a.mean()))
+        return w / w.sum()
+
+    for _ in range(80):  # the mean grows monotonically with the tilt
+        mid = 0.5 * (lo + hi)
+        if tilted(mid) @ a < target_mean:
+            lo = mid
+        else:
+            hi = mid
+    cdf = np.cumsum(tilted(0.5 * (lo + hi)))
+    cdf[-1] = 1.0
+    return cdf
+
+
+def library_sizes(model: Model) -> np.ndarray:
+    """(sensors, LIBRARY) pixels per library shape."""
+    return (model.library_charge.numpy() > 0).sum(axis=2)
+
+
+def poisson_rel_var(model: Model, mean_in_sensor: np.ndarray) -> np.ndarray:
+    """Relative variance of a sensor's hit count at fixed intensity (compound Poisson over shape sizes)."""
+    w = np.diff(model.library_cdf.numpy(), axis=1, prepend=0.0)
+    size = library_sizes(model).astype(np.float64)
+    mean_sq = (w * size**2).sum(axis=1)
+    clusters = model.clusters_per_sensor.numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = mean_sq / (clusters * mean_in_sensor**2)
+    return np.where(clusters > 0, out, 0.0)
+
+
+def set_tables(model: Model, **arrays: np.ndarray) -> Model:
+    """Copy numpy arrays into the model's buffers of the same names."""
+    with torch.no_grad():
+        for name, value in arrays.items():
+            buf = getattr(model, name)
+            buf.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(buf.dtype))
+    model._tables = None
+    return model
+
+
 def fit(reference: dict | None = None, event_share: float = 0.5) -> Model:
     """Calibrate a :class:`Model` to reference figures (default: the shipped ones), analytically.
 
+    - shapes: the fixed :data:`SHAPES` table, stratified over each sensor's library; charge ranks random with
+      the seed pixel largest; uniform hit density;
     - occupancy: a cluster pixel density rho gives unique-pixel occupancy 1 - exp(-rho) (overlaps merge);
       the expected in-sensor size of each shape accounts for pixels lost over the sensor edge;
     - spread: the within-sensor event-to-event variance (layer std^2 minus the between-sensor std^2) minus the
-      compound-Poisson variance of the cluster count is given to the log-normal intensity factors, a share
-      ``event_share`` of it to the event-wide factor (shared by all sensors) and the rest per image;
-    - charge: the hit spectrum is the reference histogram of ADC 7..255.
+      compound-Poisson variance of the cluster count is given to the log-normal intensity, a share
+      ``event_share`` of it to one event-wide factor (shared by all sensors of a layer) and the rest per image;
+    - charge: each sensor's spectrum is the reference histogram tilted to the sensor's mean hit charge, less
+      the charge that overlapping clusters add (a hit pixel holds 1 + rho / 2 deposits on average).
     """
     ref = reference or reference_figures()
     model = Model()
-    probs, offsets, mask = _shape_tables()
-    inside = ((N_U - np.abs(offsets[..., 0])) / N_U) * ((N_V - np.abs(offsets[..., 1])) / N_V)
-    size_in = (inside * mask).sum(axis=1)  # expected pixels inside the sensor, per shape
-    mean_size = float(probs @ size_in)
-    mean_size_sq = float(probs @ size_in**2)
+    rng = np.random.default_rng(20261128)
+    probs = np.array([p for p, _ in SHAPES], dtype=np.float64)
+    which = np.searchsorted(np.cumsum(probs / probs.sum()), (np.arange(LIBRARY) + 0.5) / LIBRARY)
+    offsets = np.zeros((LIBRARY, MAX_CLUSTER, 2), np.int8)
+    present = np.zeros((LIBRARY, MAX_CLUSTER), bool)
+    for j, t in enumerate(which):
+        shape = SHAPES[t][1]
+        offsets[j, : len(shape)] = shape
+        present[j, : len(shape)] = True
+    weights = np.full(int(present.sum()), 1.0)
+    codes = np.zeros((LIBRARY, MAX_CLUSTER), np.int64)
+    codes[present] = stratified_codes(rng.random(weights.size), weights, rng)  # random ranks, stratified values
+    codes = -np.sort(-codes, axis=1)  # the seed pixel (listed first) carries the largest charge
+    density = np.full(N_CELLS, 1.0 / N_CELLS)
+    mean_size = expected_pixels_in_sensor(offsets, present, density).mean()
 
     occ = np.asarray(ref["mean_occupancy_per_sensor"], dtype=np.float64)
-    rho = -np.log1p(-occ)
-    clusters = rho * PIXELS_PER_SENSOR / mean_size
+    clusters = clusters_for_occupancy(occ, np.full(N_SENSORS, mean_size))
+    set_tables(
+        model,
+        clusters_per_sensor=clusters,
+        density_cdf=np.tile(np.cumsum(density), (N_SENSORS, 1)),
+        library_cdf=np.tile((np.arange(LIBRARY) + 1.0) / LIBRARY, (N_SENSORS, 1)),
+        library_offsets=np.broadcast_to(offsets, (N_SENSORS, *offsets.shape)),
+        library_charge=np.broadcast_to(codes, (N_SENSORS, *codes.shape)),
+    )
+    noise = poisson_rel_var(model, np.full(N_SENSORS, mean_size))
 
-    sig_ev = np.zeros(2)
-    sig_im = np.zeros(2)
-    for li, layer in enumerate((1, 2)):
+    loadings = np.zeros((N_SENSORS, N_FACTORS))
+    sigma = np.zeros(N_SENSORS)
+    for layer in (1, 2):
         sel = LAYER_OF_INDEX == layer
         mean = float(ref["occupancy_layer_mean"][str(layer)])
         within = ref["per_image_occupancy_std_layer"][str(layer)] ** 2
         within -= ref["between_sensor_std_of_mean_occupancy_layer"][str(layer)] ** 2
-        rel_var = within / mean**2
-        poisson_rel_var = mean_size_sq / (float(clusters[sel].mean()) * mean_size**2)
-        extra = max(rel_var - poisson_rel_var, 0.0)
+        extra = max(within / mean**2 - float(noise[sel].mean()), 0.0)
         sigma2 = np.log1p(extra)
-        sig_ev[li] = np.sqrt(event_share * sigma2)
-        sig_im[li] = np.sqrt((1.0 - event_share) * sigma2)
+        loadings[sel, 0] = np.sqrt(event_share * sigma2)
+        sigma[sel] = np.sqrt((1.0 - event_share) * sigma2)
 
-    counts = np.asarray(ref["adc_histogram_counts_7_to_255"], dtype=np.float64)
-    cdf = np.cumsum(counts) / counts.sum()
-    cdf[-1] = 1.0
-    with torch.no_grad():
-        model.clusters_per_sensor.copy_(torch.from_numpy(clusters))
-        model.sigma_event.copy_(torch.from_numpy(sig_ev))
-        model.sigma_image.copy_(torch.from_numpy(sig_im))
-        model.adc_cdf.copy_(torch.from_numpy(cdf))
-    model._tables = None
-    return model
+    counts = np.zeros(256)
+    counts[7:] = ref["adc_histogram_counts_7_to_255"]
+    rho = -np.log1p(-occ)
+    target = np.asarray(ref["mean_hit_adc_per_sensor"], dtype=np.float64) / (1.0 + 0.5 * rho)
+    adc_cdf = np.stack([tilted_cdf(counts, m) for m in target])
+    return set_tables(model, loadings=loadings, sigma_image=sigma, adc_cdf=adc_cdf)
