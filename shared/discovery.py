@@ -340,6 +340,20 @@ class Registration:
         self.close()
 
 
+def advertised_endpoint(bind: str) -> str:
+    """The endpoint consumers connect to for a producer's ``tcp://`` bind; a wildcard host becomes this host's name.
+
+    :class:`ConfigError` for an endpoint that cannot be advertised (an ephemeral port, not ``tcp://``).
+    """
+    if not bind.startswith("tcp://"):
+        raise ConfigError(f"only tcp:// endpoints are registered, got {bind!r}")
+    rest = bind[len("tcp://") :]
+    host, _, port = rest.rpartition(":")
+    if host in ("*", "0.0.0.0", "[::]", "::"):
+        rest = f"{socket.getfqdn()}:{port}"
+    return _parse_entry("tcp://" + rest).endpoint
+
+
 def register(
     directory: str | os.PathLike,
     endpoint: str,
@@ -349,6 +363,60 @@ def register(
 ) -> Registration:
     """Register ``endpoint`` in a rendezvous directory; the entry stays fresh until the result is closed."""
     return Registration(directory, endpoint, identity, info, interval)
+
+
+class Registrar:
+    """A producer's registrations: every ``tcp://`` bind endpoint, registered once its sockets are bound.
+
+    The constructor checks the endpoints and creates the directory (:class:`ConfigError` at once if it cannot),
+    so a bad ``--register`` fails before a model loads.
+    """
+
+    def __init__(self, directory: str | os.PathLike, binds: list[str], interval: float = REGISTER_INTERVAL) -> None:
+        self.directory = Path(directory)
+        self.endpoints = [advertised_endpoint(ep) for ep in binds if ep.startswith("tcp://")]
+        if not self.endpoints:
+            raise ConfigError("registering needs a tcp:// bind endpoint that consumers on other hosts can reach")
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the rendezvous directory {self.directory}: {exc}") from None
+        self.interval = interval
+        self.registrations: list[Registration] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start_when(
+        self, ready: threading.Event, identity: str, info: dict | None = None, timeout: float = 600.0
+    ) -> threading.Thread:
+        """Register in a background thread as soon as ``ready`` is set (within ``timeout`` seconds)."""
+
+        def run() -> None:
+            if not ready.wait(timeout):
+                log.error("not registered in %s: the producer did not become ready in %.0f s", self.directory, timeout)
+                return
+            with self._lock:
+                for ep in self.endpoints:
+                    if self._closed:
+                        return
+                    try:
+                        self.registrations.append(register(self.directory, ep, identity, info, self.interval))
+                    except (ConfigError, OSError) as exc:
+                        log.error("cannot register %s in %s: %s", ep, self.directory, exc)
+                        continue
+                    log.info("registered %s in %s", ep, self.directory)
+
+        thread = threading.Thread(target=run, name="pxdbg-register", daemon=True)
+        thread.start()
+        return thread
+
+    def close(self) -> None:
+        """Remove every entry (consumers drop this producer at their next look). Idempotent."""
+        with self._lock:
+            self._closed = True
+            for reg in self.registrations:
+                reg.close()
+            self.registrations.clear()
 
 
 def main(argv: list[str] | None = None) -> int:

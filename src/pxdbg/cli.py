@@ -13,9 +13,10 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 
-from pxdbg.shared import payloads, registry
+from pxdbg.shared import discovery, payloads, registry
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
@@ -143,6 +144,8 @@ def cmd_produce(args) -> int:
     from pxdbg.producer.server import ProducerServer
 
     spec = ProducerSpec.from_args(args)
+    # checked before the model loads: a bad --register fails at once
+    registrar = discovery.Registrar(args.register, args.bind) if args.register else None
     threads = spec.threads or _default_producer_threads(spec)
     torch.set_num_threads(threads)
     model = load_spec(spec)
@@ -150,7 +153,14 @@ def cmd_produce(args) -> int:
     server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop())
-    server.serve()
+    ready = threading.Event()
+    if registrar is not None:  # entries appear once the sockets are bound, and go when the producer stops
+        registrar.start_when(ready, str(model.identity), {"device": str(model.device)})
+    try:
+        server.serve(ready)
+    finally:
+        if registrar is not None:
+            registrar.close()
     return 0
 
 
@@ -340,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     ProducerSpec.add_arguments(p)
     p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
     p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
+    p.add_argument(
+        "--register",
+        metavar="DIR",
+        help="register each tcp endpoint in this rendezvous directory (consumers: --connect dir:DIR)",
+    )
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
