@@ -261,6 +261,14 @@ class AllowList:
             self.reload()
 
 
+def _own_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
+    """A socket of the guard thread, not registered with ``ctx``: ``Context.destroy()`` closes the registered
+    sockets from the calling thread, which would race with this thread; ours close here when ``term`` begins."""
+    sock = zmq.Socket(ctx, kind)
+    sock.linger = 0
+    return sock
+
+
 def _log_sparse(n: int, *args) -> None:
     if n <= 5 or n % 1000 == 0:
         log.warning(*args)
@@ -288,8 +296,7 @@ class _ContextGuard:
     def add_server(self, sock: zmq.Socket, allow: AllowList) -> None:
         with self.lock:
             if self._zap is None:  # the thread takes it over under the lock (a full memory barrier)
-                zap = self.ctx.socket(zmq.REP)
-                zap.linger = 0
+                zap = _own_socket(self.ctx, zmq.REP)
                 zap.bind(ZAP_ENDPOINT)
                 self._zap = zap
             domain = f"pxdbg-{os.getpid()}-{self._next()}"
@@ -304,8 +311,7 @@ class _ContextGuard:
     def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
         addr = f"inproc://pxdbg-monitor-{id(self)}-{self._next()}"
         sock.monitor(addr, _MONITORED)
-        pair = self.ctx.socket(zmq.PAIR)
-        pair.linger = 0
+        pair = _own_socket(self.ctx, zmq.PAIR)
         pair.connect(addr)
         return pair
 

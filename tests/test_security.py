@@ -265,3 +265,16 @@ def test_the_guard_thread_ends_with_its_context(keys):
     guard._thread.join(timeout=10)
     assert not guard._thread.is_alive()
     assert all(g is not guard for g in security._GUARDS.values())
+
+
+def test_context_destroy_with_a_consumer_guard_running(keys):
+    """The consumer closes with Context.destroy(): the guard's own sockets are closed by the guard, not raced."""
+    pairs, _ = keys
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    security.apply_client(sock, client_opts(pairs, "alice"), "tcp://127.0.0.1:9")
+    sock.connect("tcp://127.0.0.1:9")
+    guard = security._guard(ctx, create=False)
+    ctx.destroy(linger=0)
+    guard._thread.join(timeout=10)
+    assert not guard._thread.is_alive() and ctx.closed
