@@ -191,3 +191,28 @@ def test_port_in_use_and_missing_dependency(monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'pxdbg\[metrics\]'"):
         MetricsServer(FakeProducer(), 0)
+
+
+def test_gpu_memory_family_on_cuda(monkeypatch):
+    """The GPU family comes from torch.cuda at scrape time. No GPU here: a stand-in module with torch.cuda's four
+    calls checks the family and its bounded 'kind' label; on a CUDA producer the real calls answer."""
+    import types
+
+    calls = {"memory_allocated": 1.0e9, "memory_reserved": 2.0e9}
+    cuda = types.SimpleNamespace(
+        is_initialized=lambda: True,
+        mem_get_info=lambda dev: (5.0e10, 8.0e10),
+        **{name: (lambda dev, v=v: v) for name, v in calls.items()},
+    )
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(cuda=cuda, device=lambda d: d))
+    fake = FakeProducer()
+    fake.snap["device"] = "cuda:0"
+    with MetricsServer(fake, 0, host="127.0.0.1") as server:
+        fams = scrape(server.port)
+    gpu = fams["pxdbg_producer_gpu_memory_bytes"]
+    assert {s.labels["kind"]: s.value for s in gpu.samples} == {
+        "allocated": 1.0e9,
+        "reserved": 2.0e9,
+        "free": 5.0e10,
+        "total": 8.0e10,
+    }
