@@ -500,14 +500,15 @@ def apply_client(sock: zmq.Socket, opts, endpoint: str, environ=None) -> None:
             f"public key; add {mine} to the producer's allow-list directory",
             "handshake": f"producer {endpoint} refused authentication (the CURVE handshake failed): it does not "
             f"hold the secret key of {server_file} (another producer, or a man in the middle, which "
-            f"this consumer does not trust), or it does not use CURVE",
+            f"this consumer does not trust), or it does not use CURVE, or it is no ZeroMQ peer",
         }
     else:
         why = {
             "auth": f"producer {endpoint} refused authentication: it admits no consumer without a key",
             "handshake": f"producer {endpoint} refused authentication: it requires CURVE keys; give this consumer "
             f"a key pair ('pxdbg keys new NAME', --curve-client-secret) and the producer's public key "
-            f"(--curve-server-public), and add the consumer's NAME.key to the producer's allow-list",
+            f"(--curve-server-public), and add the consumer's NAME.key to the producer's allow-list (or the "
+            f"endpoint is no ZeroMQ peer)",
         }
     _guard(sock.context).add_client(sock, endpoint, why)
 
