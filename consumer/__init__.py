@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from pxdbg.consumer.client import (
-    BackgroundClient,
+from pxdbg.consumer.client import BackgroundClient
+from pxdbg.consumer.errors import (
     FrameTimeoutError,
     IdentityMismatchError,
     NoProducerError,

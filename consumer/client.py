@@ -1,31 +1,59 @@
 """BackgroundClient: the consumer's side of the pipeline. Imports no torch.
 
 A background I/O thread keeps, per consumer, at most ``prefetch`` frames requested but not yet consumed
-(credit-based flow control), spread over the producers; it receives, checks and decodes frames into a
-reorder buffer, heartbeats every producer, and re-issues a dead producer's outstanding frames to the others.
-:meth:`BackgroundClient.next` hands out frame ``first_frame``, ``first_frame + 1``, ... in order; when the
-pipeline is warm it only takes a decoded frame from the buffer.
+(credit-based flow control, :mod:`pxdbg.consumer.credits`), spread over the producers by their speed; it
+receives, checks and decodes frames into a reorder buffer, heartbeats every producer
+(:mod:`pxdbg.consumer.peers`), asks a second producer for frames outstanding much longer than their
+producer's recent latency (stragglers), re-issues a lost, draining or quarantined producer's frames to the
+others, and follows a dynamic endpoint source (rendezvous directory, DNS name). :meth:`BackgroundClient.next`
+hands out frame ``first_frame``, ``first_frame + 1``, ... in order; when the pipeline is warm it only takes a
+decoded frame from the buffer.
+
+Robustness (each a test in ``tests/test_consumer_faults.py``): a frame is accepted only from a producer it
+was asked of, for this stream and model, intact (checksum over seed, index, identity and payload); anything
+else is dropped and counted. A producer that sends corrupt or foreign frames or garbage, reports errors, is
+mute (answers heartbeats but delivers nothing) or is far slower than the others is quarantined and its frames
+go elsewhere; the run fails only when no usable producer is left, naming what each did.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
 import time
 import weakref
-from array import array
 from collections import Counter
-from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
+from pxdbg.consumer import credits
+from pxdbg.consumer.errors import (
+    FrameTimeoutError,
+    IdentityMismatchError,
+    NoProducerError,
+    PipelineError,
+    ProducerFailure,
+)
+from pxdbg.consumer.peers import (
+    ALIVE,
+    CONNECTING,
+    DRAINING,
+    QUARANTINED,
+    Peer,
+    hello_message,
+    open_socket,
+    parse_goodbye,
+    ping_message,
+    request_message,
+)
+from pxdbg.consumer.stats import ClientStats
 from pxdbg.consumer.workers import LocalWorkers
-from pxdbg.shared import protocol
-from pxdbg.shared import transport as sockets
-from pxdbg.shared.errors import ConfigError, PxdbgError
+from pxdbg.shared import discovery, protocol
+from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
 from pxdbg.shared.seeding import check_seed
@@ -33,41 +61,15 @@ from pxdbg.shared.spec import ProducerSpec, TransportOptions
 
 log = logging.getLogger("pxdbg.consumer")
 
-
-class PipelineError(PxdbgError, RuntimeError):
-    """Base class of the errors a :class:`BackgroundClient` raises."""
-
-
-class NoProducerError(PipelineError, TimeoutError):
-    """No producer answered within the connect timeout."""
-
-
-class IdentityMismatchError(PipelineError):
-    """A producer serves another model identity than the one asked for."""
-
-
-class ProducerFailure(PipelineError):
-    """A producer failed to generate a frame (its error is in the message), or a worker process died."""
-
-
-class FrameTimeoutError(PipelineError, TimeoutError):
-    """Producers are alive, but the next frame did not arrive within the frame timeout."""
-
-
-_CONNECTING, _ALIVE = "connecting", "alive"
-
-
-@dataclass
-class _Peer:
-    endpoint: str
-    sock: zmq.Socket
-    state: str = _CONNECTING
-    last_recv: float = 0.0
-    last_sent: float = 0.0
-    outstanding: set = field(default_factory=set)
-    info: dict = field(default_factory=dict)
-    deaths: int = 0
-    process_exited: bool = False  # a local worker's process exit was seen and reported
+__all__ = [
+    "BackgroundClient",
+    "FrameTimeoutError",
+    "IdentityMismatchError",
+    "NoProducerError",
+    "PipelineError",
+    "ProducerFailure",
+    "expected_identity",
+]
 
 
 def expected_identity(
@@ -103,13 +105,24 @@ _SPEC_KEYWORDS = (
 )
 
 
+def _seconds(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
 class BackgroundClient:
     """Frames of one stream, in order, from local workers or a producer farm.
 
-    Give either ``endpoints`` (producers to connect to) or ``workers`` (how many local producer processes to
-    start). Timeouts are in seconds: ``heartbeat_timeout`` (a silent producer is declared dead),
-    ``connect_timeout`` (no producer at all: :class:`NoProducerError`), ``frame_timeout`` (producers alive but
-    the next frame does not come: :class:`FrameTimeoutError`).
+    Give either ``endpoints`` (an endpoint string of :mod:`pxdbg.shared.discovery`, or a list of them) or
+    ``workers`` (how many local producer processes to start). ``spec`` says which model (the keywords
+    ``model=``, ``checkpoint=``, ... build one); ``events`` bounds the frames handed out (none is requested past
+    ``first_frame + events - 1``). Timeouts are in seconds: ``heartbeat_timeout`` (a silent producer is declared
+    lost and its frames re-issued), ``connect_timeout`` (no producer at all: :class:`NoProducerError`),
+    ``stall_timeout`` (a producer owes frames but delivers none: quarantined), ``frame_timeout`` (the next frame
+    does not come: :class:`FrameTimeoutError`), ``quarantine`` (how long a misbehaving producer is left alone
+    the first time; doubled each time again). A frame outstanding longer than ``straggler_factor`` times its
+    producer's recent latency (and at least ``straggler_min_s``) is asked of another producer too.
     """
 
     def __init__(
@@ -121,11 +134,17 @@ class BackgroundClient:
         transport: TransportOptions | None = None,
         seed: int = 0,
         first_frame: int = 0,
+        events: int | None = None,
         prefetch: int = 16,
         heartbeat_interval: float = 0.5,
         heartbeat_timeout: float = 5.0,
         connect_timeout: float = 60.0,
         frame_timeout: float = 600.0,
+        stall_timeout: float = 60.0,
+        quarantine: float = 60.0,
+        straggler_factor: float = 4.0,
+        straggler_min_s: float = 0.05,
+        max_strikes: int = 3,
         **spec_keywords,
     ) -> None:
         unknown = set(spec_keywords) - set(_SPEC_KEYWORDS)
@@ -135,34 +154,49 @@ class BackgroundClient:
             raise ConfigError(f"give either spec or {', '.join(sorted(spec_keywords))}, not both")
         if spec is None:
             spec = ProducerSpec(**{k: v for k, v in spec_keywords.items() if v is not None})
-        self.spec = spec
-        self.transport = transport if transport is not None else TransportOptions()
         if (endpoints is None) == (workers is None):
             raise ConfigError("give either endpoints (a producer farm) or workers (local producers), not both")
-        if isinstance(endpoints, str):
-            endpoints = [e for e in endpoints.split(",") if e]
-        if endpoints is not None and not endpoints:
-            raise ConfigError("no producer endpoints given")
         if not 1 <= prefetch <= protocol.MAX_INDICES_PER_REQUEST:
             raise ConfigError(f"prefetch must be in 1..{protocol.MAX_INDICES_PER_REQUEST}, got {prefetch}")
-        if first_frame < 0:
-            raise ConfigError("first_frame must be non-negative")
-        if heartbeat_timeout <= 2 * heartbeat_interval:
+        if isinstance(first_frame, bool) or not isinstance(first_frame, int) or first_frame < 0:
+            raise ConfigError(f"first_frame must be a non-negative integer, got {first_frame!r}")
+        if events is not None and (isinstance(events, bool) or not isinstance(events, int) or events < 0):
+            raise ConfigError(f"events must be a non-negative integer, got {events!r}")
+        self.heartbeat_interval = _seconds("heartbeat_interval", heartbeat_interval)
+        self.heartbeat_timeout = _seconds("heartbeat_timeout", heartbeat_timeout)
+        self.connect_timeout = _seconds("connect_timeout", connect_timeout)
+        self.frame_timeout = _seconds("frame_timeout", frame_timeout)
+        self.stall_timeout = _seconds("stall_timeout", stall_timeout)
+        self.quarantine = _seconds("quarantine", quarantine)
+        self.straggler_min_s = _seconds("straggler_min_s", straggler_min_s)
+        if self.heartbeat_timeout <= 2 * self.heartbeat_interval:
             raise ConfigError("heartbeat_timeout must exceed twice the heartbeat_interval")
+        if not straggler_factor > 1 or not math.isfinite(straggler_factor):
+            raise ConfigError(f"straggler_factor must be a number above 1, got {straggler_factor!r}")
+        if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
+            raise ConfigError(f"max_strikes must be a positive integer, got {max_strikes!r}")
+        self.straggler_factor = float(straggler_factor)
+        self.max_strikes = max_strikes
+        # endpoint strings are checked before any socket or process exists
+        self._source = discovery.parse(endpoints) if endpoints is not None else None
+        self.spec = spec
+        self.transport = transport if transport is not None else TransportOptions()
         self.seed = check_seed(seed)
         self.first_frame = first_frame
+        self.end = None if events is None else first_frame + events
         self.prefetch = prefetch
         self.identity = spec.identity()
         self.identity_str = str(self.identity)
-        self.heartbeat_interval = heartbeat_interval
-        self.heartbeat_timeout = heartbeat_timeout
-        self.connect_timeout = connect_timeout
-        self.frame_timeout = frame_timeout
         self.counters: Counter = Counter()
         self.frames_per_producer: Counter = Counter()
-        self.waits = array("d")
+        self.stats = ClientStats(warmup=prefetch)
         self.wire_bytes = 0
         self.wire_digits = 0
+        self.last_index: int | None = None
+        #: the most frames ever requested but not consumed at once (the prefetch bound says <= prefetch)
+        self.max_in_flight = 0
+        #: the most decoded frames ever waiting in the reorder buffer (<= prefetch)
+        self.max_buffered = 0
 
         self._cv = threading.Condition()
         self._ready: dict[int, SparseFrame] = {}
@@ -170,10 +204,9 @@ class BackgroundClient:
         self._error: BaseException | None = None
         self._closing = False
         self._thread: threading.Thread | None = None
-        self._retries: Counter = Counter()
         self._in_flight = 0
-        #: the most frames ever requested but not consumed at once (the prefetch bound says <= prefetch)
-        self.max_in_flight = 0
+        self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
+        self._peers: dict[str, Peer] = {}
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
         self._finalizer = None
@@ -181,8 +214,7 @@ class BackgroundClient:
             if workers is not None:
                 self._workers = LocalWorkers(workers, spec)
                 self._finalizer = weakref.finalize(self, self._workers.close)
-                endpoints = self._workers.endpoints
-            self.endpoints = list(endpoints)
+                self._source = discovery.parse(self._workers.endpoints)
             self._wake_addr = f"inproc://pxdbg-wake-{id(self)}"
             self._wake_rx = self._ctx.socket(zmq.PAIR)
             self._wake_rx.bind(self._wake_addr)
@@ -190,7 +222,8 @@ class BackgroundClient:
             self._wake_tx.setsockopt(zmq.LINGER, 0)
             self._wake_tx.setsockopt(zmq.SNDHWM, 1)
             self._wake_tx.connect(self._wake_addr)
-            self._peers = [_Peer(ep, sockets.dealer(self._ctx, ep)) for ep in self.endpoints]
+            self._next_refresh = time.monotonic() + self._source.refresh_interval
+            self._sync_peers(self._source.resolve())
             self._thread = threading.Thread(target=self._io_loop, name="pxdbg-consumer-io", daemon=True)
             self._thread.start()
         except BaseException:
@@ -203,6 +236,8 @@ class BackgroundClient:
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.frame_timeout
         with self._cv:
+            if self.end is not None and self._next >= self.end:
+                raise PipelineError(f"all {self.end - self.first_frame} frames this client was opened for are used")
             while True:
                 if self._error is not None:
                     raise self._error
@@ -216,35 +251,36 @@ class BackgroundClient:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     raise FrameTimeoutError(
-                        f"frame {self._next} of stream {self.seed} did not arrive within {self.frame_timeout} s "
-                        f"although producers answer heartbeats; they may be overloaded ({self._describe()})"
+                        f"frame {self._next} of stream {self.seed} did not arrive within {self.frame_timeout:g} s "
+                        f"(--frame-timeout); producers: {self._describe()}"
                     )
                 self._cv.wait(min(remaining, 1.0))
         try:
             self._wake_tx.send(b"", zmq.NOBLOCK)
         except zmq.Again:  # a wake-up is already queued
             pass
-        self.waits.append(time.perf_counter() - t0)
+        self.stats.record_wait(time.perf_counter() - t0)
         self.last_index = index
         return frame.to_dense() if dense else frame
 
-    __next__ = next
+    def __next__(self) -> SparseFrame:
+        if self.end is not None and self._next >= self.end:
+            raise StopIteration
+        return self.next()
 
     def __iter__(self):
         return self
 
     def wait_for_producers(self, count: int | None = None, timeout: float = 60.0) -> int:
-        """Block until ``count`` producers (default: all) have welcomed this client; return how many have.
-
-        Raises :class:`NoProducerError` after ``timeout`` seconds. Useful to warm up before timing a loop.
-        """
-        count = len(self._peers) if count is None else count
+        """Block until ``count`` producers (default: all known now) have welcomed this client; return how many
+        have. Raises :class:`NoProducerError` after ``timeout`` seconds. Useful to warm up before timing a loop."""
         deadline = time.monotonic() + timeout
         with self._cv:
+            count = len(self._peers) if count is None else count
             while True:
                 if self._error is not None:
                     raise self._error
-                alive = sum(p.state == _ALIVE for p in self._peers)
+                alive = sum(p.state == ALIVE for p in self._peers.values())
                 if alive >= count:
                     return alive
                 remaining = deadline - time.monotonic()
@@ -257,6 +293,27 @@ class BackgroundClient:
     @property
     def consumed(self) -> int:
         return self._next - self.first_frame
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The producers' concrete endpoints known now."""
+        with self._cv:
+            return list(self._peers)
+
+    @property
+    def local_workers(self) -> LocalWorkers | None:
+        """The local producer processes (``workers=``), else None."""
+        return self._workers
+
+    def producer_states(self) -> dict[str, str]:
+        """{endpoint: connecting / alive / draining / quarantined} as of now."""
+        with self._cv:
+            return {ep: p.state for ep, p in self._peers.items()}
+
+    def producer_report(self) -> dict[str, str]:
+        """{endpoint: what it did}: its state, frames delivered, and why it was quarantined or lost, if so."""
+        with self._cv:
+            return {ep: p.describe() for ep, p in self._peers.items()}
 
     def in_flight(self) -> int:
         """Frames requested but not yet consumed (received or not), as of the I/O thread's last pass."""
@@ -274,14 +331,14 @@ class BackgroundClient:
             except zmq.ZMQError:
                 pass
             self._thread.join(timeout=10)
-        for name in ("_wake_tx", "_wake_rx"):
-            sock = getattr(self, name, None)
-            if sock is not None:
-                sock.close(0)
         if self._thread is None or not self._thread.is_alive():
-            for peer in getattr(self, "_peers", []):
-                peer.sock.close(0)
-            self._ctx.term()
+            for name in ("_wake_tx", "_wake_rx"):
+                sock = getattr(self, name, None)
+                if sock is not None:
+                    sock.close(0)
+            for peer in list(getattr(self, "_peers", {}).values()):
+                peer.close_socket()
+            self._ctx.destroy(linger=0)  # closes whatever socket is left, so term() cannot hang
         if self._finalizer is not None:
             self._finalizer()
 
@@ -292,13 +349,18 @@ class BackgroundClient:
         self.close()
 
     def _describe(self) -> str:
-        return ", ".join(f"{p.endpoint}: {p.state}, {len(p.outstanding)} outstanding" for p in self._peers)
+        return "; ".join(p.describe() for p in self._peers.values()) or "none known"
 
     # -- the I/O thread ------------------------------------------------------------------------------------
     def _fail(self, exc: BaseException) -> None:
         with self._cv:
             if self._error is None:
                 self._error = exc
+            self._cv.notify_all()
+
+    def _set_state(self, peer: Peer, state: str) -> None:
+        with self._cv:
+            peer.state = state
             self._cv.notify_all()
 
     def _io_loop(self) -> None:
@@ -308,31 +370,53 @@ class BackgroundClient:
             log.exception("consumer I/O thread failed")
             self._fail(PipelineError(f"consumer I/O thread failed: {exc!r}"))
         finally:
-            for peer in self._peers:
-                try:
-                    peer.sock.send(protocol.pack({"t": "bye"}), zmq.NOBLOCK)
-                except zmq.ZMQError:
-                    pass
-                peer.sock.close(0)
+            for peer in self._peers.values():
+                peer.close_socket(say_bye=True)
+
+    def _sync_peers(self, endpoints: list[str]) -> None:
+        """Use producers that appeared; drop vanished ones (what they owed is re-issued)."""
+        with self._cv:
+            known = dict(self._peers)
+        for ep in endpoints:
+            if ep not in known:
+                peer = Peer(ep, open_socket(self._ctx, ep, self.transport))
+                with self._cv:
+                    self._peers[ep] = peer
+                if known:
+                    log.info("producer %s appeared", ep)
+        for ep, peer in known.items():
+            if ep not in endpoints:
+                lost = peer.forget_work()
+                self._unhedge(ep)
+                log.warning("producer %s vanished; re-issuing its %d outstanding frame(s)", ep, len(lost))
+                self.counters["producers_vanished"] += 1
+                self.counters["frames_reissued"] += len(lost)
+                peer.close_socket(say_bye=True)
+                with self._cv:
+                    del self._peers[ep]
 
     def _io_run(self) -> None:
         last_alive = time.monotonic()
-        hello = protocol.pack(
-            {"t": "hello", "want": self.identity.as_dict(), "client": f"{socket.gethostname()}:{os.getpid()}"}
-        )
-        ping = protocol.pack({"t": "ping"})
+        hello = hello_message(self.identity, f"{socket.gethostname()}:{os.getpid()}")
+        ping = ping_message()
         poller, polled = None, None
+        tick = int(min(self.heartbeat_interval / 2, 0.05) * 1000) or 1
         while True:
             with self._cv:
                 if self._closing:
                     return
-            sockets = [peer.sock for peer in self._peers]
-            if sockets != polled:  # rebuilt only when a dead producer's socket was replaced
+            now = time.monotonic()
+            if self._source.dynamic and now >= self._next_refresh:
+                self._next_refresh = now + self._source.refresh_interval
+                self._sync_peers(self._source.resolve())
+            peers = list(self._peers.values())
+            sockets = [p.sock for p in peers if p.sock is not None]
+            if sockets != polled:  # rebuilt only when a socket was replaced, added or dropped
                 poller, polled = zmq.Poller(), sockets
                 poller.register(self._wake_rx, zmq.POLLIN)
                 for sock in sockets:
                     poller.register(sock, zmq.POLLIN)
-            events = dict(poller.poll(int(self.heartbeat_interval * 500)))
+            events = dict(poller.poll(tick))
             if self._wake_rx in events:
                 while True:
                     try:
@@ -340,37 +424,53 @@ class BackgroundClient:
                     except zmq.Again:
                         break
             now = time.monotonic()
-            for peer in self._peers:
-                if peer.sock in events:
+            for peer in peers:
+                if peer.sock is not None and peer.sock in events:
                     self._drain(peer, now)
             if self._workers is not None:
                 self._check_workers()
-            for peer in self._peers:
-                if peer.state == _ALIVE and now - peer.last_recv > self.heartbeat_timeout:
-                    self._peer_died(peer, f"silent for {now - peer.last_recv:.1f} s")
-                if now - peer.last_sent >= self.heartbeat_interval:
-                    self._try_send(peer, ping if peer.state == _ALIVE else hello, now)
-            if any(p.state == _ALIVE for p in self._peers):
+            for peer in peers:
+                self._keep_alive(peer, now, hello, ping)
+            if self._error is not None:
+                return
+            usable = [p for p in self._peers.values() if p.state != QUARANTINED]
+            if self._peers and not usable and not self._source.dynamic:
+                self._fail(self._no_usable_producer())
+                return
+            if any(p.state in (ALIVE, DRAINING) for p in self._peers.values()):
                 last_alive = now
             elif now - last_alive > self.connect_timeout:
-                extra = ""
-                if self._workers is not None:
-                    extra = " Local worker logs:\n" + "\n".join(
-                        f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers
-                    )
-                self._fail(
-                    NoProducerError(
-                        f"no producer answered for {self.connect_timeout:.0f} s at {', '.join(self.endpoints)}; "
-                        f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
-                    )
+                self._fail(self._nobody_answered())
+                return
+            self._hedge(now)
+            self._assign_credits(now)
+            self._account()
+
+    def _keep_alive(self, peer: Peer, now: float, hello: bytes, ping: bytes) -> None:
+        if peer.state == QUARANTINED:
+            if now >= peer.quarantined_until:  # its quarantine is over: a fresh connection, a fresh start
+                log.info("producer %s: quarantine over; trying it again", peer.endpoint)
+                peer.reset_socket(self._ctx, self.transport)
+                peer.strikes = peer.slow_strikes = 0
+                peer.last_sent = 0.0
+                self._set_state(peer, CONNECTING)
+            else:
+                return
+        if peer.state in (ALIVE, DRAINING):
+            if now - peer.last_recv > self.heartbeat_timeout:
+                self._peer_lost(peer, f"silent for {now - peer.last_recv:.1f} s")
+            elif peer.state == ALIVE and peer.busy_for(now) > self.stall_timeout:
+                self._quarantine(
+                    peer,
+                    f"answered heartbeats but delivered none of the frames asked of it for {peer.busy_for(now):.1f} s",
                 )
                 return
-            self._assign_credits(now)
-            with self._cv:
-                self._in_flight = len(self._ready) + sum(len(p.outstanding) for p in self._peers)
-                self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        if now - peer.last_sent >= self.heartbeat_interval:
+            self._try_send(peer, ping if peer.state in (ALIVE, DRAINING) else hello, now)
 
-    def _try_send(self, peer: _Peer, msg: bytes, now: float) -> bool:
+    def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool:
+        if peer.sock is None:
+            return False
         try:
             peer.sock.send(msg, zmq.NOBLOCK)
         except zmq.Again:  # not connected (IMMEDIATE) or queue full
@@ -378,8 +478,10 @@ class BackgroundClient:
         peer.last_sent = now
         return True
 
-    def _drain(self, peer: _Peer, now: float) -> None:
+    def _drain(self, peer: Peer, now: float) -> None:
         for _ in range(10000):
+            if peer.sock is None or peer.state == QUARANTINED:
+                return
             try:
                 parts = peer.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
@@ -389,56 +491,87 @@ class BackgroundClient:
                 header = protocol.unpack(parts[0].buffer)
                 self._handle(peer, header, parts[1:], now)
             except protocol.ProtocolError as exc:
-                self._bad(peer, str(exc))
+                self._strike(peer, "malformed_messages", f"sent malformed messages ({exc})")
+            except RecursionError:  # a message nested deeper than the parser goes: garbage, not our bug
+                self._strike(peer, "malformed_messages", "sent malformed messages (nested too deep)")
 
-    def _bad(self, peer: _Peer, detail: str) -> None:
+    def _strike(self, peer: Peer, counter: str, what: str) -> None:
+        """Count a bad message; quarantine its producer after ``max_strikes`` of them."""
         self.counters["bad_messages"] += 1
+        self.counters[counter] += 1
+        peer.strikes += 1
         n = self.counters["bad_messages"]
         if n <= 5 or n % 1000 == 0:
-            log.warning("bad message from %s (%d so far): %s", peer.endpoint, n, detail)
+            log.warning("bad message from %s (%d so far): %s", peer.endpoint, n, what)
+        if peer.strikes >= self.max_strikes:
+            self._quarantine(peer, f"{what}; {peer.strikes} bad messages")
 
-    def _handle(self, peer: _Peer, header: dict, buffers: list, now: float) -> None:
+    def _handle(self, peer: Peer, header: dict, buffers: list, now: float) -> None:
         kind = header["t"]
         if kind == "frame":
-            if peer.state != _ALIVE:
+            if peer.state not in (ALIVE, DRAINING):
                 raise protocol.ProtocolError("a frame before welcome")
-            return self._receive_frame(peer, header, buffers)
+            return self._receive_frame(peer, header, buffers, now)
         if buffers:
-            raise protocol.ProtocolError(f"a {kind!r} message with {len(buffers)} unexpected buffers")
+            raise protocol.ProtocolError(f"a message of type {kind!r} with {len(buffers)} unexpected buffers")
         if kind == "pong":
-            return
+            return None
         if kind == "welcome":
             return self._welcome(peer, header)
         if kind == "error":
-            if header.get("rehello"):  # the producer restarted and forgot us: what we asked for is lost
-                self._peer_died(peer, "it restarted", reconnect=False)
-                return
-            idx = header.get("idx")
-            self._fail(
-                ProducerFailure(
-                    f"producer {peer.endpoint} failed on frame(s) {idx} of stream "
-                    f"{header.get('seed')}: {header.get('msg')}"
-                )
-            )
-            return
-        raise protocol.ProtocolError(f"unexpected message type {kind!r}")
+            return self._error_message(peer, header)
+        if kind == "goodbye":
+            return self._goodbye(peer, header)
+        raise protocol.ProtocolError(f"unexpected message type {str(kind)[:32]!r}")
 
-    def _welcome(self, peer: _Peer, header: dict) -> None:
+    def _error_message(self, peer: Peer, header: dict) -> None:
+        if header.get("rehello"):  # the producer restarted and forgot us: what we asked for is lost
+            self._peer_lost(peer, "it restarted", reconnect=False)
+            return
+        msg = str(header.get("msg"))[:500]
+        idx = header.get("idx")
+        if idx is not None:
+            what = f"failed on frame(s) {str(idx)[:80]} of stream {header.get('seed')}: {msg}"
+        else:
+            what = f"refused to serve: {msg}"
+        self.counters["producer_errors"] += 1
+        self._quarantine(peer, what)
+
+    def _goodbye(self, peer: Peer, header: dict) -> None:
+        final, dropped = parse_goodbye(header)
+        reason = str(header.get("reason"))[:200]
+        if final:
+            self._peer_lost(peer, f"it said goodbye ({reason})")
+            return
+        lost = [i for i in dropped.get(self.seed, []) if peer.outstanding.pop(i, None) is not None]
+        self.counters["producers_draining"] += 1
+        self.counters["frames_reissued"] += len(lost)
+        log.warning(
+            "producer %s is draining (%s); re-issuing %d dropped frame(s) now, %d still to come from it",
+            peer.endpoint,
+            reason,
+            len(lost),
+            len(peer.outstanding),
+        )
+        peer.why = f"draining: {reason}"
+        self._set_state(peer, DRAINING)
+
+    def _welcome(self, peer: Peer, header: dict) -> None:
         try:
             theirs = ModelIdentity.from_dict(header["identity"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise protocol.ProtocolError(f"welcome without a valid identity: {exc}") from None
+            raise protocol.ProtocolError(f"welcome without a valid identity ({type(exc).__name__})") from None
         if theirs != self.identity:
-            self._fail(
-                IdentityMismatchError(
-                    f"producer {peer.endpoint} serves model {theirs} (checkpoint sha256 {theirs.checkpoint_sha256}), "
-                    f"but this consumer asked for {self.identity} (checkpoint sha256 "
-                    f"{self.identity.checkpoint_sha256}); point it at producers of the same model, checkpoint "
-                    f"and precision"
-                )
+            self.counters["identity_mismatches"] += 1
+            self._quarantine(
+                peer,
+                f"serves model {theirs} (checkpoint sha256 {theirs.checkpoint_sha256}), but this consumer asked "
+                f"for {self.identity} (checkpoint sha256 {self.identity.checkpoint_sha256}); point it at producers "
+                f"of the same model, checkpoint and precision",
+                identity=True,
             )
             return
-        if peer.state != _ALIVE:
+        if peer.state == CONNECTING:
             info = header.get("producer", {})
             peer.info = info if isinstance(info, dict) else {}
             log.info(
@@ -449,62 +582,119 @@ class BackgroundClient:
                 peer.info.get("host"),
                 peer.info.get("device"),
             )
-            with self._cv:
-                peer.state = _ALIVE
-                self._cv.notify_all()
+            peer.last_frame = time.monotonic()
+            peer.why = ""
+            self._set_state(peer, ALIVE)
 
-    def _receive_frame(self, peer: _Peer, header: dict, buffers: list) -> None:
+    def _receive_frame(self, peer: Peer, header: dict, buffers: list, now: float) -> None:
         idx = header.get("idx")
         if header.get("seed") != self.seed or header.get("id") != self.identity_str:
-            raise protocol.ProtocolError(
-                f"frame of stream {header.get('seed')} / {header.get('id')}, expected {self.seed} / {self.identity_str}"
+            self.counters["foreign_frames"] += 1
+            self._quarantine(
+                peer,
+                f"sent a frame of stream {str(header.get('seed'))[:24]} / model {str(header.get('id'))[:80]}, "
+                f"but was asked for stream {self.seed} / model {self.identity_str}",
             )
+            return
+        requested_at = peer.outstanding.get(idx) if isinstance(idx, int) else None
+        if requested_at is None:
+            self.counters["unrequested_frames"] += 1
+            self._strike(peer, "unrequested_frames", "sent frames it was not asked for")
+            return
+        del peer.outstanding[idx]
         with self._cv:
-            wanted = isinstance(idx, int) and idx >= self._next and idx not in self._ready
-        if not wanted:
+            wanted = idx >= self._next and idx not in self._ready
+        if not wanted:  # the other copy of a straggler came first
+            peer.note_frame(now, requested_at)
             self.counters["duplicates_dropped"] += 1
             return
         try:
             frame = protocol.decode_frame(header, [memoryview(b.buffer) for b in buffers])
-        except protocol.ProtocolError:
-            for p in self._peers:  # ask again: from scratch, wherever it lands
-                p.outstanding.discard(idx)
-            self._retries[idx] += 1
-            if self._retries[idx] > 3:
-                self._fail(PipelineError(f"frame {idx} arrived corrupt {self._retries[idx]} times; giving up"))
-            raise
-        for p in self._peers:
-            p.outstanding.discard(idx)
+        except protocol.ProtocolError as exc:
+            self.counters["corrupt_frames"] += 1
+            self._strike(peer, "corrupt_frame_messages", f"sent corrupt frames ({exc})")
+            return  # the window's planner asks for it again
+        peer.note_frame(now, requested_at)
+        first = self._hedged.pop(idx, None)
+        if first is not None and first != peer.endpoint:
+            self._overtaken(first, idx)
+        elif first is None:
+            peer.slow_strikes = 0
         self.counters["frames_received"] += 1
         self.frames_per_producer[peer.endpoint] += 1
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
         self.wire_digits += frame.n_digits
         with self._cv:
             self._ready[idx] = frame
+            self.max_buffered = max(self.max_buffered, len(self._ready))
             self._cv.notify_all()
 
-    def _peer_died(self, peer: _Peer, why: str, reconnect: bool = True) -> None:
-        lost = sorted(peer.outstanding)
+    def _overtaken(self, endpoint: str, idx: int) -> None:
+        """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
+        self.counters["stragglers_overtaken"] += 1
+        peer = self._peers.get(endpoint)
+        if peer is None or peer.state == QUARANTINED:
+            return
+        peer.slow_strikes += 1
+        if peer.slow_strikes >= self.max_strikes:
+            self._quarantine(
+                peer,
+                f"far slower than the others: {peer.slow_strikes} frames in a row came first from another "
+                f"producer ({self._latency_text(peer)})",
+            )
+
+    @staticmethod
+    def _latency_text(peer: Peer) -> str:
+        if peer.latency is None:
+            return "it delivered no frame yet"
+        return f"its recent latency {1e3 * peer.latency:.0f} ms"
+
+    def _unhedge(self, endpoint: str) -> None:
+        for idx in [i for i, ep in self._hedged.items() if ep == endpoint]:
+            del self._hedged[idx]
+
+    def _quarantine(self, peer: Peer, why: str, identity: bool = False) -> None:
+        if peer.state == QUARANTINED:
+            return
+        lost = peer.forget_work()
+        self._unhedge(peer.endpoint)
+        peer.quarantines += 1
+        duration = self.quarantine * 2 ** min(peer.quarantines - 1, 10)
+        peer.quarantined_until = time.monotonic() + duration
+        peer.why = ("identity: " if identity else "") + why
+        log.warning(
+            "producer %s quarantined for %.0f s: %s; re-issuing its %d outstanding frame(s) elsewhere",
+            peer.endpoint,
+            duration,
+            why,
+            len(lost),
+        )
+        self.counters["producers_quarantined"] += 1
+        self.counters["frames_reissued"] += len(lost)
+        peer.close_socket(say_bye=True)
+        self._set_state(peer, QUARANTINED)
+
+    def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True) -> None:
+        lost = peer.forget_work()
+        self._unhedge(peer.endpoint)
         log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
         self.counters["producer_failures"] += 1
         self.counters["frames_reissued"] += len(lost)
-        peer.outstanding.clear()
-        peer.state = _CONNECTING
-        peer.deaths += 1
+        peer.why = f"lost: {why}"
         peer.last_sent = 0.0
-        if reconnect:  # a fresh socket: nothing queued for the dead process is delivered to a new one
-            peer.sock.close(0)
-            peer.sock = sockets.dealer(self._ctx, peer.endpoint)
+        if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
+            peer.reset_socket(self._ctx, self.transport)
+        self._set_state(peer, CONNECTING)
 
     def _check_workers(self) -> None:
         gone = self._workers.exited()
         for w in gone:
-            peer = next(p for p in self._peers if p.endpoint == w.endpoint)
-            if not peer.process_exited:
+            peer = self._peers.get(w.endpoint)
+            if peer is not None and not peer.process_exited:
                 peer.process_exited = True
                 log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode, w.log_tail())
-                if peer.state == _ALIVE or peer.outstanding:
-                    self._peer_died(peer, f"process exited with code {w.process.returncode}")
+                if peer.state != CONNECTING or peer.outstanding:
+                    self._peer_lost(peer, f"process exited with code {w.process.returncode}")
         if gone and len(gone) == len(self._workers.workers):
             w = gone[0]
             self._fail(
@@ -514,25 +704,99 @@ class BackgroundClient:
                 )
             )
 
+    def _no_usable_producer(self) -> PipelineError:
+        peers = list(self._peers.values())
+        text = "; ".join(f"{p.endpoint} {p.why.removeprefix('identity: ')}" for p in peers)
+        if all(p.why.startswith("identity: ") for p in peers):
+            return IdentityMismatchError(f"no producer serves the model asked for: producer {text}")
+        return ProducerFailure(f"no usable producer left for stream {self.seed}: producer {text}")
+
+    def _nobody_answered(self) -> NoProducerError:
+        extra = ""
+        if self._workers is not None:
+            extra = " Local worker logs:\n" + "\n".join(
+                f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers
+            )
+        history = [p.describe() for p in self._peers.values() if p.why]
+        if history:
+            extra = f" Producers: {'; '.join(history)}." + extra
+        return NoProducerError(
+            f"no producer answered for {self.connect_timeout:.0f} s at {self._source}; "
+            f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
+        )
+
+    def _loads(self, peers: list[Peer]) -> list[credits.PeerLoad]:
+        suspects = set(self._hedged.values())
+        return [
+            credits.PeerLoad(
+                p.endpoint,
+                len(p.outstanding),
+                p.seconds_per_frame,
+                1 if (p.endpoint in suspects or p.slow_strikes) else self.prefetch,
+            )
+            for p in peers
+        ]
+
+    def _hedge(self, now: float) -> None:
+        """Ask a second producer for the frames of the window overdue at their first one."""
+        working = [p for p in self._peers.values() if p.state in (ALIVE, DRAINING)]
+        alive = [p for p in working if p.state == ALIVE]
+        if len(alive) < 2 and not (alive and len(working) > len(alive)):
+            return
+        with self._cv:
+            start = self._next
+            ready = set(self._ready)
+        stop = start + self.prefetch
+        copies: dict[int, list] = {}
+        for p in working:
+            for idx, sent in p.outstanding.items():
+                if start <= idx < stop and idx not in ready:
+                    copies.setdefault(idx, []).append((p.endpoint, sent))
+        if not copies:
+            return
+        latency = {p.endpoint: p.latency for p in working}
+        late = credits.overdue(now, copies, latency, factor=self.straggler_factor, min_age=self.straggler_min_s)
+        if not late:
+            return
+        plan: dict[str, list[int]] = {}
+        for idx in late:
+            holders = {ep for ep, _ in copies[idx]}
+            candidates = [p for p in alive if p.endpoint not in holders]
+            one = credits.plan(idx, 1, None, (), self._loads(candidates))
+            for ep, indices in one.items():
+                plan.setdefault(ep, []).extend(indices)
+                first = min(copies[idx], key=lambda r: r[1])[0]
+                self._hedged[idx] = first
+        for ep, indices in plan.items():
+            peer = self._peers[ep]
+            if self._try_send(peer, request_message(self.seed, indices), now):
+                for i in indices:
+                    peer.outstanding[i] = now
+                self.counters["stragglers_reissued"] += len(indices)
+                log.info("frame(s) %s overdue; asked %s too", indices, ep)
+            else:
+                for i in indices:
+                    self._hedged.pop(i, None)
+
     def _assign_credits(self, now: float) -> None:
-        alive = [p for p in self._peers if p.state == _ALIVE]
+        alive = [p for p in self._peers.values() if p.state == ALIVE]
         if not alive:
             return
         with self._cv:
             start = self._next
             taken = set(self._ready)
-        for p in self._peers:
-            taken |= p.outstanding
-        todo = [i for i in range(start, start + self.prefetch) if i not in taken]
-        if not todo:
-            return
-        plan: dict[int, list[int]] = {}
-        load = {id(p): len(p.outstanding) for p in alive}
-        for i in todo:
-            p = min(alive, key=lambda q: load[id(q)])
-            load[id(p)] += 1
-            plan.setdefault(id(p), []).append(i)
+        for p in self._peers.values():
+            taken.update(p.outstanding)
+        plan = credits.plan(start, self.prefetch, self.end, taken, self._loads(alive))
         for p in alive:
-            indices = plan.get(id(p))
-            if indices and self._try_send(p, protocol.pack({"t": "req", "seed": self.seed, "idx": indices}), now):
-                p.outstanding.update(indices)
+            indices = plan.get(p.endpoint)
+            if indices and self._try_send(p, request_message(self.seed, indices), now):
+                for i in indices:
+                    p.outstanding[i] = now
+
+    def _account(self) -> None:
+        with self._cv:
+            start = self._next
+            pending = {i for p in self._peers.values() for i in p.outstanding if i >= start}
+            self._in_flight = len(self._ready) + len(pending - self._ready.keys())
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)

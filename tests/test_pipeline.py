@@ -152,88 +152,12 @@ def test_producer_survives_malformed_messages(tmp_path, reference):
     assert "malformed messages" in log and "requests before hello" in log and "unexpected messages" in log
 
 
-class FakeProducer(threading.Thread):
-    """A ROUTER that welcomes with the right identity and answers requests by a script of bad messages."""
-
-    def __init__(self, ctx, ep, identity, frames, corrupt):
-        super().__init__(daemon=True)
-        self.sock = ctx.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(ep)
-        self.identity, self.frames, self.corrupt = identity, frames, corrupt
-        self.stop = threading.Event()
-
-    def run(self):
-        try:
-            while not self.stop.is_set():
-                if not self.sock.poll(50):
-                    continue
-                cid, raw, *_ = self.sock.recv_multipart()
-                h = protocol.unpack(raw)
-                if h["t"] == "hello":
-                    self.sock.send_multipart(
-                        [cid, protocol.pack({"t": "welcome", "identity": self.identity.as_dict()})]
-                    )
-                elif h["t"] == "ping":
-                    self.sock.send_multipart([cid, protocol.pack({"t": "pong"})])
-                elif h["t"] == "req":
-                    for idx in h["idx"]:
-                        enc = protocol.encode_frame(h["seed"], idx, str(self.identity), self.frames[idx])
-                        parts = [bytes(memoryview(b)) for b in enc.parts()]
-                        for bad in self.corrupt.pop(idx, []):
-                            self.sock.send_multipart([cid, *bad(parts)])
-                        self.sock.send_multipart([cid, *parts])
-        finally:
-            self.sock.close()
-
-
-def _with_header(parts, **changes):
-    h = protocol.unpack(parts[0])
-    h.update(changes)
-    return [protocol.pack(h), *parts[1:]]
-
-
-def test_consumer_survives_malformed_messages(tmp_path, reference):
-    identity = models.load("parametric").identity
-    corrupt = {
-        0: [lambda p: [p[0], p[1], p[2][:-1] + bytes([p[2][-1] ^ 1]), p[3]]],  # flipped bit: bad checksum
-        1: [lambda p: p[:-1], lambda p: [b"\x93\x01"]],  # missing buffer; not a map
-        2: [lambda p: _with_header(p, id="convnet:0000/fp32"), lambda p: _with_header(p, enc="zip")],
-        3: [lambda p: _with_header(p, n=-1), lambda p: [protocol.pack({"t": "surprise"})]],
-        4: [lambda p: [p[0], p[1][:-2], p[2], p[3]]],  # truncated buffer, consistent crc? no: crc catches it
-        5: [lambda p: _with_header(p, seed=SEED + 1)],
-    }
-    # a frame whose checksum is right but whose content is impossible (v out of range)
-    bad_frame = reference[6]
-    v = bad_frame.v.copy()
-    v[0] = 900
-    from pxdbg.shared.frame import SparseFrame
-
-    impossible = SparseFrame(bad_frame.sensor, bad_frame.u, v, bad_frame.charge)
-    enc6 = protocol.encode_frame(SEED, 6, str(identity), impossible)
-    corrupt[6] = [lambda p: [bytes(memoryview(b)) for b in enc6.parts()]]
-    ctx = zmq.Context()
-    ep = f"ipc://{tmp_path}/fake.sock"
-    fake = FakeProducer(ctx, ep, identity, reference, corrupt)
-    fake.start()
-    try:
-        with BackgroundClient([ep], seed=SEED, prefetch=3, connect_timeout=30) as client:
-            got = [client.next() for _ in range(10)]
-            bad = client.counters["bad_messages"]
-    finally:
-        fake.stop.set()
-        fake.join(5)
-        ctx.term()
-    assert all(a == b for a, b in zip(got, reference)), "only intact frames become frames"
-    assert bad >= 10
-
-
 CHILD = r"""
 import sys, time
 from pxdbg.consumer import BackgroundClient
 c = BackgroundClient(workers=2, seed=1, prefetch=2)
 c.next()
-print(" ".join(str(w.process.pid) for w in c._workers.workers), flush=True)
+print(" ".join(str(w.process.pid) for w in c.local_workers.workers), flush=True)
 time.sleep(600)
 """
 
@@ -259,8 +183,8 @@ def test_workers_stop_when_parent_is_killed():
 def test_close_stops_workers():
     with BackgroundClient(workers=2, seed=1, prefetch=2) as client:
         client.next()
-        pids = [w.process.pid for w in client._workers.workers]
-        tmpdir = client._workers.dir
+        pids = [w.process.pid for w in client.local_workers.workers]
+        tmpdir = client.local_workers.dir
     assert all(process_gone(pid) for pid in pids)
     assert not tmpdir.exists()
 
@@ -297,7 +221,7 @@ def _rss_mb(pid: int) -> float:
 
 def test_memory_stays_flat_over_a_long_run():
     with BackgroundClient(workers=1, seed=5, prefetch=8) as client:
-        worker = client._workers.workers[0].process.pid
+        worker = client.local_workers.workers[0].process.pid
         for _ in range(300):
             client.next()
         consumer0, producer0 = _rss_mb(os.getpid()), _rss_mb(worker)
@@ -318,11 +242,14 @@ class FlakyModel:
         self.identity, self.device = self.inner.identity, self.inner.device
         self.fail_generate, self.fail_encode = fail_generate, fail_encode
 
-    def wire_frames_for(self, keys):
+    def frames_for(self, keys):
         if any(idx == self.fail_generate for _, idx in keys):
             raise RuntimeError("CUDA out of memory (simulated)")
-        frames = self.inner.wire_frames_for(keys)
+        inner = getattr(self.inner, "frames_for", None) or self.inner.wire_frames_for
+        frames = inner(keys)
         return ["not a frame" if idx == self.fail_encode else f for (_, idx), f in zip(keys, frames)]
+
+    wire_frames_for = frames_for  # the producer's name for it before the model API settled
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -201,7 +202,8 @@ def cmd_run(args) -> int:
     try:
         with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed,
                               first_frame=args.first_frame, prefetch=args.prefetch,
-                              connect_timeout=args.connect_timeout) as client:
+                              connect_timeout=args.connect_timeout,
+                              frame_timeout=args.frame_timeout, events=args.events) as client:
             log.info("stream seed %d%s, model %s, %s", seed,
                      " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
                      f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}")
@@ -220,10 +222,8 @@ def cmd_run(args) -> int:
                     writer.append(frame)
                 if args.work_ms:
                     _spend_cpu(args.work_ms)
-                progress.update(i + 1, lambda: f"wait p50 {1e3 * _percentile(client.waits[-200:], 50):.3f} ms")
+                progress.update(i + 1, lambda: f"wait p50 {1e3 * client.stats.wait_percentile(50):.3f} ms")
             wall = time.perf_counter() - t_start
-            waits = list(client.waits)
-            warm = waits[min(len(waits) - 1, args.prefetch):] or waits
             summary = {
                 "events": args.events,
                 "model": str(client.identity),
@@ -231,9 +231,9 @@ def cmd_run(args) -> int:
                 "wall_s": wall,
                 "first_frame_s": first_frame_s,
                 "frames_per_s": args.events / wall,
-                "wait_ms_p50": 1e3 * _percentile(warm, 50),
-                "wait_ms_p99": 1e3 * _percentile(warm, 99),
-                "wait_ms_total": 1e3 * sum(waits),
+                "wait_ms_p50": 1e3 * client.stats.wait_percentile(50),
+                "wait_ms_p99": 1e3 * client.stats.wait_percentile(99),
+                "wait_ms_total": 1e3 * client.stats.wait_total_s,
                 "digits_per_frame": digits / args.events,
                 "wire_bytes_per_frame": client.wire_bytes / max(client.counters["frames_received"], 1),
                 "wire_bytes_per_digit": client.wire_bytes / max(client.wire_digits, 1),
@@ -313,6 +313,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pxdbg", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"pxdbg {__version__}")
@@ -368,7 +375,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
     p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
-    p.add_argument("--connect-timeout", type=float, default=60.0, help="seconds without any producer before failing")
+    p.add_argument("--connect-timeout", type=_seconds, default=60.0,
+                   help="seconds without any producer before failing (default %(default)s)")
+    p.add_argument("--frame-timeout", type=_seconds, default=600.0,
+                   help="seconds to wait for one frame before failing (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_run)
