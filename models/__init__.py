@@ -80,6 +80,10 @@ def _which_model(state_dict: Mapping[str, torch.Tensor]) -> str | None:
 
 
 def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    check = getattr(model_module(name), "check_state_dict", None)  # a model's own reason to refuse, if any
+    problem = check(state_dict) if check is not None else None
+    if problem:
+        raise CheckpointError(f"checkpoint {source} does not fit the model {name!r}: {problem}.")
     expected = net.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

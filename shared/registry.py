@@ -65,6 +65,9 @@ REGISTRY: dict[str, ModelInfo] = {
             "resnet", GAN, "the published residual WGAN-GP generator", latent_dim=96, output_layer="conv",
             parameters=6_648_097),
         ModelInfo(
+            "ieagan", GAN, "basf2's class-conditional IEA-GAN generator (draws each sensor as itself)",
+            latent_dim=128, conditional=True, output_layer="output_layer.2", parameters=11_676_449),
+        ModelInfo(
             "parametric", SPARSE, "a fast parametric model calibrated to simulated Belle II background",
             public_checkpoint=True),
     )
