@@ -1,11 +1,11 @@
-"""The basf2 module against a thin basf2 stand-in and real ROOT (PyROOT, cling, TClonesArray, TFile)."""
+"""The basf2 module against the basf2 stand-in (tests/standin: basf2's data store, overlay modules and data
+objects declared in C++ through cling) and real ROOT (PyROOT, cling, TClonesArray, TFile)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,8 @@ from pxdbg.shared.seeding import seed_from_framework_seed
 pytestmark = pytest.mark.timeout(240)
 STANDIN = Path(__file__).resolve().parent / "standin"
 REPO = Path(__file__).resolve().parent.parent
+#: the PXD digits of the stand-in overlay file: what BGOverlayInput reads when nothing replaces them
+SAMPLED = np.array([[8480, 1, 100, 200], [8480, 1, 101, 7], [16672, 3, 5, 50]], np.uint16)
 
 
 @pytest.fixture
@@ -33,63 +35,104 @@ def basf2(monkeypatch):
     return basf2
 
 
+@pytest.fixture
+def bgfile(basf2, tmp_path):
+    import belle2_root
+
+    path = tmp_path / "beam-background.root"
+    belle2_root.write_background_file(path, SAMPLED, events=4)
+    return path
+
+
 def expected(seed: int, n: int, first: int = 0) -> list[np.ndarray]:
     frames = models.load("parametric").frames(seed, range(first, first + n))
     return [np.stack([VXD_IDS[f.sensor], f.u, f.v, f.charge], axis=1).astype(np.uint16) for f in frames]
 
 
-def run_path(basf2, module, events: int = 3, overlay: bool = True):
+def overlay(signal: np.ndarray, background: np.ndarray) -> np.ndarray:
+    """BGOverlayExecutor's rule, written independently: a background digit on a signal pixel adds its charge
+    to that digit (uint16 arithmetic), any other background digit is appended in background order."""
+    merged = [list(map(int, d)) for d in signal]
+    where = {(d[0], d[1], d[2]): i for i, d in enumerate(merged)}
+    for sid, u, v, c in background.tolist():
+        if (sid, u, v) in where:
+            merged[where[(sid, u, v)]][3] = (merged[where[(sid, u, v)]][3] + c) % 65536
+        else:
+            merged.append([sid, u, v, c])
+    return np.array(merged, np.uint16).reshape(-1, 4)
+
+
+def run_path(basf2, module, bgfile, events: int = 3):
     from pxdbg.background_generator import inject_simulation
 
     path = basf2.create_path()
     path.add_module("EventInfoSetter", evtNumList=[events])
     path.add_module("EvtGenInput")
     add_simulation = inject_simulation(module)
-    add_simulation(path, bkgfiles=["bg.root"] if overlay else None)
+    add_simulation(path, bkgfiles=[str(bgfile)])
     basf2.process(path)
-    return [ev["PXDDigits_beamBG"] for ev in basf2.processed_events]
+    return basf2.processed_events
+
+
+def assert_generated_digits_reach_the_overlay(basf2, got, want):
+    assert len(got) == len(want) > 0
+    signal = np.array(basf2.SIGNAL_DIGITS, np.uint16)
+    for event, frame in zip(got, want):
+        np.testing.assert_array_equal(event["PXDDigits_beamBG"], frame)  # the file's digits were replaced
+        np.testing.assert_array_equal(event["PXDDigits"], overlay(signal, frame))  # ... and merged by the executor
+    # the module wrote the event array of BGOverlayInput, which is not written out; no persistent twin exists
+    assert basf2.registered["event"]["PXDDigits_beamBG"] is False
+    assert "PXDDigits_beamBG" not in basf2.registered["persistent"]
+    assert "PXDDigits_beamBG" not in basf2.persistent_arrays
 
 
 @pytest.mark.parametrize("mode", ["in-process", "workers"])
-def test_module_modes_fill_the_overlay_collection(basf2, mode):
+def test_generated_digits_reach_the_overlay(basf2, bgfile, monkeypatch, mode):
     from pxdbg.background_generator import PXDBackgroundGenerator
 
+    want = expected(77, 3, first=4)
+    # signal on two pixels of the first generated frame (charges add) and one pixel of its own (kept)
+    signal = [
+        (*want[0][0][:3].tolist(), 30),
+        (*want[0][-1][:3].tolist(), 65530),
+        (8480, 249, 767, 9),
+    ]
+    assert not any(tuple(d[:3]) == (8480, 249, 767) for d in want[0].tolist())
+    monkeypatch.setattr(basf2, "SIGNAL_DIGITS", signal)
     extra = {"workers": 1, "prefetch": 2} if mode == "workers" else {}
     module = PXDBackgroundGenerator(model="parametric", seed=77, first_frame=4, **extra)
-    got = run_path(basf2, module, events=3)
-    want = expected(77, 3, first=4)
-    assert len(got) == 3
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)  # the sampled stand-in digits were replaced, in sensor order
-    # the module sits right after BGOverlayInput; the executor merged the same digits into PXDDigits
-    merged = basf2.processed_events[-1]["PXDDigits"]
-    np.testing.assert_array_equal(merged, want[-1])
-    infos = [m for level, m in basf2.log_messages if level == "INFO"]
-    assert any("stream seed 77, frame 6," in m for m in infos), "each event's seed and frame index are logged"
-    assert not any(level == "WARNING" for level, _ in basf2.log_messages), basf2.log_messages
+    got = run_path(basf2, module, bgfile, events=3)
+    assert_generated_digits_reach_the_overlay(basf2, got, want)
+    assert got[0]["PXDDigits"][1][3] == (65530 + int(want[0][-1][3])) % 65536  # PXDDigit's unsigned short charge
+    assert not any(level in ("WARNING", "ERROR") for level, _ in basf2.log_messages), basf2.log_messages
 
 
-def test_module_farm_mode(basf2, tmp_path):
+def test_module_farm_mode(basf2, bgfile, tmp_path):
     from pxdbg.background_generator import PXDBackgroundGenerator
 
     with producers(tmp_path) as p:
         ep = p.start("farm")
         module = PXDBackgroundGenerator(model="parametric", seed=-5, endpoints=[ep], prefetch=3)
-        got = run_path(basf2, module, events=4)
-    for g, w in zip(got, expected(-5, 4)):
-        np.testing.assert_array_equal(g, w)
+        got = run_path(basf2, module, bgfile, events=4)
+    assert_generated_digits_reach_the_overlay(basf2, got, expected(-5, 4))
 
 
-def test_seed_from_the_basf2_seed_and_payload_from_conditions(basf2):
+def test_seed_and_first_frame_logged_once_each_event_at_debug(basf2, bgfile):
     from pxdbg.background_generator import PXDBackgroundGenerator
 
     basf2.set_random_seed("run-4711")
-    module = PXDBackgroundGenerator(model="parametric")
+    module = PXDBackgroundGenerator(model="parametric", first_frame=2)  # checkpoint: the conditions payload
     assert "PXDBackgroundGenerator" in basf2.conditions.globaltags
-    got = run_path(basf2, module, events=1)
+    got = run_path(basf2, module, bgfile, events=3)
     seed = seed_from_framework_seed("run-4711")
-    assert any(f"seed initialized to {seed}" in m for _, m in basf2.log_messages)
-    np.testing.assert_array_equal(got[0], expected(seed, 1)[0])
+    assert_generated_digits_reach_the_overlay(basf2, got, expected(seed, 3, first=2))
+    mine = [(level, m) for level, m in basf2.log_messages if "PXD" in m and "background" in m.lower()]
+    infos = [m for level, m in mine if level == "INFO"]
+    assert sum(f"seed initialized to {seed}" in m for m in infos) == 1
+    assert sum(f"event i uses frame 2 + i of stream {seed}" in m for m in infos) == 1
+    debug = [m for level, m in mine if level == "DEBUG"]
+    assert [f"frame {i}," in m for i, m in zip((2, 3, 4), debug)] == [True] * 3 and len(debug) == 3
+    assert not any("frame 3," in m for m in infos)
 
 
 def test_missing_bgoverlayinput_is_a_clear_error(basf2):
@@ -105,6 +148,7 @@ def test_missing_bgoverlayinput_is_a_clear_error(basf2):
 
 def test_constructor_checks_like_the_seed(basf2):
     from pxdbg.background_generator import PXDBackgroundGenerator
+    from pxdbg.shared.errors import ConfigError
 
     with pytest.raises(ValueError, match="invalid `model`"):
         PXDBackgroundGenerator(model="gan")
@@ -116,44 +160,76 @@ def test_constructor_checks_like_the_seed(basf2):
         PXDBackgroundGenerator(nintra=0)
     with pytest.raises(TypeError, match="globaltag"):
         PXDBackgroundGenerator(globaltag=1)
+    with pytest.raises(ConfigError, match="in-process only"):
+        PXDBackgroundGenerator(model="parametric", workers=1, compat_rng=True)
+    with pytest.raises(ConfigError, match="fp32"):
+        PXDBackgroundGenerator(model="resnet", precision="bf16", compat_rng=True)
+    with pytest.raises(ConfigError, match="first_frame"):
+        PXDBackgroundGenerator(model="parametric", first_frame=3, compat_rng=True)
 
 
-def test_fast_fill_equals_the_python_loop_and_costs(basf2, capsys):
+def test_models_come_from_the_registry(basf2, monkeypatch):
+    """A model added to the registry is a valid `model` of the module, with its payload name from the entry."""
+    from pxdbg.background_generator import PXDBackgroundGenerator
+    from pxdbg.shared import registry
+
+    extra = registry.ModelInfo("toy", registry.SPARSE, "a registry entry added by the test")
+    monkeypatch.setitem(registry.REGISTRY, "toy", extra)
+    module = PXDBackgroundGenerator(model="toy", seed=1)
+    assert module.model == "toy" and registry.get(module.model).payload == "PXDBackgroundGenerator_toy"
+    for name in registry.names():
+        assert PXDBackgroundGenerator(model=name, seed=1).model == name
+
+
+def test_in_process_checkpoint_sha256_must_match(basf2, bgfile, tmp_path):
+    from pxdbg.background_generator import PXDBackgroundGenerator
+    from pxdbg.shared import payloads
+    from pxdbg.shared.errors import PxdbgError
+
+    ckpt = payloads.find("parametric").path
+    right = payloads.sha256_file(ckpt)
+    wrong = ("0" if right[0] != "0" else "1") + right[1:]
+    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=wrong, seed=3)
+    with pytest.raises(PxdbgError, match=f"has sha256 {right}, but {wrong} was asked for"):
+        run_path(basf2, module, bgfile, events=1)
+    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=right, seed=3)
+    assert_generated_digits_reach_the_overlay(basf2, run_path(basf2, module, bgfile, events=1), expected(3, 1))
+
+
+def test_fast_fill_equals_the_python_loop(basf2):
     import ROOT
 
     from pxdbg.background_generator import DigitFiller
     from pxdbg.shared.frame import SparseFrame
 
     full = models.load("parametric").frames(3, [0])[0]
-    edges = SparseFrame.from_pixels(np.array([0, 39, 39]), np.array([0, 249, 249]), np.array([0, 0, 767]),
-                                    np.array([1, 255, 7]))
+    edges = SparseFrame.from_pixels(
+        np.array([0, 39, 39]), np.array([0, 249, 249]), np.array([0, 0, 767]), np.array([1, 255, 7])
+    )
     fast, slow = DigitFiller(), DigitFiller(force_python=True)
     assert fast.fast and not slow.fast
     a, b = ROOT.TClonesArray("Belle2::PXDDigit"), ROOT.TClonesArray("Belle2::PXDDigit")
     fast.fill(a, edges)
     slow.fill(b, edges)
     np.testing.assert_array_equal(basf2.read_digits(a), basf2.read_digits(b))
-    assert basf2.read_digits(a).tolist() == [[8480, 0, 0, 1], [2 << 13 | 12 << 8 | 2 << 5, 249, 0, 255],
-                                             [2 << 13 | 12 << 8 | 2 << 5, 249, 767, 7]]
-    t0 = time.perf_counter()
-    for _ in range(5):
-        fast.fill(a, full)
-    fast_s = (time.perf_counter() - t0) / 5
-    t0 = time.perf_counter()
-    slow.fill(b, full)
-    slow_s = time.perf_counter() - t0
+    assert basf2.read_digits(a).tolist() == [
+        [8480, 0, 0, 1],
+        [2 << 13 | 12 << 8 | 2 << 5, 249, 0, 255],
+        [2 << 13 | 12 << 8 | 2 << 5, 249, 767, 7],
+    ]
+    part = SparseFrame(full.sensor[:3000], full.u[:3000], full.v[:3000], full.charge[:3000])  # the loop is slow
+    fast.fill(a, part)
+    slow.fill(b, part)
+    assert basf2.read_digits(a).shape == (part.n_digits, 4) == (3000, 4)
     np.testing.assert_array_equal(basf2.read_digits(a), basf2.read_digits(b))
-    assert basf2.read_digits(a).shape == (full.n_digits, 4)
-    with capsys.disabled():
-        print(f"\n[digit fill, {full.n_digits} digits] C++: {1e3 * fast_s:.2f} ms per event; Python loop: "
-              f"{slow_s:.2f} s per event ({1e6 * slow_s / full.n_digits:.1f} us per digit)")
-    assert slow_s > fast_s
 
 
 def test_module_file_imports_without_basf2():
-    code = ("import sys; import pxdbg.background_generator as m; "
-            "assert 'basf2' not in sys.modules and 'ROOT' not in sys.modules and 'torch' not in sys.modules\n"
-            "try:\n    m.PXDBackgroundGenerator\nexcept ImportError as e:\n    assert 'b2setup' in str(e); print('ok')")
+    code = (
+        "import sys; import pxdbg.background_generator as m; "
+        "assert 'basf2' not in sys.modules and 'ROOT' not in sys.modules and 'torch' not in sys.modules\n"
+        "try:\n    m.PXDBackgroundGenerator\nexcept ImportError as e:\n    assert 'b2setup' in str(e); print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "ok", out.stderr
 
@@ -167,8 +243,9 @@ def _sparse_checkpoint(name: str, path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("example", "model"), [("steering_inject_simulation.py", "resnet"),
-                                                ("background_generator.py", "convnet")])
+@pytest.mark.parametrize(
+    ("example", "model"), [("steering_inject_simulation.py", "resnet"), ("background_generator.py", "convnet")]
+)
 def test_steering_examples_run(tmp_path, example, model):
     pytest.importorskip("ROOT")
     from pxdbg.shared import payloads
@@ -177,12 +254,31 @@ def test_steering_examples_run(tmp_path, example, model):
     _sparse_checkpoint(model, ckpt)
     store = tmp_path / "conditions"
     payloads.add(ckpt, model, store=store)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]),
-           "PXDBG_PAYLOADS": str(store), "BASF2_STANDIN_MAX_EVENTS": "1"}
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / example)], capture_output=True, text=True,
-                          timeout=200, env=env, cwd=tmp_path)
+    background = tmp_path / "background"
+    background.mkdir()
+    write = (
+        f"import sys; sys.path.insert(0, {str(STANDIN)!r}); import numpy as np, belle2_root; "
+        f"belle2_root.write_background_file({str(background / 'overlay.root')!r}, np.array({SAMPLED.tolist()}))"
+    )
+    subprocess.run([sys.executable, "-c", write], check=True, timeout=120, capture_output=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")]),
+        "PXDBG_PAYLOADS": str(store),
+        "BASF2_STANDIN_MAX_EVENTS": "1",
+        "BELLE2_BACKGROUND_DIR": str(background),
+    }
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / example)],
+        capture_output=True,
+        text=True,
+        timeout=200,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"model {model}:" in proc.stderr and "frame 0," in proc.stderr and "processed 1 events" in proc.stderr
+    assert f"model {model}:" in proc.stderr and "frame 0 + i" in proc.stderr and "processed 1 events" in proc.stderr
+    assert "overlay.root" in proc.stderr  # get_background_files found the file in BELLE2_BACKGROUND_DIR
 
 
 def test_overlay_example_merges_like_bgoverlayexecutor():
@@ -193,12 +289,20 @@ def test_overlay_example_merges_like_bgoverlayexecutor():
         sys.path.pop(0)
     from pxdbg.shared.frame import SparseFrame
 
-    signal = {"sensor": np.array([0, 3], np.uint8), "u": np.array([5, 1], np.uint8),
-              "v": np.array([7, 2], np.uint16), "charge": np.array([30, 40], np.uint16)}
+    signal = {
+        "sensor": np.array([0, 3], np.uint8),
+        "u": np.array([5, 1], np.uint8),
+        "v": np.array([7, 2], np.uint16),
+        "charge": np.array([30, 40], np.uint16),
+    }
     bg = SparseFrame.from_pixels(np.array([0, 0]), np.array([5, 6]), np.array([7, 7]), np.array([200, 9]))
     merged = ex.overlay(signal, bg)
     assert merged["charge"].tolist() == [230, 40, 9]  # same pixel: 30 + 200 (no uint8 overflow); else appended
     assert merged["sensor"].tolist() == [0, 3, 0] and merged["u"].tolist() == [5, 1, 6]
-    proc = subprocess.run([sys.executable, str(REPO / "examples" / "overlay_event_loop.py"), "--events", "3"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "overlay_event_loop.py"), "--events", "3"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0 and proc.stdout.count("background digits") == 3, proc.stderr

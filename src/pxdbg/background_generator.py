@@ -14,8 +14,15 @@ else in pxdbg needs basf2.
 
 Digits are written into the overlay collection ``PXDDigits<extension>`` in one call of a small C++
 function declared once through ROOT's interpreter, which constructs the ``Belle2::PXDDigit`` objects in
-place from the frame's numpy buffers (about 1 ms for 69,000 digits). Where that function cannot be
-declared, a Python loop fills the array instead (tens of microseconds per digit), and the log says so.
+place from the frame's numpy buffers. Where that function cannot be declared, a Python loop fills the array
+instead (tens of microseconds per digit), and the log says so.
+
+The overlay collection is the *event-durability* array that BGOverlayInput registered and BGOverlayExecutor
+merges into ``PXDDigits``; the module re-registers it with ``c_DontWriteOut``, as BGOverlayInput does, so it is
+never written out. (``PyStoreArray``'s second argument is a durability: passing a store flag there would make
+the module write into a separate, persistent array the executor never reads.)
+
+Python 3.8 compatible (the basf2 externals of older releases ship 3.8): nothing here needs a newer Python.
 """
 
 from __future__ import annotations
@@ -27,11 +34,14 @@ import time
 
 import numpy as np
 
+from pxdbg.shared import registry
+from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.geometry import VXD_IDS
 from pxdbg.shared.seeding import check_seed, seed_from_framework_seed
 
-MODELS = ("convnet", "resnet", "parametric")
 DEFAULT_GLOBALTAG = "PXDBackgroundGenerator"
+#: basf2 debug level of the per-event line (shown with ``basf2.set_debug_level(20)`` and log level DEBUG)
+EVENT_DEBUG_LEVEL = 20
 
 _FILL_CODE = r"""
 #if __has_include(<pxd/dataobjects/PXDDigit.h>)
@@ -65,15 +75,25 @@ class DigitFiller:
                 self.fast = bool(hasattr(ROOT, "pxdbg_fill") or ROOT.gInterpreter.Declare(_FILL_CODE))
             except Exception:  # the interpreter is missing or refused the code: use the loop
                 self.fast = False
-        self.why_slow = "" if self.fast else (
-            "forced" if force_python else "ROOT's interpreter did not accept the C++ fill function")
+        self.why_slow = (
+            ""
+            if self.fast
+            else ("forced" if force_python else "ROOT's interpreter did not accept the C++ fill function")
+        )
 
     def fill(self, digits, frame) -> int:
         vxd = np.ascontiguousarray(VXD_IDS[frame.sensor])
         if self.fast:
-            return int(self._root.pxdbg_fill.fill_pxd_digits(
-                digits, vxd, np.ascontiguousarray(frame.u), np.ascontiguousarray(frame.v),
-                np.ascontiguousarray(frame.charge), frame.n_digits))
+            return int(
+                self._root.pxdbg_fill.fill_pxd_digits(
+                    digits,
+                    vxd,
+                    np.ascontiguousarray(frame.u),
+                    np.ascontiguousarray(frame.v),
+                    np.ascontiguousarray(frame.charge),
+                    frame.n_digits,
+                )
+            )
         return self._fill_python(digits, vxd, frame)
 
     def _fill_python(self, digits, vxd, frame) -> int:
@@ -90,8 +110,8 @@ class DigitFiller:
 def _check_args(model, checkpoint, seed, nintra, ninter, globaltag):
     if not isinstance(model, str):
         raise TypeError("expecting type str `model`")
-    if model not in MODELS:
-        raise ValueError(f"invalid `model`: {model!r} (options: {', '.join(map(repr, MODELS))})")
+    if model not in registry.names():
+        raise ConfigError(f"invalid `model`: {model!r} (options: {', '.join(map(repr, registry.names()))})")
     if not isinstance(checkpoint, (type(None), str, pathlib.Path)):
         raise TypeError("expecting None or type str `checkpoint`")
     if checkpoint is not None:
@@ -110,41 +130,78 @@ def _check_args(model, checkpoint, seed, nintra, ninter, globaltag):
     return checkpoint, seed
 
 
-@functools.cache
+@functools.lru_cache(maxsize=None)  # noqa: UP033 - functools.cache needs Python 3.9; basf2 externals had 3.8
 def _module_class():
     try:
         import basf2
     except ImportError as exc:
-        raise ImportError("PXDBackgroundGenerator is a basf2 module: set up a basf2 release (b2setup) first; "
-                          "outside basf2 use pxdbg.consumer.BackgroundClient in your event loop") from exc
+        raise ImportError(
+            "PXDBackgroundGenerator is a basf2 module: set up a basf2 release (b2setup) first; "
+            "outside basf2 use pxdbg.consumer.BackgroundClient in your event loop"
+        ) from exc
 
     class PXDBackgroundGenerator(basf2.Module):
         """Generates PXD background for background overlay on the fly.
 
         The seed module's parameters (``model``, ``checkpoint``, ``seed``, ``nintra``, ``ninter``,
-        ``globaltag``) keep their meaning. With neither ``workers`` nor ``endpoints`` frames are generated in
-        this process with ``nintra``/``ninter`` torch threads; ``workers=K`` starts K local producer
-        processes, ``endpoints=[...]`` connects to a producer farm (give ``checkpoint_sha256`` if the
-        checkpoint is not in this job's conditions). ``prefetch`` frames are requested ahead. ``precision``
-        (fp32, bf16, fp16, tf32) is part of the model identity. Frame n of the
-        stream is the same in every mode. Event i of this module gets frame ``first_frame + i``.
+        ``globaltag``) keep their meaning; ``model`` is any name of the model registry. With neither ``workers``
+        nor ``endpoints`` frames are generated in this process with ``nintra``/``ninter`` torch threads;
+        ``workers=K`` starts K local producer processes, ``endpoints=[...]`` connects to a producer farm (give
+        ``checkpoint_sha256`` if the checkpoint is not in this job's conditions; in-process, a given
+        ``checkpoint_sha256`` must match the loaded checkpoint). ``prefetch`` frames are requested ahead.
+        ``precision`` (fp32, bf16, fp16, tf32) is part of the model identity. Frame n of the stream is the same
+        in every mode. Event i of this module gets frame ``first_frame + i``.
+
+        ``compat_rng=True`` (in-process, fp32, from the first frame) replaces the per-frame streams by the
+        upstream module's sequence: ``torch.manual_seed(seed)`` once, then each event draws from torch's global
+        random state, so that with the same weights and seed the events equal the upstream module's.
         """
 
-        def __init__(self, model: str = "convnet", checkpoint=None, seed: int | None = None, nintra: int = 1,
-                     ninter: int = 1, globaltag: str = DEFAULT_GLOBALTAG, *, workers: int | None = None,
-                     endpoints=None, prefetch: int = 16, device: str = "cpu",
-                     checkpoint_sha256: str | None = None, first_frame: int = 0,
-                     max_batch: int | None = None, precision: str = "fp32") -> None:
+        def __init__(
+            self,
+            model: str = "convnet",
+            checkpoint=None,
+            seed: int | None = None,
+            nintra: int = 1,
+            ninter: int = 1,
+            globaltag: str = DEFAULT_GLOBALTAG,
+            *,
+            workers: int | None = None,
+            endpoints=None,
+            prefetch: int = 16,
+            device: str = "cpu",
+            checkpoint_sha256: str | None = None,
+            first_frame: int = 0,
+            max_batch: int | None = None,
+            precision: str = "fp32",
+            compat_rng: bool = False,
+        ) -> None:
             super().__init__()
             self.checkpoint, self.seed = _check_args(model, checkpoint, seed, nintra, ninter, globaltag)
             if workers is not None and endpoints is not None:
-                raise ValueError("give `workers` (local producers) or `endpoints` (a farm), not both")
+                raise ConfigError("give `workers` (local producers) or `endpoints` (a farm), not both")
             if isinstance(endpoints, str):
                 endpoints = [e for e in endpoints.split(",") if e]
+            if compat_rng:
+                if workers is not None or endpoints is not None:
+                    raise ConfigError(
+                        "compat_rng=True follows torch's global random state in this process: it "
+                        "runs in-process only; leave out `workers` and `endpoints`"
+                    )
+                if precision != "fp32":
+                    raise ConfigError(
+                        "compat_rng=True reproduces the upstream module, which computes in fp32; "
+                        "leave `precision` at 'fp32'"
+                    )
+                if first_frame:
+                    raise ConfigError(
+                        "compat_rng=True draws events in sequence from one torch seed, so it starts "
+                        "at the first event; `first_frame` needs the per-frame streams"
+                    )
             self.model, self.nintra, self.ninter, self.globaltag = model, nintra, ninter, globaltag
             self.workers, self.endpoints, self.prefetch, self.device = workers, endpoints, prefetch, device
             self.checkpoint_sha256, self.first_frame, self.max_batch = checkpoint_sha256, first_frame, max_batch
-            self.precision = precision
+            self.precision, self.compat_rng = precision, bool(compat_rng)
             basf2.conditions.append_globaltag(globaltag)
             self._client = None
             self._model = None
@@ -153,34 +210,60 @@ def _module_class():
         def initialize(self):
             from ROOT import Belle2
 
-            mode = ("in-process" if self.workers is None and self.endpoints is None
-                    else f"{self.workers} local producer(s)" if self.workers else f"farm {self.endpoints}")
+            from pxdbg.shared.spec import ProducerSpec
+
+            in_process = self.workers is None and self.endpoints is None
+            mode = (
+                "in-process" + (", upstream-compatible torch random sequence" if self.compat_rng else "")
+                if in_process
+                else f"{self.workers} local producer(s)"
+                if self.workers
+                else f"farm {self.endpoints}"
+            )
             if self.seed is None:
                 framework_seed = basf2.get_random_seed()
                 self.seed = seed_from_framework_seed(framework_seed)
-                basf2.B2INFO(f"PXD background generator seed initialized to {self.seed} "
-                             f"(from the basf2 random seed {framework_seed!r})")
+                basf2.B2INFO(
+                    f"PXD background generator seed initialized to {self.seed} "
+                    f"(from the basf2 random seed {framework_seed!r})"
+                )
             else:
                 basf2.B2INFO(f"PXD background generator seed initialized to {self.seed}")
 
             bkginfo = Belle2.PyStoreObj("BackgroundInfo", Belle2.DataStore.c_Persistent)
             if not bkginfo.isValid():
-                basf2.B2ERROR("PXDBackgroundGenerator: no BackgroundInfo in the data store; the path must contain "
-                              "BGOverlayInput before this module (use inject_simulation, or add_simulation with "
-                              "bkgfiles)")
+                basf2.B2ERROR(
+                    "PXDBackgroundGenerator: no BackgroundInfo in the data store; the path must contain "
+                    "BGOverlayInput before this module (use inject_simulation, or add_simulation with "
+                    "bkgfiles)"
+                )
                 raise RuntimeError("PXDBackgroundGenerator needs BGOverlayInput earlier in the path")
-            self.extension = str(bkginfo.getExtensionName())
-            self._digits = Belle2.PyStoreArray("PXDDigits", Belle2.DataStore.c_DontWriteOut)
-            self._digits.registerInDataStore(f"PXDDigits{self.extension}")
+            self.extension = str(bkginfo.obj().getExtensionName())
+            # The event-durability array BGOverlayInput fills and BGOverlayExecutor reads; registered again with
+            # the flags BGOverlayInput gave it (not written out).
+            self._digits = Belle2.PyStoreArray("PXDDigits", Belle2.DataStore.c_Event)
+            if not self._digits.registerInDataStore(f"PXDDigits{self.extension}", Belle2.DataStore.c_DontWriteOut):
+                raise RuntimeError(f"PXDBackgroundGenerator could not register PXDDigits{self.extension}")
 
             checkpoint = self.checkpoint
-            if checkpoint is None and self.checkpoint_sha256 is None:
-                payload = f"PXDBackgroundGenerator_{self.model}"
+            if checkpoint is None and (in_process or self.checkpoint_sha256 is None):
+                payload = registry.get(self.model).payload
                 checkpoint = str(Belle2.DBAccessorBase(Belle2.DBStoreEntry.c_RawFile, payload, True).getFilename())
                 if not checkpoint or not os.path.isfile(checkpoint):
-                    raise RuntimeError(f"payload {payload} not found in the conditions database (global tag "
-                                       f"{self.globaltag!r}); give checkpoint=PATH")
-            if self.workers is None and self.endpoints is None:
+                    raise RuntimeError(
+                        f"payload {payload} not found in the conditions database (global tag "
+                        f"{self.globaltag!r}); give checkpoint=PATH"
+                    )
+            spec = ProducerSpec(
+                model=self.model,
+                checkpoint=checkpoint,
+                checkpoint_sha256=self.checkpoint_sha256,
+                precision=self.precision,
+                device=self.device,
+                max_batch=self.max_batch,
+                threads=self.nintra,
+            )
+            if in_process:
                 import torch
 
                 from pxdbg import models
@@ -190,35 +273,50 @@ def _module_class():
                     try:
                         torch.set_num_interop_threads(self.ninter)
                     except RuntimeError:  # torch allows it once, before any parallel work
-                        basf2.B2WARNING(f"could not set {self.ninter} inter-op threads: torch already runs "
-                                        f"{torch.get_num_interop_threads()}")
-                self._model = models.load(self.model, checkpoint, device=self.device, precision=self.precision)
+                        basf2.B2WARNING(
+                            f"could not set {self.ninter} inter-op threads: torch already runs "
+                            f"{torch.get_num_interop_threads()}"
+                        )
+                self._model = models.load_spec(spec)  # refuses a checkpoint whose sha256 is not the one asked for
                 identity = self._model.identity
+                if self.compat_rng:
+                    if self._model.is_gan:  # the upstream model runs in torch's default memory layout
+                        self._model.net.to(memory_format=torch.contiguous_format)
+                    torch.manual_seed(self.seed)
             else:
                 from pxdbg.consumer import BackgroundClient
 
                 source = dict(workers=self.workers) if self.workers else dict(endpoints=self.endpoints)
-                self._client = BackgroundClient(**source, model=self.model, checkpoint=checkpoint,
-                                                checkpoint_sha256=self.checkpoint_sha256,
-                                                precision=self.precision, seed=self.seed,
-                                                first_frame=self.first_frame, prefetch=self.prefetch,
-                                                device=self.device, max_batch=self.max_batch,
-                                                threads=self.nintra)
+                self._client = BackgroundClient(
+                    **source, spec=spec, seed=self.seed, first_frame=self.first_frame, prefetch=self.prefetch
+                )
                 identity = self._client.identity
             self._filler = DigitFiller()
             if not self._filler.fast:
-                basf2.B2WARNING(f"PXDBackgroundGenerator: filling digits with a Python loop "
-                                f"({self._filler.why_slow}); expect tens of microseconds per digit")
+                basf2.B2WARNING(
+                    f"PXDBackgroundGenerator: filling digits with a Python loop "
+                    f"({self._filler.why_slow}); expect tens of microseconds per digit"
+                )
             self._next = self.first_frame
             self._fill_s = 0.0
             self._events = 0
-            basf2.B2INFO(f"PXDBackgroundGenerator: model {identity}, {mode}, writing PXDDigits{self.extension}; "
-                         f"event i uses frame {self.first_frame} + i of stream {self.seed}")
+            first = (
+                "events follow torch.manual_seed of the seed, as the upstream module"
+                if self.compat_rng
+                else f"event i uses frame {self.first_frame} + i of stream {self.seed}"
+            )
+            basf2.B2INFO(
+                f"PXDBackgroundGenerator: model {identity}, {mode}, writing PXDDigits{self.extension}; {first}"
+            )
 
         def event(self):
             index = self._next
             if self._client is not None:
                 frame = self._client.next()
+            elif self.compat_rng:
+                from pxdbg.shared.frame import SparseFrame
+
+                frame = SparseFrame.from_dense(self._model.generate().numpy())
             else:
                 frame = self._model.frames(self.seed, [index])[0]
             t0 = time.perf_counter()
@@ -226,16 +324,22 @@ def _module_class():
             self._fill_s += time.perf_counter() - t0
             self._events += 1
             self._next += 1
-            basf2.B2INFO(f"PXD background: stream seed {self.seed}, frame {index}, {frame.n_digits} digits")
+            basf2.B2DEBUG(
+                EVENT_DEBUG_LEVEL,
+                f"PXD background: stream seed {self.seed}, "
+                f"{'event' if self.compat_rng else 'frame'} {index}, {frame.n_digits} digits",
+            )
 
         def terminate(self):
             if self._client is not None:
                 self._client.close()
                 self._client = None
             if self._events:
-                basf2.B2INFO(f"PXDBackgroundGenerator: {self._events} events, digit fill "
-                             f"{1e3 * self._fill_s / self._events:.2f} ms per event "
-                             f"({'C++' if self._filler.fast else 'Python loop'})")
+                basf2.B2INFO(
+                    f"PXDBackgroundGenerator: {self._events} events, digit fill "
+                    f"{1e3 * self._fill_s / self._events:.2f} ms per event "
+                    f"({'C++' if self._filler.fast else 'Python loop'})"
+                )
 
     return PXDBackgroundGenerator
 

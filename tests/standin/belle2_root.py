@@ -1,4 +1,12 @@
-"""Real ROOT classes and Python data-store stand-ins for ``ROOT.Belle2`` (see README.md)."""
+"""The ``ROOT.Belle2`` side of the basf2 stand-in, declared in C++ through cling (see README.md).
+
+Everything a basf2 module touches through PyROOT is real C++ here, with the signatures, enum values and rules of
+basf2's own headers, so that PyROOT converts arguments the way it does inside basf2: ``DataStore`` with its
+separate event and persistent maps, ``StoreEntry``, ``StoreAccessorBase``, ``PyStoreArray``, ``PyStoreObj``,
+``VxdID``, ``DigitBase``, ``PXDDigit``, ``BackgroundInfo`` and ``DBStoreEntry``; and the C++ bodies of the
+``BGOverlayInput`` and ``BGOverlayExecutor`` modules. Messages of the C++ side are collected in a log that the
+``basf2`` stand-in drains after every module call; ``B2FATAL`` throws (basf2 would end the process).
+"""
 
 from __future__ import annotations
 
@@ -13,141 +21,712 @@ with warnings.catch_warnings():
 _CODE = r"""
 #include <TObject.h>
 #include <TClonesArray.h>
+#include <TClass.h>
+#include <TChain.h>
+#include <TFile.h>
+#include <TTree.h>
+#include <TBranch.h>
+#include <TRandom.h>
+#include <map>
+#include <array>
+#include <vector>
+#include <string>
+#include <sstream>
+#include <stdexcept>
+#include <utility>
+
 namespace Belle2 {
+// ClassDef's Class() and IsA() of a class interpreted inside a namespace look the class up by its unqualified
+// name and find nothing; the stand-in's own code therefore asks TClass by the qualified name (basf2's compiled
+// dictionaries do not have this limitation).
+inline TClass* standin_class(const std::string& name) { return TClass::GetClass(("Belle2::" + name).c_str()); }
+namespace standin {
+// Messages of the C++ side: (level, text), drained by the basf2 stand-in after each module call.
+inline std::vector<std::pair<std::string, std::string>>& log() {
+  static std::vector<std::pair<std::string, std::string>> messages;
+  return messages;
+}
+inline void message(const char* level, const std::string& text) { log().emplace_back(level, text); }
+inline void fatal(const std::string& text) { message("FATAL", text); throw std::runtime_error(text); }
+}
+
+// framework/datastore/include/StoreEntry.h, framework/datastore/src/StoreEntry.cc
+struct StoreEntry {
+  StoreEntry(): isArray(false), dontWriteOut(false), objClass(nullptr), object(nullptr), ptr(nullptr) {}
+  StoreEntry(bool isArray_, TClass* cl, const std::string& name_, bool dontWriteOut_):
+    isArray(isArray_), dontWriteOut(dontWriteOut_), objClass(cl), object(nullptr), ptr(nullptr), name(name_)
+  { recoverFromNullObject(); }
+  void recoverFromNullObject() {
+    if (object) return;
+    if (isArray) object = new TClonesArray(objClass);
+    else object = static_cast<TObject*>(objClass->New());
+  }
+  void resetForGetEntry() {
+    if (isArray) static_cast<TClonesArray*>(object)->Delete();
+    else { delete object; object = nullptr; }
+  }
+  void recreate() { resetForGetEntry(); if (object == nullptr) recoverFromNullObject(); ptr = object; }
+  void invalidate() { recreate(); ptr = nullptr; }
+  TClonesArray* getPtrAsArray() const { return isArray ? static_cast<TClonesArray*>(ptr) : nullptr; }
+  bool isArray;
+  bool dontWriteOut;
+  TClass* objClass;
+  TObject* object;
+  TObject* ptr;
+  std::string name;
+};
+
+class StoreAccessorBase;
+
+// framework/datastore/include/DataStore.h, framework/datastore/src/DataStore.cc
+class DataStore {
+ public:
+  enum EDurability {
+    c_Event,
+    c_Persistent
+  };
+  const static int c_NDurabilityTypes = 2;
+  enum EStoreFlags {
+    c_WriteOut = 0,
+    c_DontWriteOut = 1,
+    c_ErrorIfAlreadyRegistered = 2,
+  };
+  typedef std::map<std::string, StoreEntry> StoreEntryMap;
+
+  static DataStore& Instance() { static DataStore instance; return instance; }
+
+  static TClass* getTClassFromDefaultObjectName(const std::string& objectName) {
+    TClass* cl = TClass::GetClass(("Belle2::" + objectName).c_str());
+    if (!cl) cl = TClass::GetClass(objectName.c_str());
+    return cl;
+  }
+  static TClass* getTClassFromDefaultArrayName(const std::string& arrayName) {
+    if (arrayName.empty() || arrayName.back() != 's') return nullptr;
+    return getTClassFromDefaultObjectName(arrayName.substr(0, arrayName.size() - 1));
+  }
+  static std::string defaultObjectName(const std::string& classname) {
+    size_t colon = classname.rfind(':');
+    return colon != std::string::npos ? classname.substr(colon + 1) : classname;
+  }
+  static std::string defaultArrayName(const TClass* t) { return defaultObjectName(t->GetName()) + "s"; }
+
+  bool registerEntry(const std::string& name, EDurability durability, TClass* objClass, bool array,
+                     EStoreFlags storeFlags);
+  StoreEntry* getEntry(const StoreAccessorBase& accessor);
+  bool createObject(TObject* object, bool replace, const StoreAccessorBase& accessor);
+  bool requireInput(const StoreAccessorBase& accessor);
+  bool optionalInput(const StoreAccessorBase& accessor);
+  StoreEntryMap& getStoreEntryMap(EDurability durability) { return m_storeEntryMap[durability]; }
+  void invalidateData(EDurability durability) {
+    for (auto& it : m_storeEntryMap[durability]) it.second.invalidate();
+  }
+  void setInitializeActive(bool active) { m_initializeActive = active; }
+  bool getInitializeActive() const { return m_initializeActive; }
+  void reset() {
+    for (auto& map : m_storeEntryMap) {
+      for (auto& it : map) { delete it.second.object; it.second.object = nullptr; it.second.ptr = nullptr; }
+      map.clear();
+    }
+    m_initializeActive = true;
+  }
+  std::vector<std::string> getListOfArrays(EDurability durability) const {
+    std::vector<std::string> names;
+    for (const auto& it : m_storeEntryMap[durability]) if (it.second.isArray) names.push_back(it.first);
+    return names;
+  }
+
+ private:
+  DataStore(): m_initializeActive(true) {}
+  bool checkType(const StoreEntry& entry, const StoreAccessorBase& accessor) const;
+  bool m_initializeActive;
+  std::array<StoreEntryMap, c_NDurabilityTypes> m_storeEntryMap;
+};
+
+// framework/datastore/include/StoreAccessorBase.h
+class StoreAccessorBase {
+ public:
+  StoreAccessorBase(const std::string& name, DataStore::EDurability durability, TClass* objClass, bool isArray):
+    m_name(name), m_durability(durability), m_class(objClass), m_isArray(isArray) {}
+  virtual ~StoreAccessorBase() {}
+  bool registerInDataStore(DataStore::EStoreFlags storeFlags = DataStore::c_WriteOut) {
+    return DataStore::Instance().registerEntry(m_name, m_durability, getClass(), isArray(), storeFlags);
+  }
+  bool registerInDataStore(const std::string& name, DataStore::EStoreFlags storeFlags = DataStore::c_WriteOut) {
+    if (!name.empty()) m_name = name;
+    return DataStore::Instance().registerEntry(m_name, m_durability, getClass(), isArray(), storeFlags);
+  }
+  bool isRequired(const std::string& name = "") {
+    if (!name.empty()) m_name = name;
+    return DataStore::Instance().requireInput(*this);
+  }
+  bool isOptional(const std::string& name = "") {
+    if (!name.empty()) m_name = name;
+    return DataStore::Instance().optionalInput(*this);
+  }
+  bool create(bool replace = false) { return DataStore::Instance().createObject(0, replace, *this); }
+  const std::string& getName() const { return m_name; }
+  DataStore::EDurability getDurability() const { return m_durability; }
+  TClass* getClass() const { return m_class; }
+  bool isArray() const { return m_isArray; }
+  std::string readableName() const {
+    std::string s = m_isArray ? "array " : "object ";
+    return s + m_name + " (durability: " + (m_durability == DataStore::c_Event ? "event" : "persistent") + ")";
+  }
+ protected:
+  std::string m_name;
+  DataStore::EDurability m_durability;
+  TClass* m_class;
+  bool m_isArray;
+};
+
+inline bool DataStore::checkType(const StoreEntry& entry, const StoreAccessorBase& accessor) const {
+  if (entry.isArray != accessor.isArray())
+    standin::fatal("Existing entry '" + entry.name + "' is an " + (entry.isArray ? "array" : "object")
+                   + " and the requested one an " + (accessor.isArray() ? "array" : "object"));
+  if (!entry.objClass->InheritsFrom(accessor.getClass()))
+    standin::fatal("Existing " + accessor.readableName() + " of type " + entry.objClass->GetName()
+                   + " doesn't match requested type " + accessor.getClass()->GetName());
+  return true;
+}
+
+inline bool DataStore::registerEntry(const std::string& name, EDurability durability, TClass* objClass, bool array,
+                                     EStoreFlags storeFlags) {
+  const StoreAccessorBase accessor(name, durability, objClass, array);
+  if (!m_initializeActive) {
+    standin::message("ERROR", "Attempt to register " + accessor.readableName() + " outside of the initialization "
+                     "phase. Please move calls to registerInDataStore() into your Module's initialize() function.");
+    return false;
+  }
+  const bool dontwriteout = storeFlags & c_DontWriteOut;
+  auto it = m_storeEntryMap[durability].find(name);
+  if (it != m_storeEntryMap[durability].end()) {
+    StoreEntry& entry = it->second;
+    if (storeFlags & c_ErrorIfAlreadyRegistered) {
+      standin::message("ERROR", "An " + accessor.readableName() + " of type " + entry.objClass->GetName()
+                       + " was already registered before.");
+      return false;
+    }
+    if (!checkType(entry, accessor)) return false;
+    if (entry.dontWriteOut != dontwriteout) {
+      standin::message("WARNING", "Existing " + accessor.readableName() + " has different persistency type than "
+                       "requested. Changing to " + (dontwriteout ? "c_DontWriteOut" : "c_WriteOut") + ".");
+      entry.dontWriteOut = dontwriteout;
+    }
+    return true;
+  }
+  if (array && name == "ALL") {
+    standin::message("ERROR", "Creating an array with the reserved name 'ALL' is not allowed!");
+    return false;
+  }
+  m_storeEntryMap[durability][name] = StoreEntry(array, objClass, name, dontwriteout);
+  return true;
+}
+
+inline StoreEntry* DataStore::getEntry(const StoreAccessorBase& accessor) {
+  auto it = m_storeEntryMap[accessor.getDurability()].find(accessor.getName());
+  if (it != m_storeEntryMap[accessor.getDurability()].end() && checkType(it->second, accessor)) return &(it->second);
+  return nullptr;
+}
+
+inline bool DataStore::createObject(TObject* object, bool replace, const StoreAccessorBase& accessor) {
+  StoreEntry* entry = getEntry(accessor);
+  if (!entry) {
+    standin::message("ERROR", "No " + accessor.readableName() + " exists in the DataStore, did you forget to "
+                     "register it in your Module's initialize() function?");
+    return false;
+  }
+  if (entry->ptr && !replace && object != entry->object) {
+    standin::message("ERROR", "An " + accessor.readableName() + " was already created in the DataStore.");
+    return false;
+  }
+  if (object) {
+    if (object != entry->object) { delete entry->object; entry->object = object; }
+    entry->ptr = entry->object;
+  } else {
+    entry->recreate();
+  }
+  return true;
+}
+
+inline bool DataStore::requireInput(const StoreAccessorBase& accessor) {
+  if (!m_initializeActive)
+    standin::fatal("Attempt to require input " + accessor.readableName() + " outside of the initialization phase.");
+  if (!getEntry(accessor)) {
+    standin::message("ERROR", "The required " + accessor.readableName() + " does not exist. Maybe you forgot the "
+                     "module that registers it?");
+    return false;
+  }
+  return true;
+}
+
+inline bool DataStore::optionalInput(const StoreAccessorBase& accessor) { return getEntry(accessor) != nullptr; }
+
+// framework/pybasf2/include/PyStoreArray.h, framework/pybasf2/src/PyStoreArray.cc
+class PyStoreArray {
+ public:
+  static std::vector<std::string> list(DataStore::EDurability durability = DataStore::EDurability::c_Event) {
+    return DataStore::Instance().getListOfArrays(durability);
+  }
+  explicit PyStoreArray(const std::string& name,
+                        DataStore::EDurability durability = DataStore::EDurability::c_Event):
+    PyStoreArray(DataStore::getTClassFromDefaultArrayName(name) ? DataStore::getTClassFromDefaultArrayName(name)
+                 : TObject::Class(), name, durability) {}
+  explicit PyStoreArray(TClass* objClass, DataStore::EDurability durability = DataStore::EDurability::c_Event):
+    PyStoreArray(objClass, DataStore::defaultArrayName(objClass), durability) {}
+  explicit PyStoreArray(TClass* objClass, const std::string& name,
+                        DataStore::EDurability durability = DataStore::EDurability::c_Event):
+    m_storeAccessor(name, durability, objClass, true) { attach(); }
+
+  bool registerInDataStore(DataStore::EStoreFlags storeFlags) {
+    return registerInDataStore(m_storeAccessor.getName(), storeFlags);
+  }
+  bool registerInDataStore(const std::string& name = "",
+                           DataStore::EStoreFlags storeFlags = DataStore::EStoreFlags::c_WriteOut) {
+    if (!hasValidClass()) {
+      standin::message("ERROR", "Cannot register PyStoreArray '" + name + "' with unknown TClass.");
+      return false;
+    }
+    bool success = m_storeAccessor.registerInDataStore(name, storeFlags);
+    if (success) attach();
+    return success;
+  }
+  bool isRequired(const std::string& name = "") { return m_storeAccessor.isRequired(name); }
+  bool isOptional(const std::string& name = "") { return m_storeAccessor.isOptional(name); }
+  std::string getName() const { return m_storeAccessor.getName(); }
+  DataStore::EDurability getDurability() const { return m_storeAccessor.getDurability(); }
+  bool hasValidClass() const {
+    const TClass* objClass = m_storeAccessor.getClass();
+    return objClass && objClass != TObject::Class();
+  }
+  bool isValid() const { return m_storeEntry && m_storeEntry->ptr; }
+  operator bool() const { return isValid(); }
+  TObject* operator[](int i) const {
+    ensureAttached();
+    return isValid() ? m_storeEntry->getPtrAsArray()->At(i) : nullptr;
+  }
+  int getEntries() const { ensureAttached(); return isValid() ? m_storeEntry->getPtrAsArray()->GetEntriesFast() : 0; }
+  int __len__() const { return getEntries(); }
+  TObject* appendNew() {
+    ensureCreated();
+    if (isValid()) return getPtr()->ConstructedAt(getEntries());
+    standin::message("ERROR", "Cannot create an object in invalid PyStoreArray.");
+    return nullptr;
+  }
+  TClonesArray* getPtr() { ensureCreated(); return isValid() ? m_storeEntry->getPtrAsArray() : nullptr; }
+
+ private:
+  void ensureCreated() { create(false); }
+  bool create(bool replace = false) {
+    ensureAttached();
+    if (!m_storeEntry) { standin::message("ERROR", "Cannot create unregistered PyStoreArray."); return false; }
+    if (isValid() && !replace) return true;
+    if (!isValid() && !hasValidClass()) {
+      standin::message("ERROR", "Cannot create PyStoreArray with unknown TClass.");
+      return false;
+    }
+    return m_storeAccessor.create(replace);
+  }
+  void ensureAttached() const {
+    if (!m_storeEntry) {
+      attach();
+      if (!m_storeEntry)
+        standin::message("ERROR", "PyStoreArray " + m_storeAccessor.readableName() + " has not been registered!");
+    }
+  }
+  void attach() const { m_storeEntry = DataStore::Instance().getEntry(m_storeAccessor); }
+  StoreAccessorBase m_storeAccessor;
+  mutable StoreEntry* m_storeEntry = nullptr;
+};
+
+// framework/pybasf2/include/PyStoreObj.h
+class PyStoreObj {
+ public:
+  explicit PyStoreObj(const std::string& name,
+                      DataStore::EDurability durability = DataStore::EDurability::c_Event):
+    m_storeAccessor(name, durability,
+                    DataStore::getTClassFromDefaultObjectName(name) ? DataStore::getTClassFromDefaultObjectName(name)
+                    : TObject::Class(), false) { attach(); }
+  bool registerInDataStore(DataStore::EStoreFlags storeFlags = DataStore::c_WriteOut) {
+    bool success = m_storeAccessor.registerInDataStore(storeFlags);
+    if (success) attach();
+    return success;
+  }
+  bool create(bool replace = false) {
+    if (!m_storeEntry) attach();
+    return m_storeEntry && m_storeAccessor.create(replace);
+  }
+  bool isValid() const { if (!m_storeEntry) attach(); return m_storeEntry && m_storeEntry->ptr; }
+  operator bool() const { return isValid(); }
+  TObject* obj() const { return isValid() ? m_storeEntry->ptr : nullptr; }
+  std::string getName() const { return m_storeAccessor.getName(); }
+  std::string getClassName() const { return m_storeAccessor.getClass()->GetName(); }  // for the pythonization
+ private:
+  void attach() const { m_storeEntry = DataStore::Instance().getEntry(m_storeAccessor); }
+  StoreAccessorBase m_storeAccessor;
+  mutable StoreEntry* m_storeEntry = nullptr;
+};
+
+// vxd/dataobjects/include/VxdID.h
 class VxdID {
  public:
   typedef unsigned short baseType;
-  VxdID(baseType id = 0): m_id(id) {}
-  VxdID(baseType layer, baseType ladder, baseType sensor, baseType segment = 0):
-    m_id((layer << 13) | (ladder << 8) | (sensor << 5) | segment) {}
-  operator baseType() const { return m_id; }
-  baseType getID() const { return m_id; }
-  baseType getLayerNumber() const { return m_id >> 13; }
-  baseType getLadderNumber() const { return (m_id >> 8) & 0x1f; }
-  baseType getSensorNumber() const { return (m_id >> 5) & 0x7; }
+  enum {
+    LayerBits = 3, LadderBits = 5, SensorBits = 3, SegmentBits = 5,
+    Bits = LayerBits + LadderBits + SensorBits + SegmentBits,
+    MaxLayer = (1 << LayerBits) - 1, MaxLadder = (1 << LadderBits) - 1, MaxSensor = (1 << SensorBits) - 1,
+    MaxSegment = (1 << SegmentBits) - 1, MaxID = (1 << Bits) - 1
+  };
+  VxdID(baseType id = 0) { m_id.id = id; }
+  VxdID(baseType layer, baseType ladder, baseType sensor, baseType segment = 0) {
+    m_id.parts.layer = layer; m_id.parts.ladder = ladder; m_id.parts.sensor = sensor; m_id.parts.segment = segment;
+  }
+  VxdID(const VxdID& b): m_id(b.m_id) {}
+  VxdID& operator=(const VxdID& b) { m_id = b.m_id; return *this; }
+  VxdID& operator=(baseType id) { m_id.id = id; return *this; }
+  operator baseType() const { return getID(); }
+  bool operator==(const VxdID& b) const { return getID() == b.getID(); }
+  bool operator<(const VxdID& b) const { return getID() < b.getID(); }
+  baseType getID() const { return m_id.id; }
+  baseType getLayerNumber() const { return m_id.parts.layer; }
+  baseType getLadderNumber() const { return m_id.parts.ladder; }
+  baseType getSensorNumber() const { return m_id.parts.sensor; }
+  baseType getSegmentNumber() const { return m_id.parts.segment; }
+  void setID(baseType id) { m_id.id = id; }
+  void setSegmentNumber(baseType segment) { m_id.parts.segment = segment; }
  private:
-  baseType m_id;
+  union {
+    baseType id: Bits;
+    struct {
+      baseType segment: SegmentBits;
+      baseType sensor: SensorBits;
+      baseType ladder: LadderBits;
+      baseType layer: LayerBits;
+    } parts;
+  } m_id;
 };
-class PXDDigit : public TObject {
+
+// framework/datastore/include/RelationsObject.h (relations are not part of the stand-in)
+class RelationsObject : public TObject {
  public:
-  PXDDigit(): m_sensorID(0), m_uCellID(0), m_vCellID(0), m_charge(0) {}
+  RelationsObject() {}
+  ClassDef(RelationsObject, 1)
+};
+
+// framework/dataobjects/include/DigitBase.h
+class DigitBase : public RelationsObject {
+ public:
+  enum EAppendStatus {
+    c_DontAppend = 0,
+    c_Append = 1
+  };
+  DigitBase() {}
+  virtual unsigned int getUniqueChannelID() const = 0;
+  virtual EAppendStatus addBGDigit(const DigitBase* bg) = 0;
+  virtual void adjustAppendedBGDigit() {}
+  ClassDef(DigitBase, 2)
+};
+
+// pxd/dataobjects/include/PXDDigit.h
+class PXDDigit : public DigitBase {
+ public:
   PXDDigit(VxdID sensorID, unsigned short uCellID, unsigned short vCellID, unsigned short charge):
     m_sensorID(sensorID), m_uCellID(uCellID), m_vCellID(vCellID), m_charge(charge) {}
+  PXDDigit(): PXDDigit(0, 0, 0, 0) {}
+  short int getFrameNumber() const { return VxdID(m_sensorID).getSegmentNumber(); }
   VxdID getSensorID() const { return m_sensorID; }
   unsigned short getUCellID() const { return m_uCellID; }
   unsigned short getVCellID() const { return m_vCellID; }
   unsigned short getCharge() const { return m_charge; }
   void setCharge(unsigned short charge) { m_charge = charge; }
+  unsigned int getUniqueChannelID() const {
+    VxdID sensorID(m_sensorID);
+    sensorID.setSegmentNumber(sensorID.getSegmentNumber() << 2);
+    return m_vCellID + (m_uCellID << 10) + ((unsigned int)(VxdID::baseType)sensorID << 16);
+  }
+  DigitBase::EAppendStatus addBGDigit(const DigitBase* bg) {
+    m_charge += dynamic_cast<const PXDDigit*>(bg)->getCharge();
+    return DigitBase::c_DontAppend;
+  }
  private:
-  unsigned short m_sensorID, m_uCellID, m_vCellID, m_charge;
+  unsigned short m_sensorID;
+  unsigned short m_uCellID;
+  unsigned short m_vCellID;
+  unsigned short m_charge;
   ClassDef(PXDDigit, 5)
 };
-}
+
+// background/dataobjects/include/BackgroundInfo.h (the members the overlay modules use)
+class BackgroundInfo : public TObject {
+ public:
+  enum EMethod {c_Unknown = 0, c_Mixing = 1, c_Overlay = 2};
+  BackgroundInfo() {}
+  void setMethod(EMethod method) { m_method = method; }
+  EMethod getMethod() const { return m_method; }
+  void setExtensionName(const std::string& name) { m_extensionName = name; }
+  const std::string& getExtensionName() const { return m_extensionName; }
+ private:
+  EMethod m_method = c_Unknown;
+  std::string m_extensionName;
+  ClassDef(BackgroundInfo, 4)
+};
+
+// framework/database/include/DBStoreEntry.h
+class DBStoreEntry {
+ public:
+  enum EPayloadType {
+    c_RawFile,
+    c_ROOTFile,
+    c_Object
+  };
+};
+
 namespace standin {
+// background/modules/BGOverlayInput/src/BGOverlayInputModule.cc: initialize() and event()
+class BGOverlayInput {
+ public:
+  void initialize(const std::vector<std::string>& fileNames, const std::string& extensionName) {
+    m_extensionName = extensionName;
+    if (fileNames.empty()) fatal("No valid files specified!");
+    for (const auto& fileName : fileNames) {
+      TFile* f = TFile::Open(fileName.c_str(), "READ");
+      if (!f || !f->IsOpen()) fatal("Couldn't open input file " + fileName);
+      if (!f->Get("persistent")) message("ERROR", "No 'persistent' tree found in " + fileName);
+      delete f;
+    }
+    m_tree = new TChain("tree");
+    for (const auto& fileName : fileNames) m_tree->AddFile(fileName.c_str());
+    m_numEvents = m_tree->GetEntries();
+    if (m_numEvents == 0) message("ERROR", "tree has no entires");
+    m_firstEvent = m_numEvents ? gRandom->Integer(m_numEvents) : 0;
+    m_eventCount = m_firstEvent;
+    if (!connectBranches()) message("ERROR", "No branches found to be connected");
+    StoreAccessorBase bkgInfo("BackgroundInfo", DataStore::c_Persistent, standin_class("BackgroundInfo"), false);
+    bkgInfo.registerInDataStore();
+    bkgInfo.create();
+    auto* info = static_cast<BackgroundInfo*>(DataStore::Instance().getEntry(bkgInfo)->ptr);
+    info->setMethod(BackgroundInfo::c_Overlay);
+    info->setExtensionName(m_extensionName);
+  }
+  void event() {
+    for (auto* entry : m_storeEntries) entry->resetForGetEntry();
+    m_tree->GetEntry(m_eventCount);
+    m_eventCount++;
+    if (m_eventCount >= m_numEvents) m_eventCount = 0;
+    for (auto* entry : m_storeEntries) {
+      if (entry->object) entry->ptr = entry->object;
+      else { entry->recoverFromNullObject(); entry->ptr = 0; }
+    }
+  }
+  void terminate() { delete m_tree; m_tree = nullptr; }
+ private:
+  bool connectBranches() {
+    auto durability = DataStore::c_Event;
+    auto storeFlags = DataStore::EStoreFlags(DataStore::c_DontWriteOut | DataStore::c_ErrorIfAlreadyRegistered);
+    auto& map = DataStore::Instance().getStoreEntryMap(durability);
+    const TObjArray* branches = m_tree->GetListOfBranches();
+    if (!branches) return false;
+    for (int jj = 0; jj < branches->GetEntriesFast(); jj++) {
+      TBranch* branch = static_cast<TBranch*>(branches->At(jj));
+      if (!branch) continue;
+      const std::string branchName = branch->GetName();
+      TObject* objectPtr = 0;
+      branch->SetAddress(&objectPtr);
+      branch->GetEntry();
+      std::string objName = branch->GetClassName();
+      if (objName == "TClonesArray") {
+        TClass* objClass = (static_cast<TClonesArray*>(objectPtr))->GetClass();
+        branch->ResetAddress();
+        delete objectPtr;
+        const std::string className = objClass->GetName();
+        if (className.find("Belle2::") == std::string::npos) {
+          m_tree->SetBranchStatus(branchName.c_str(), 0);
+          continue;
+        }
+        std::string name = branchName + m_extensionName;
+        bool ok = DataStore::Instance().registerEntry(name, durability, objClass, true, storeFlags);
+        if (!ok) { m_tree->SetBranchStatus(branchName.c_str(), 0); continue; }
+        StoreEntry& entry = (map.find(name))->second;
+        m_tree->SetBranchAddress(branchName.c_str(), &(entry.object));
+        m_storeEntries.push_back(&entry);
+      } else {
+        m_tree->SetBranchStatus(branchName.c_str(), 0);
+        branch->ResetAddress();
+        delete objectPtr;
+      }
+    }
+    return !m_storeEntries.empty();
+  }
+  std::string m_extensionName;
+  TChain* m_tree = nullptr;
+  long m_numEvents = 0, m_firstEvent = 0, m_eventCount = 0;
+  std::vector<StoreEntry*> m_storeEntries;
+};
+
+// background/modules/BGOverlayExecutor/: registerDigits<PXDDigit> and addBGDigits<PXDDigit>
+class BGOverlayExecutor {
+ public:
+  void initialize(const std::string& name) {
+    StoreAccessorBase bkgInfo("BackgroundInfo", DataStore::c_Persistent, standin_class("BackgroundInfo"), false);
+    StoreEntry* entry = DataStore::Instance().getEntry(bkgInfo);
+    if (entry && entry->ptr && static_cast<BackgroundInfo*>(entry->ptr)->getMethod() == BackgroundInfo::c_Overlay)
+      m_extensionName = static_cast<BackgroundInfo*>(entry->ptr)->getExtensionName();
+    else
+      message("ERROR", "BGOverlayExecutor: no BGOverlayInput module in the path");
+    m_name = name;
+    PyStoreArray digits(standin_class("PXDDigit"), name.empty() ? "PXDDigits" : name);
+    digits.isOptional();
+    PyStoreArray bgDigits(standin_class("PXDDigit"), "PXDDigits" + m_extensionName);
+    bgDigits.isOptional();
+  }
+  void event() {
+    PyStoreArray digits(standin_class("PXDDigit"), m_name.empty() ? "PXDDigits" : m_name);
+    if (!digits.isValid()) return;
+    PyStoreArray bgDigits(standin_class("PXDDigit"), "PXDDigits" + m_extensionName);
+    if (!bgDigits.isValid()) return;
+    std::multimap<unsigned, PXDDigit*> multimap;
+    for (int i = 0; i < digits.getEntries(); ++i) {
+      auto* digit = static_cast<PXDDigit*>(digits[i]);
+      multimap.insert(std::pair<unsigned, PXDDigit*>(digit->getUniqueChannelID(), digit));
+    }
+    TClonesArray* out = digits.getPtr();
+    for (int i = 0; i < bgDigits.getEntries(); ++i) {
+      const auto* bgDigit = static_cast<const PXDDigit*>(bgDigits[i]);
+      bool pileup = false;
+      auto range = multimap.equal_range(bgDigit->getUniqueChannelID());
+      for (auto it = range.first; it != range.second; ++it) {
+        pileup = it->second->addBGDigit(bgDigit) == DigitBase::c_DontAppend;
+        if (pileup) break;
+      }
+      if (!pileup) new ((*out)[out->GetEntriesFast()]) PXDDigit(*bgDigit);  // StoreArray::appendNew(bgDigit)
+    }
+  }
+ private:
+  std::string m_name;
+  std::string m_extensionName;
+};
+
+// The signal side of the path: PXDDigitizer registers PXDDigits and writes the signal digits of each event.
+inline void digitize_signal(const std::vector<unsigned short>& digits4) {
+  PyStoreArray digits(standin_class("PXDDigit"), "PXDDigits");
+  TClonesArray* arr = digits.getPtr();
+  for (size_t i = 0; i + 3 < digits4.size(); i += 4)
+    new ((*arr)[arr->GetEntriesFast()]) PXDDigit(VxdID(digits4[i]), digits4[i + 1], digits4[i + 2], digits4[i + 3]);
+}
+
 // copy the digits of a TClonesArray of PXDDigit into out[4 * n]: (sensor id, u, v, charge) per digit
 long read_digits(TClonesArray* arr, unsigned short* out, long capacity) {
-  long n = arr->GetEntriesFast();
+  long n = arr ? arr->GetEntriesFast() : 0;
   for (long i = 0; i < n && i < capacity; ++i) {
-    auto* d = static_cast<Belle2::PXDDigit*>(arr->At(i));
+    auto* d = static_cast<PXDDigit*>(arr->At(i));
     out[4 * i] = d->getSensorID().getID(); out[4 * i + 1] = d->getUCellID();
     out[4 * i + 2] = d->getVCellID(); out[4 * i + 3] = d->getCharge();
   }
   return n;
 }
-long append_digit(TClonesArray* arr, unsigned short id, unsigned short u, unsigned short v, unsigned short c) {
-  long n = arr->GetEntriesFast();
-  new ((*arr)[n]) Belle2::PXDDigit(Belle2::VxdID(id), u, v, c);
-  return n + 1;
+
+// A background overlay file as BGOverlayInput reads it: tree "tree" with a PXDDigits branch, and "persistent".
+void write_background_file(const char* path, const std::vector<unsigned short>& digits4, int nEvents) {
+  TFile f(path, "RECREATE");
+  TTree tree("tree", "event tree");
+  TClonesArray* arr = new TClonesArray("Belle2::PXDDigit");
+  tree.Branch("PXDDigits", &arr);
+  for (int e = 0; e < nEvents; ++e) {
+    arr->Clear("C");
+    for (size_t i = 0; i + 3 < digits4.size(); i += 4)
+      new ((*arr)[arr->GetEntriesFast()]) PXDDigit(VxdID(digits4[i]), digits4[i + 1], digits4[i + 2],
+                                                   digits4[i + 3] + e);
+    tree.Fill();
+  }
+  TTree persistent("persistent", "persistent tree");
+  persistent.Fill();
+  f.Write();
+  f.Close();
+  delete arr;
 }
-}
+}  // namespace standin
+}  // namespace Belle2
 """
 
-if not hasattr(ROOT, "standin"):
+if not hasattr(ROOT, "Belle2") or not hasattr(ROOT.Belle2, "standin"):
     assert ROOT.gInterpreter.Declare(_CODE), "the stand-in classes did not compile"
+    # Build the interpreted classes' streamer info once, quietly: ROOT notes that the data-less bases
+    # (RelationsObject, DigitBase) have no streamer of their own, which is true and harmless here.
+    _level, ROOT.gErrorIgnoreLevel = ROOT.gErrorIgnoreLevel, ROOT.kError
+    for _cls in ("Belle2::RelationsObject", "Belle2::DigitBase", "Belle2::PXDDigit"):
+        ROOT.TClass.GetClass(_cls).GetStreamerInfo()
+    ROOT.gErrorIgnoreLevel = _level
 
 Belle2 = ROOT.Belle2
-STORE: dict = {}
+
+
+def _downcast(obj, class_name: str):
+    """PyROOT hands basf2's TObject* returns over as their dynamic class (compiled dictionaries carry the type
+    information); objects of classes interpreted here are not downcast by themselves, so the stand-in does it."""
+    return ROOT.bind_object(ROOT.addressof(obj), class_name) if obj else obj
+
+
+_plain_obj = Belle2.PyStoreObj.obj
+
+
+def _store_obj(self):
+    return _downcast(_plain_obj(self), self.getClassName())
+
+
+def _store_obj_getattr(self, name):
+    """basf2 lets a PyStoreObj stand for its object (``bkginfo.getExtensionName()``), as done here."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    obj = self.obj()
+    if not obj:
+        raise AttributeError(f"PyStoreObj {self.getName()!r} is not valid; cannot get {name!r}")
+    return getattr(obj, name)
+
+
+Belle2.PyStoreObj.obj = _store_obj
+Belle2.PyStoreObj.__getattr__ = _store_obj_getattr
 
 
 def read_digits(arr) -> np.ndarray:
-    """(n, 4) uint16: sensor id, u, v, charge of every digit in a TClonesArray of PXDDigit."""
-    n = arr.GetEntriesFast()
+    """(n, 4) uint16: sensor id, u, v, charge of every digit in a TClonesArray of PXDDigit (none if null)."""
+    n = arr.GetEntriesFast() if arr else 0
     out = np.zeros(4 * max(n, 1), np.uint16)
-    ROOT.standin.read_digits(arr, out, n)
+    ROOT.Belle2.standin.read_digits(arr if arr else ROOT.nullptr, out, n)
     return out[: 4 * n].reshape(n, 4)
 
 
-class DataStore:
-    c_Event = 0
-    c_Persistent = 1
-    c_DontWriteOut = 2
+def store_arrays(durability: int) -> dict[str, np.ndarray]:
+    """The valid PXDDigit arrays of one durability map: {name: (n, 4) uint16}."""
+    out = {}
+    for name, entry in Belle2.DataStore.Instance().getStoreEntryMap(durability):
+        valid = ROOT.addressof(entry.ptr) != 0  # not `entry.ptr`: an empty TClonesArray is falsy in Python
+        if entry.isArray and valid and entry.objClass.GetName() == "Belle2::PXDDigit":
+            out[str(name)] = read_digits(entry.getPtrAsArray())
+    return out
 
 
-class BackgroundInfo:
-    def __init__(self, extension: str = "_beamBG") -> None:
-        self._extension = extension
-
-    def getExtensionName(self) -> str:
-        return self._extension
-
-
-class PyStoreObj:
-    def __init__(self, name: str, durability: int = DataStore.c_Event) -> None:
-        self._name = name
-
-    def isValid(self) -> bool:
-        return self._name in STORE
-
-    def obj(self):
-        return STORE[self._name]
-
-    def __getattr__(self, attr):
-        if self._name not in STORE:
-            raise AttributeError(f"{self._name} is not in the data store")
-        return getattr(STORE[self._name], attr)
-
-
-class PyStoreArray:
-    def __init__(self, name: str, durability: int = DataStore.c_Event) -> None:
-        self._name = name
-
-    def registerInDataStore(self, name: str | None = None, flags: int = 0) -> bool:
-        self._name = name or self._name
-        if self._name not in STORE:
-            STORE[self._name] = ROOT.TClonesArray("Belle2::PXDDigit")
-        return True
-
-    def isValid(self) -> bool:
-        return self._name in STORE
-
-    def getPtr(self):
-        return STORE[self._name]
-
-    def getEntries(self) -> int:
-        return STORE[self._name].GetEntriesFast()
-
-    def appendNew(self):
-        arr = STORE[self._name]
-        return arr.ConstructedAt(arr.GetEntriesFast())
-
-
-class DBStoreEntry:
-    c_RawFile = 1
+def write_background_file(path, digits: np.ndarray, events: int = 4) -> None:
+    """A background overlay file: each event holds ``digits`` ((n, 4): sensor id, u, v, charge), the charge of
+    event e raised by e, so that the events differ."""
+    flat = ROOT.std.vector["unsigned short"](np.asarray(digits, np.uint16).reshape(-1).tolist())
+    ROOT.Belle2.standin.write_background_file(str(path), flat, int(events))
 
 
 class DBAccessorBase:
-    """Resolves a raw-file payload through pxdbg's payload store under the global tags of basf2.conditions."""
+    """framework/database: a raw-file payload's filename, resolved through pxdbg's payload store under the
+    global tags of ``basf2.conditions`` (the stand-in of the conditions database)."""
 
-    def __init__(self, entry_type: int, name: str, required: bool = True) -> None:
+    def __init__(self, entry_type, name: str, required: bool = True) -> None:
         import basf2
 
         from pxdbg.shared import payloads
 
+        if int(entry_type) != int(Belle2.DBStoreEntry.c_RawFile):
+            raise TypeError(f"the stand-in serves raw-file payloads (DBStoreEntry.c_RawFile) only, got {entry_type}")
         self._filename = ""
         prefix = "PXDBackgroundGenerator_"
         for tag in basf2.conditions.globaltags:
             try:
-                self._filename = str(payloads.find(name[len(prefix):], tag).path)
+                self._filename = str(payloads.find(name[len(prefix) :], tag).path)
                 break
             except payloads.PayloadError:
                 continue
@@ -158,5 +737,4 @@ class DBAccessorBase:
         return self._filename
 
 
-for _name in ("DataStore", "PyStoreObj", "PyStoreArray", "DBStoreEntry", "DBAccessorBase", "BackgroundInfo"):
-    setattr(Belle2, _name, globals()[_name])
+Belle2.DBAccessorBase = DBAccessorBase

@@ -1,15 +1,25 @@
-"""A thin stand-in of basf2 for tests (see ../README.md). Not basf2: only what pxdbg touches."""
+"""A thin stand-in of basf2 for tests (see ../README.md). Not basf2: only what pxdbg touches, with basf2's rules.
+
+The data store and the overlay modules are C++ (``belle2_root``); this file is the Python face: the module
+base class, paths, ``process`` with the phases of basf2's framework/core/src/EventProcessor.cc (initialize with
+registration allowed and no events after an ERROR there; per event the path, then the invalidation of
+event-durability data; terminate in reverse path order), conditions, the random seed and logging.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 
-import belle2_root  # noqa: F401 - declares the ROOT classes and attaches the data-store stand-ins
-from belle2_root import STORE, BackgroundInfo, Belle2, read_digits
+import belle2_root  # noqa: F401 - declares the ROOT.Belle2 classes
+import ROOT
+from belle2_root import Belle2, read_digits, store_arrays  # noqa: F401 - read_digits: for tests
 
 log_messages: list[tuple[str, str]] = []
 _random_seed: object = "basf2-default-seed"
+#: levels printed to stderr, as basf2's default log level INFO does (DEBUG is recorded, not printed)
+_PRINTED = ("INFO", "WARNING", "ERROR", "FATAL")
 
 
 class FatalError(RuntimeError):
@@ -18,7 +28,15 @@ class FatalError(RuntimeError):
 
 def _log(level: str, msg) -> None:
     log_messages.append((level, str(msg)))
-    print(f"[{level}] {msg}", file=sys.stderr)
+    if level in _PRINTED:
+        print(f"[{level}] {msg}", file=sys.stderr)
+
+
+def _drain_cpp_log() -> None:
+    cpp = Belle2.standin.log()
+    for level, msg in [(str(p.first), str(p.second)) for p in cpp]:
+        _log(level, msg)
+    cpp.clear()
 
 
 def B2DEBUG(level, msg):
@@ -49,6 +67,11 @@ def get_random_seed():
 def set_random_seed(seed) -> None:
     global _random_seed
     _random_seed = seed
+
+
+def pretty_print_table(rows, widths) -> None:
+    for row in rows:
+        print("  ".join(str(c) for c in row), file=sys.stderr)
 
 
 class _Conditions:
@@ -106,48 +129,56 @@ class _EventInfoSetter(Module):
 
 
 class _BGOverlayInput(Module):
-    """Stores BackgroundInfo and, each event, 'sampled' digits in PXDDigits_beamBG (to be replaced)."""
+    """background/modules/BGOverlayInput: reads the PXDDigits of the overlay files into PXDDigits<extension>."""
 
     def initialize(self):
-        STORE["BackgroundInfo"] = BackgroundInfo(self.params.get("extensionName", "_beamBG"))
-        Belle2.PyStoreArray("PXDDigits").registerInDataStore("PXDDigits" + STORE["BackgroundInfo"].getExtensionName())
+        files = ROOT.std.vector["std::string"]([str(f) for f in self.params.get("inputFileNames", [])])
+        self._impl = Belle2.standin.BGOverlayInput()
+        self._impl.initialize(files, self.params.get("extensionName", "_beamBG"))
 
     def event(self):
-        import ROOT
+        self._impl.event()
 
-        arr = STORE["PXDDigits" + STORE["BackgroundInfo"].getExtensionName()]
-        arr.Clear("C")
-        for i in range(3):
-            ROOT.standin.append_digit(arr, 8480, 1, 100 + i, 200)
+    def terminate(self):
+        self._impl.terminate()
+
+
+#: The signal digits PXDDigitizer writes each event: (sensor id, u, v, charge) rows. Tests may replace them.
+SIGNAL_DIGITS: list[tuple[int, int, int, int]] = [(8480, 10, 20, 30), (18720, 100, 700, 40)]
+
+
+class _PXDDigitizer(Module):
+    """Registers PXDDigits (event durability, written out) and writes :data:`SIGNAL_DIGITS` each event."""
+
+    def initialize(self):
+        Belle2.PyStoreArray("PXDDigits").registerInDataStore()
+
+    def event(self):
+        flat = [int(x) for row in SIGNAL_DIGITS for x in row]
+        Belle2.standin.digitize_signal(ROOT.std.vector["unsigned short"](flat))
 
 
 class _BGOverlayExecutor(Module):
-    """Merges the background digits into PXDDigits: same pixel, charges add; otherwise appended."""
+    """background/modules/BGOverlayExecutor: merges PXDDigits<extension> into PXDDigits via DigitBase."""
 
     def initialize(self):
-        Belle2.PyStoreArray("PXDDigits").registerInDataStore("PXDDigits")
+        self._impl = Belle2.standin.BGOverlayExecutor()
+        self._impl.initialize(self.params.get("PXDDigitsName", ""))
 
     def event(self):
-        import ROOT
-
-        ext = STORE["BackgroundInfo"].getExtensionName()
-        signal, background = STORE["PXDDigits"], STORE["PXDDigits" + ext]
-        index = {tuple(d[:3]): i for i, d in enumerate(read_digits(signal).tolist())}
-        for sid, u, v, c in read_digits(background).tolist():
-            i = index.get((sid, u, v))
-            if i is None:
-                ROOT.standin.append_digit(signal, sid, u, v, c)
-            else:
-                d = ROOT.bind_object(ROOT.addressof(signal.At(i)), Belle2.PXDDigit)
-                d.setCharge(d.getCharge() + c)
+        self._impl.event()
 
 
 class _Generic(Module):
     pass
 
 
-_BUILTIN = {"EventInfoSetter": _EventInfoSetter, "BGOverlayInput": _BGOverlayInput,
-            "BGOverlayExecutor": _BGOverlayExecutor}
+_BUILTIN = {
+    "EventInfoSetter": _EventInfoSetter,
+    "BGOverlayInput": _BGOverlayInput,
+    "PXDDigitizer": _PXDDigitizer,
+    "BGOverlayExecutor": _BGOverlayExecutor,
+}
 
 
 def register_module(name: str, **params) -> Module:
@@ -177,13 +208,31 @@ def create_path() -> Path:
     return Path()
 
 
-#: per event, the content of every PXDDigits* collection after the path ran: {name: (n, 4) uint16}
+#: per event, the valid PXDDigit arrays of event durability after the path ran: {name: (n, 4) uint16}
 processed_events: list[dict] = []
+#: after initialize: {"event"|"persistent": {name: written out (bool)}} for every registered entry
+registered: dict[str, dict[str, bool]] = {}
+#: at the end of the run: the valid PXDDigit arrays of persistent durability
+persistent_arrays: dict = {}
+
+
+def _call(module: Module, phase: str) -> None:
+    try:
+        getattr(module, phase)()
+    finally:
+        _drain_cpp_log()
 
 
 def process(path: Path, max_event: int = 0) -> None:
-    STORE.clear()
+    DataStore = Belle2.DataStore
+    store = DataStore.Instance()
+    store.reset()
     processed_events.clear()
+    registered.clear()
+    persistent_arrays.clear()
+
+    # basf2 seeds ROOT's gRandom from its random seed
+    ROOT.gRandom.SetSeed(int.from_bytes(hashlib.sha256(str(_random_seed).encode()).digest()[:4], "big"))
     n = 1
     for m in path.modules():
         if m.name() == "EventInfoSetter":
@@ -192,19 +241,26 @@ def process(path: Path, max_event: int = 0) -> None:
     if max_event:
         n = min(n, max_event)
     modules = path.modules()
+    errors_before = sum(level in ("ERROR", "FATAL") for level, _ in log_messages)
+    store.setInitializeActive(True)
     for m in modules:
-        m.initialize()
+        _call(m, "initialize")
+    errors = sum(level in ("ERROR", "FATAL") for level, _ in log_messages) - errors_before
+    if errors:  # framework/core/src/EventProcessor.cc: no event is processed after an ERROR in initialize
+        B2FATAL(f"{errors} ERROR(S) occurred! The processing of events will not be started.")
+    store.setInitializeActive(False)
+    for durability, key in ((DataStore.c_Event, "event"), (DataStore.c_Persistent, "persistent")):
+        registered[key] = {str(k): not bool(v.dontWriteOut) for k, v in store.getStoreEntryMap(durability)}
     for m in modules:
-        m.beginRun()
+        _call(m, "beginRun")
     for _ in range(n):
-        for obj in STORE.values():  # event durability: arrays start every event empty
-            if hasattr(obj, "Clear"):
-                obj.Clear("C")
         for m in modules:
-            m.event()
-        processed_events.append({k: read_digits(v) for k, v in STORE.items() if k.startswith("PXDDigits")})
+            _call(m, "event")
+        processed_events.append(store_arrays(DataStore.c_Event))
+        store.invalidateData(DataStore.c_Event)
     for m in modules:
-        m.endRun()
-    for m in modules:
-        m.terminate()
+        _call(m, "endRun")
+    for m in reversed(modules):  # EventProcessor::processTerminate goes through the path backwards
+        _call(m, "terminate")
+    persistent_arrays.update(store_arrays(DataStore.c_Persistent))
     B2INFO(f"processed {n} events")
