@@ -163,16 +163,6 @@ class BackgroundModel:
             return self.module.generate_sparse(self.net, [frame_rng(seed, i) for seed, i in keys])
         return self.engine.sparsify(self.dense_frames_for(keys))
 
-    def wire_frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame | np.ndarray]:
-        """Like :meth:`frames_for`, but frames that are smaller dense (an untrained GAN hits every pixel)
-        come back as dense host arrays: what a producer puts on the wire."""
-        if not self.is_gan:
-            return self.frames_for(keys)
-        from pxdbg.models.common import wire_frames
-        from pxdbg.shared.protocol import SPARSE_MAX_DIGITS
-
-        return wire_frames(self.dense_frames_for(keys), SPARSE_MAX_DIGITS, sparsify=self.engine.sparsify)
-
 
 def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,
          device: str | torch.device = "cpu", stores: list[str | os.PathLike] | None = None,

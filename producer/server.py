@@ -1,15 +1,18 @@
 """ProducerServer: serves frames of one model identity to any number of consumers.
 
-Two threads. The network thread owns the ROUTER socket: it answers hello/ping at once (so heartbeats
-flow while the model computes), queues requests, expires silent consumers and forwards finished frames.
-The generation thread takes up to ``max_batch`` pending requests of all consumers and runs one model call
-(sparsifying on the model's device); a post thread encodes the frames and hands them to the network thread
-over an inproc socket while the next batch computes. A generation failure is
-shipped back to the consumers that asked, as an ``error`` message.
+Three threads. The network thread owns the ROUTER socket: it checks every message against the protocol's
+schema (anything malformed is counted and dropped), answers hello/ping/status at once (so heartbeats flow while
+the model computes), queues requests per consumer (:mod:`pxdbg.producer.queues`), hands each consumer's
+finished frames to its socket without waiting on any other consumer, and forgets consumers that are silent or
+do not read. The generation thread takes up to ``max_batch`` frames round robin across consumers and runs one
+model call; a post thread encodes the frames (in each consumer's negotiated wire codec) while the next batch
+computes. A generation failure is shipped back to the consumers that asked, as an ``error`` message.
 
-Shutdown: :meth:`ProducerServer.stop` (or SIGTERM/SIGINT in ``pxdbg produce``, or the death of
-``parent_pid``) ends the loop; the generation thread is joined with a timeout and sockets close with a
-bounded linger.
+Shutdown: :meth:`ProducerServer.shutdown` (SIGTERM or SIGINT in ``pxdbg produce``) drains: no more requests
+are taken, queued ones are listed to their consumers in a ``goodbye`` (they re-issue them elsewhere at once),
+batches in progress are finished and sent within ``grace`` seconds, then a final ``goodbye`` and the loop ends.
+:meth:`ProducerServer.stop` (or a second signal, or the death of ``parent_pid``) ends it at once. The generation
+thread is joined with a timeout and sockets close with a bounded linger.
 """
 
 from __future__ import annotations
@@ -21,86 +24,154 @@ import socket
 import threading
 import time
 import traceback
-from collections import Counter, deque
-from dataclasses import dataclass, field
 
 import zmq
 
-from pxdbg.shared import protocol, transport
+from pxdbg.producer.queues import ConsumerQueues, LimitError, Work
+from pxdbg.producer.stats import ProducerStats
+from pxdbg.shared import codecs, protocol, transport
+from pxdbg.shared.spec import TransportOptions
 
 log = logging.getLogger("pxdbg.producer")
 
-#: Most requested-but-unsent frames one consumer may have here; credit windows are far below this.
-MAX_PENDING_PER_CLIENT = 4096
+#: Default most frames asked but not yet sent, per consumer (the largest consumer prefetch fits).
+MAX_PENDING_PER_CONSUMER = protocol.MAX_INDICES_PER_REQUEST
+#: Default most consumers one producer serves at once.
+MAX_CONSUMERS = 256
+#: Messages libzmq may hold for one consumer's connection: the rest wait in that consumer's own send queue.
+SEND_HWM = 16
 
 
-@dataclass
-class _Client:
-    last_seen: float
-    pending: int = 0
-    name: str = "?"
+def wire_frames(model, keys: list[tuple[int, int]]) -> list:
+    """What goes on the wire for frames ``keys``: sparse digits, or a dense host array for a frame that is
+    smaller dense (an untrained GAN hits every pixel: that also saves sparsifying millions of digits)."""
+    if not getattr(model, "is_gan", False):
+        return model.frames_for(keys)
+    from pxdbg.models.common import wire_frames as split
 
-
-@dataclass
-class _Request:
-    client: bytes
-    seed: int
-    idx: int
-
-
-@dataclass
-class ProducerStats:
-    counters: Counter = field(default_factory=Counter)
-    model_s: float = 0.0
-    post_s: float = 0.0
-    batches: int = 0
+    return split(model.dense_frames_for(keys), protocol.SPARSE_MAX_DIGITS, sparsify=model.engine.sparsify)
 
 
 class ProducerServer:
-    def __init__(self, model, bind: str | list[str], *, max_batch: int = 8, client_timeout: float = 30.0,
-                 parent_pid: int | None = None, report_interval: float = 60.0) -> None:
-        if max_batch < 1:
+    """Serve ``model`` on ``bind`` (one endpoint or a list).
+
+    Limits (settings; a consumer over one gets an ``error`` that says so, the others are unaffected):
+    ``max_consumers`` served at once; ``max_pending`` frames asked but not yet sent per consumer. Consumers that
+    send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for ``stall_timeout`` seconds
+    while frames wait for them, are forgotten with their frames (they say hello again if they come back).
+    ``grace``: seconds a shutdown may take to finish batches in progress.
+    """
+
+    def __init__(
+        self,
+        model,
+        bind: str | list[str],
+        *,
+        max_batch: int = 8,
+        client_timeout: float = 30.0,
+        parent_pid: int | None = None,
+        report_interval: float = 60.0,
+        max_pending: int = MAX_PENDING_PER_CONSUMER,
+        max_consumers: int = MAX_CONSUMERS,
+        max_unsent: int | None = None,
+        stall_timeout: float = 30.0,
+        grace: float = 10.0,
+        send_hwm: int = SEND_HWM,
+        transport_options: TransportOptions | None = None,
+    ) -> None:
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.model = model
         self.identity = model.identity
         self.identity_str = str(model.identity)
         self.endpoints = [bind] if isinstance(bind, str) else list(bind)
+        for ep in self.endpoints:
+            transport.check_endpoint(ep, bind=True)
         self.max_batch = max_batch
         self.client_timeout = client_timeout
+        self.stall_timeout = stall_timeout
+        self.grace = grace
         self.parent_pid = parent_pid
         self.report_interval = report_interval
+        self.send_hwm = send_hwm
+        self.transport_options = transport_options or TransportOptions()
         self.stats = ProducerStats()
+        self.queues = ConsumerQueues(
+            max_consumers=max_consumers, max_pending=max_pending, max_unsent=max_unsent or max(16, 2 * max_batch)
+        )
+        self.codecs = codecs.available()
         self._stop = threading.Event()
-        self._cv = threading.Condition()
-        self._pending: deque[_Request] = deque()
-        self._clients: dict[bytes, _Client] = {}
+        self._drain_asked = threading.Event()
+        self._draining_since: float | None = None
+        self._serving = False
+        self._started = time.monotonic()
+        self._last_progress = self._started
         self._inproc = f"inproc://pxdbg-results-{id(self)}"
-        self._warned = Counter()
+        self._info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "device": str(getattr(model, "device", "?")),
+            "max_batch": max_batch,
+        }
 
     # -- public -----------------------------------------------------------------------------------------
     def stop(self) -> None:
+        """End serving at once (frames in progress are not sent)."""
         self._stop.set()
-        with self._cv:
-            self._cv.notify_all()
+        self.queues.stop()
+
+    def shutdown(self) -> None:
+        """Drain and stop (see the module's docstring); a second call stops at once. Safe in a signal handler."""
+        if self._drain_asked.is_set():
+            self.stop()
+        self._drain_asked.set()
+
+    def snapshot(self) -> dict:
+        """A point-in-time copy of this producer's numbers (for metrics, health checks and ``status``)."""
+        now = time.monotonic()
+        counters, histograms = self.stats.snapshot()
+        return {
+            "identity": self.identity_str,
+            "host": self._info["host"],
+            "pid": self._info["pid"],
+            "device": self._info["device"],
+            "endpoints": list(self.endpoints),
+            "uptime_s": now - self._started,
+            "ready": self._serving and self._draining_since is None and not self._stop.is_set(),
+            "last_progress_s": now - self._last_progress,
+            "consumers": len(self.queues),
+            "pending": self.queues.pending(),
+            "counters": counters,
+            "histograms": histograms,
+        }
 
     def serve(self, ready: threading.Event | None = None) -> None:
-        """Serve until :meth:`stop` is called (or the parent process dies)."""
+        """Serve until :meth:`stop`, the end of a :meth:`shutdown`, or the parent process's death."""
         ctx = zmq.Context()
         sock = results = None
         gen = None
         try:
-            sock = transport.router(ctx, self.endpoints)
+            sock = transport.router(ctx, self.endpoints, self.transport_options, sndhwm=self.send_hwm)
+            self.endpoints = transport.bound_endpoints(sock, self.endpoints)
             results = ctx.socket(zmq.PAIR)
             results.bind(self._inproc)
-            gen = threading.Thread(target=self._generation_loop, args=(ctx,), name="pxdbg-generate",
-                                   daemon=True)
+            gen = threading.Thread(target=self._generation_loop, args=(ctx,), name="pxdbg-generate", daemon=True)
             gen.start()
-            log.info("serving %s on %s (max batch %d, pid %d)", self.identity_str, ", ".join(self.endpoints),
-                     self.max_batch, os.getpid())
+            log.info(
+                "serving %s on %s (max batch %d, pid %d, wire codecs: %s)",
+                self.identity_str,
+                ", ".join(self.endpoints),
+                self.max_batch,
+                os.getpid(),
+                ", ".join(self.codecs) or "none",
+            )
+            self._started = self._last_progress = time.monotonic()
+            self._serving = True
             if ready is not None:
                 ready.set()
             self._network_loop(sock, results)
         finally:
+            self._serving = False
             self.stop()
             if gen is not None:
                 gen.join(timeout=30)
@@ -108,75 +179,108 @@ class ProducerServer:
                     log.warning("generation thread did not finish within 30 s; exiting anyway")
             for s in (sock, results):
                 if s is not None:
-                    s.close(transport.LINGER_MS)
+                    s.close(self.transport_options.linger_ms)
             if gen is None or not gen.is_alive():  # a socket still open in a stuck thread would hang term()
                 ctx.term()
-            log.info("stopped; %s", dict(self.stats.counters))
+            log.info("stopped; %s", self.stats.counters)
 
     # -- network thread ---------------------------------------------------------------------------------
     def _network_loop(self, sock: zmq.Socket, results: zmq.Socket) -> None:
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(results, zmq.POLLIN)
-        backlog: deque[list] = deque()
         next_housekeeping = 0.0
         next_report = time.monotonic() + self.report_interval
         sent_at_report = 0
+        blocked = False
         while not self._stop.is_set():
-            events = dict(poller.poll(100))
+            events = dict(poller.poll(10 if blocked else 100))
             if sock in events:
                 for _ in range(1000):  # drain, but let results through under a flood of requests
                     try:
                         parts = sock.recv_multipart(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-                    self._handle(sock, parts)
-            if results in events:
-                while True:
                     try:
-                        backlog.append(results.recv_multipart(zmq.NOBLOCK, copy=False))
-                    except zmq.Again:
-                        break
-            while backlog:
-                if not self._send(sock, backlog[0], frame=True):
-                    break
-                backlog.popleft()
+                        self._handle(sock, parts)
+                    except Exception:  # a bug here must not take the producer down with it
+                        log.exception("internal error while handling a message")
+                        self.stats.count("internal_errors")
+            if results in events:
+                self._collect(results)
+            blocked = self._flush(sock)
             now = time.monotonic()
+            if self._drain_asked.is_set():
+                self._drain(sock, now)
             if now >= next_housekeeping:
                 next_housekeeping = now + 0.5
-                self._expire_clients(now)
+                self._expire(now)
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process %d is gone; stopping", self.parent_pid)
                     self.stop()
             if now >= next_report:  # numbers for the people who run the farm
-                sent = self.stats.counters["frames_sent"]
-                with self._cv:
-                    pending = len(self._pending)
-                log.info("%d consumers, %.1f frames/s over the last %.0f s, %d frames sent in all, %d pending, "
-                         "model %.1f s, post-processing %.1f s in all", len(self._clients),
-                         (sent - sent_at_report) / self.report_interval, self.report_interval, sent, pending,
-                         self.stats.model_s, self.stats.post_s)
+                sent = self.stats["frames_sent"]
+                log.info(
+                    "%d consumers, %.1f frames/s over the last %.0f s, %d frames sent in all, %d pending, "
+                    "model %.1f s, post-processing %.1f s in all",
+                    len(self.queues),
+                    (sent - sent_at_report) / self.report_interval,
+                    self.report_interval,
+                    sent,
+                    self.queues.pending(),
+                    self.stats.model_s,
+                    self.stats.post_s,
+                )
                 next_report, sent_at_report = now + self.report_interval, sent
 
-    def _send(self, sock: zmq.Socket, parts: list, frame: bool = False) -> bool:
-        """Send to a consumer. False if its queue is full (retry later); a vanished consumer is dropped."""
+    def _collect(self, results: zmq.Socket) -> None:
+        """Finished frames and errors from the post thread, into their consumers' send queues."""
+        while True:
+            try:
+                parts = results.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            cid, serial = parts[0].bytes, int.from_bytes(parts[1].bytes, "little")
+            if not self.queues.to_outbox(cid, serial, [cid, *parts[2:]]):
+                self.stats.count("frames_for_gone_consumers")
+
+    def _flush(self, sock: zmq.Socket) -> bool:
+        """Hand each consumer's waiting messages to its socket, independently; True if some socket is full."""
+        blocked = False
+        now = time.monotonic()
+        for consumer in self.queues.consumers():
+            while consumer.outbox:
+                try:
+                    sock.send_multipart(consumer.outbox[0], zmq.NOBLOCK, copy=False)
+                except zmq.Again:  # its pipe is full: it reads slowly, or not at all
+                    if consumer.blocked_since is None:
+                        consumer.blocked_since = now
+                    blocked = True
+                    break
+                except zmq.ZMQError as exc:
+                    if exc.errno != zmq.EHOSTUNREACH:
+                        raise
+                    self.stats.count("sends_to_gone_consumer")
+                    self._forget(consumer.cid, "its connection is gone")
+                    break
+                self.queues.sent_one(consumer)
+                self.stats.count("frames_sent")
+        return blocked
+
+    def _send(self, sock: zmq.Socket, cid: bytes, msg: bytes) -> None:
+        """A small reply (welcome, pong, error, snapshot): dropped if the consumer's pipe is full or gone."""
         try:
-            sock.send_multipart(parts, zmq.NOBLOCK, copy=False)
-            if frame:
-                self.stats.counters["frames_sent"] += 1
-            return True
+            sock.send_multipart([cid, msg], zmq.NOBLOCK)
         except zmq.Again:
-            return False
+            self.stats.count("replies_dropped")
         except zmq.ZMQError as exc:
             if exc.errno != zmq.EHOSTUNREACH:
                 raise
-            self.stats.counters["sends_to_gone_consumer"] += 1
-            self._drop_client(bytes(parts[0].bytes if hasattr(parts[0], "bytes") else parts[0]))
-            return True
+            self.stats.count("sends_to_gone_consumer")
+            self._forget(cid, "its connection is gone")
 
     def _bad(self, kind: str, detail: str) -> None:
-        self.stats.counters[kind] += 1
-        n = self.stats.counters[kind]
+        n = self.stats.count(kind)
         if n <= 5 or n % 1000 == 0:
             log.warning("%s (%d so far): %s", kind.replace("_", " "), n, detail)
 
@@ -185,85 +289,132 @@ class ProducerServer:
         if len(parts) < 2:
             return self._bad("malformed_messages", "a message without a header")
         try:
-            header = protocol.unpack(parts[1])
+            header = protocol.unpack(parts[1], any_version=True)
         except protocol.ProtocolError as exc:
             return self._bad("malformed_messages", str(exc))
         kind = header["t"]
+        if kind not in protocol.TO_PRODUCER:
+            return self._bad("unexpected_messages", f"message type {kind!r}")
         if len(parts) > 2:
             return self._bad("malformed_messages", f"a {kind!r} message with {len(parts) - 2} unexpected buffers")
-        now = time.monotonic()
-        client = self._clients.get(cid)
-        if client is not None:
-            client.last_seen = now
-        if kind == "hello":
-            if client is None:
-                self._clients[cid] = _Client(now, name=str(header.get("client", "?"))[:64])
-                log.info("consumer %s connected", self._clients[cid].name)
-            info = {"pid": os.getpid(), "host": socket.gethostname(), "device": str(self.model.device),
-                    "max_batch": self.max_batch}
-            self._send(sock, [cid, protocol.pack({"t": "welcome", "identity": self.identity.as_dict(),
-                                                  "producer": info})])
-        elif kind == "ping":
-            if client is None:  # we expired it (or restarted): make it say hello again
-                self._send(sock, [cid, protocol.pack({"t": "error", "fatal": False, "msg": "unknown consumer",
-                                                      "rehello": True})])
+        if kind == protocol.HELLO:
+            return self._on_hello(sock, cid, header)
+        if kind == protocol.STATUS:
+            return self._send(sock, cid, protocol.snapshot(self.snapshot()))
+        if not protocol.MIN_PROTOCOL_VERSION <= header["v"] <= protocol.PROTOCOL_VERSION:
+            return self._bad("malformed_messages", f"a {kind!r} message of protocol version {header['v']}")
+        consumer = self.queues.get(cid)
+        if consumer is not None:
+            consumer.last_seen = time.monotonic()
+        if kind == protocol.PING:
+            if consumer is None:  # we forgot it (or restarted): make it say hello again
+                self._send(
+                    sock,
+                    cid,
+                    protocol.error("unknown consumer", code=protocol.E_UNKNOWN_CONSUMER, fatal=False, rehello=True),
+                )
             else:
-                self._send(sock, [cid, protocol.pack({"t": "pong"})])
-        elif kind == "req":
-            if client is None:
+                self._send(sock, cid, protocol.pong())
+        elif kind == protocol.REQUEST:
+            if consumer is None:
                 return self._bad("requests_before_hello", "a request from a consumer that did not say hello")
-            self._queue(sock, cid, client, header)
-        elif kind == "bye":
-            self._drop_client(cid)
-        else:
-            self._bad("unexpected_messages", f"message type {kind!r}")
+            self._on_request(sock, cid, header)
+        elif kind == protocol.BYE:
+            self._forget(cid, None)
 
-    def _queue(self, sock: zmq.Socket, cid: bytes, client: _Client, header: dict) -> None:
-        seed, indices = header.get("seed"), header.get("idx")
-        if not isinstance(indices, list) or not 0 < len(indices) <= protocol.MAX_INDICES_PER_REQUEST:
-            return self._bad("malformed_messages", "a request without a list of frame indices")
+    def _on_hello(self, sock: zmq.Socket, cid: bytes, header: dict) -> None:
         try:
-            for idx in indices:
-                protocol.check_seed_index(seed, idx)
+            hello = protocol.parse_hello(header)
         except protocol.ProtocolError as exc:
             return self._bad("malformed_messages", str(exc))
-        with self._cv:
-            room = MAX_PENDING_PER_CLIENT - client.pending
-            accepted, refused = indices[:room], indices[room:]
-            self._pending.extend(_Request(cid, seed, idx) for idx in accepted)
-            client.pending += len(accepted)
-            self._cv.notify()
-        self.stats.counters["frames_requested"] += len(accepted)
+        version = protocol.negotiate_version(hello.versions)
+        if version is None:
+            self._bad("version_mismatches", protocol.version_mismatch(hello.versions))
+            return self._send(
+                sock,
+                cid,
+                protocol.error(protocol.version_mismatch(hello.versions), code=protocol.E_VERSION, version=header["v"]),
+            )
+        if self._draining_since is not None:
+            return self._send(sock, cid, protocol.goodbye("the producer is shutting down", final=True))
+        existing = self.queues.get(cid)
+        codec = codecs.negotiate(hello.codecs, self.codecs)
+        if existing is None:
+            try:
+                consumer = self.queues.add(cid, hello.client, codec, version, time.monotonic())
+            except LimitError as exc:
+                self._bad("consumers_over_limit", str(exc))
+                return self._send(sock, cid, protocol.error(str(exc), code=protocol.E_LIMIT))
+            log.info("consumer %s connected (protocol %d, wire codec %s)", consumer.name, version, codec or "none")
+        else:
+            existing.last_seen = time.monotonic()
+            codec = existing.codec  # frames already queued keep their codec
+        self._send(sock, cid, protocol.welcome(self.identity.as_dict(), self._info, version=version, codec=codec))
+
+    def _on_request(self, sock: zmq.Socket, cid: bytes, header: dict) -> None:
+        seed, indices = header["seed"], header["idx"]
+        if self._draining_since is not None:
+            self._send(
+                sock, cid, protocol.goodbye("the producer is shutting down", final=False, dropped={seed: indices})
+            )
+            return
+        refused = self.queues.submit(cid, seed, indices)
+        self.stats.count("frames_requested", len(indices) - len(refused))
         if refused:
-            self._bad("requests_over_limit", f"{len(refused)} frames beyond {MAX_PENDING_PER_CLIENT} pending")
-            self._send(sock, [cid, protocol.pack({"t": "error", "fatal": True, "seed": seed, "idx": refused,
-                                                  "msg": f"more than {MAX_PENDING_PER_CLIENT} pending frames"})])
+            limit = self.queues.max_pending
+            self._bad("requests_over_limit", f"{len(refused)} frames beyond {limit} pending for one consumer")
+            self.stats.count("frames_refused_over_limit", len(refused))
+            self._send(
+                sock,
+                cid,
+                protocol.error(
+                    f"more than {limit} frames asked and not yet received from this producer; ask for fewer at once "
+                    f"(--prefetch {limit} or less)",
+                    code=protocol.E_LIMIT,
+                    seed=seed,
+                    indices=refused,
+                ),
+            )
 
-    def _drop_client(self, cid: bytes) -> None:
-        with self._cv:
-            client = self._clients.pop(cid, None)
-            if client is None:
-                return
-            before = len(self._pending)
-            self._pending = deque(r for r in self._pending if r.client != cid)
-        log.info("consumer %s left; %d pending frames dropped", client.name, before - len(self._pending))
+    def _forget(self, cid: bytes, why: str | None) -> None:
+        consumer = self.queues.remove(cid)
+        if consumer is None:
+            return
+        if why is None:
+            log.info("consumer %s left; %d pending frames dropped", consumer.name, consumer.pending)
+        else:
+            log.warning("consumer %s forgotten (%s); %d pending frames dropped", consumer.name, why, consumer.pending)
 
-    def _expire_clients(self, now: float) -> None:
-        for cid, client in list(self._clients.items()):
-            if now - client.last_seen > self.client_timeout:
-                log.warning("consumer %s silent for %.0f s; forgetting it", client.name, now - client.last_seen)
-                self._drop_client(cid)
+    def _expire(self, now: float) -> None:
+        for consumer in self.queues.consumers():
+            if now - consumer.last_seen > self.client_timeout:
+                self.stats.count("consumers_expired")
+                self._forget(consumer.cid, f"silent for {now - consumer.last_seen:.0f} s")
+            elif consumer.blocked_since is not None and now - consumer.blocked_since > self.stall_timeout:
+                self.stats.count("consumers_not_reading")
+                self._forget(consumer.cid, f"it read no frame for {now - consumer.blocked_since:.0f} s")
+
+    def _drain(self, sock: zmq.Socket, now: float) -> None:
+        if self._draining_since is None:
+            self._draining_since = now
+            dropped = self.queues.close()
+            for cid, frames in dropped.items():
+                self._send(sock, cid, protocol.goodbye("the producer is shutting down", final=False, dropped=frames))
+            log.info(
+                "shutting down: %d queued frames handed back to their consumers, finishing the batches in "
+                "progress (at most %.0f s)",
+                sum(len(v) for d in dropped.values() for v in d.values()),
+                self.grace,
+            )
+            return
+        if self.queues.busy() and now - self._draining_since < self.grace:
+            return
+        for consumer in self.queues.consumers():
+            self._send(sock, consumer.cid, protocol.goodbye("the producer is shutting down", final=True))
+        log.info("shut down after %.1f s", now - self._draining_since)
+        self.stop()
 
     # -- generation thread ------------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Request]:
-        with self._cv:
-            while not self._pending and not self._stop.is_set():
-                self._cv.wait(0.5)
-            batch = []
-            while self._pending and len(batch) < self.max_batch:
-                batch.append(self._pending.popleft())
-            return batch
-
     def _generation_loop(self, ctx: zmq.Context) -> None:
         """Run the model; a post thread encodes and sends, so the next batch computes meanwhile."""
         handoff: queue.Queue = queue.Queue(maxsize=2)
@@ -271,29 +422,31 @@ class ProducerServer:
         post.start()
         try:
             while not self._stop.is_set():
-                batch = self._take_batch()
+                batch = self.queues.take(self.max_batch)
                 if not batch:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    frames = self.model.wire_frames_for([(r.seed, r.idx) for r in batch])
+                    frames = wire_frames(self.model, [(w.seed, w.idx) for w in batch])
                 except Exception as exc:
                     log.error("generation failed for %d frames: %s", len(batch), exc)
-                    self.stats.counters["generation_errors"] += 1
-                    self._hand_over(handoff, post, ("error", batch,
-                                                    "".join(traceback.format_exception_only(type(exc), exc)).strip()))
+                    self.stats.count("generation_errors")
+                    text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                    self._hand_over(handoff, post, ("error", batch, (protocol.E_GENERATION, text)))
                     continue
-                self.stats.model_s += time.perf_counter() - t0
-                self.stats.batches += 1
+                self.stats.histograms["model_seconds"].observe(time.perf_counter() - t0)
+                self.stats.histograms["batch_size"].observe(len(batch))
+                self.stats.count("frames_generated", len(batch))
+                self._last_progress = time.monotonic()
                 self._hand_over(handoff, post, ("frames", batch, frames))
         finally:
             if post.is_alive():
-                self._hand_over(handoff, post, None)
+                self._hand_over(handoff, post, None, force=True)
             post.join(timeout=30)
 
-    def _hand_over(self, handoff: queue.Queue, post: threading.Thread, item) -> None:
+    def _hand_over(self, handoff: queue.Queue, post: threading.Thread, item, force: bool = False) -> None:
         """Queue work for the post thread; never wait forever on a post thread that died."""
-        while True:
+        while force or not self._stop.is_set():
             try:
                 handoff.put(item, timeout=0.5)
                 return
@@ -315,27 +468,31 @@ class ProducerServer:
                 t0 = time.perf_counter()
                 if kind == "frames":
                     try:
-                        parts = [[r.client, *protocol.encode_frame(r.seed, r.idx, self.identity_str, f).parts()]
-                                 for r, f in zip(batch, payload)]
+                        if len(payload) != len(batch):
+                            raise ValueError(f"the model gave {len(payload)} frames for {len(batch)} asked")
+                        messages = [
+                            (w, protocol.encode_frame(w.seed, w.idx, self.identity_str, f, codec=w.codec).parts())
+                            for w, f in zip(batch, payload)
+                        ]
                     except Exception as exc:  # a frame the model made but we cannot encode: report, go on
                         log.exception("encoding failed for %d frames", len(batch))
-                        self.stats.counters["encoding_errors"] += 1
-                        kind, payload = "error", f"the producer could not encode the frames: {exc!r}"
+                        self.stats.count("encoding_errors")
+                        kind, payload = (
+                            "error",
+                            (
+                                protocol.E_ENCODING,
+                                f"the producer could not encode the frames: {type(exc).__name__}: {str(exc)[:500]}",
+                            ),
+                        )
                 if kind == "error":
-                    for r in batch:
-                        out.send_multipart([r.client, protocol.pack({"t": "error", "fatal": True, "seed": r.seed,
-                                                                     "idx": [r.idx], "msg": payload})])
-                else:
-                    for msg in parts:
-                        out.send_multipart(msg, copy=False)
-                self._settle(batch)
-                self.stats.post_s += time.perf_counter() - t0
+                    code, text = payload
+                    messages = [(w, [protocol.error(text, code=code, seed=w.seed, indices=[w.idx])]) for w in batch]
+                for w, parts in messages:
+                    out.send_multipart(_routed(w, parts), copy=False)
+                self.stats.histograms["post_seconds"].observe(time.perf_counter() - t0)
         finally:
-            out.close(transport.LINGER_MS)
+            out.close(self.transport_options.linger_ms)
 
-    def _settle(self, batch: list[_Request]) -> None:
-        with self._cv:
-            for r in batch:
-                client = self._clients.get(r.client)
-                if client is not None:
-                    client.pending -= 1
+
+def _routed(work: Work, parts: list) -> list:
+    return [work.cid, work.serial.to_bytes(8, "little"), *parts]

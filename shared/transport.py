@@ -1,37 +1,138 @@
-"""Socket set-up shared by producers and consumers: bounded queues, bounded linger, size limits."""
+"""Socket set-up shared by producers and consumers: the one place where socket options are set.
+
+Bounded queues, bounded linger, size limits, and endpoint checks before any socket exists: a producer refuses
+``tcp://127.0.0.1:99999`` (libzmq would bind another port) and an ``ipc://`` path another process listens on
+(libzmq would silently take it over, leaving the first producer running unreachable).
+"""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import socket
+import stat
+
 import zmq
 
+from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.protocol import MAX_FRAME_MESSAGE, MAX_REQUEST_MESSAGE
+from pxdbg.shared.spec import TransportOptions
 
-#: Milliseconds a closing socket may spend delivering queued messages.
-LINGER_MS = 200
-#: High-water mark (messages per peer). Credits bound the queue; this is the second guard.
-HWM = 256
+#: Defaults of :class:`~pxdbg.shared.spec.TransportOptions`, kept under their old names.
+LINGER_MS = TransportOptions().linger_ms
+HWM = TransportOptions().hwm
+#: Longest ipc:// path (the sun_path field of a Unix socket address, less its terminating zero), bytes.
+MAX_IPC_PATH = 107
+
+_HOST = re.compile(r"^(\*|[A-Za-z0-9_.%-]+|\[[0-9A-Fa-f:.%A-Za-z]+\])$")
 
 
-def dealer(ctx: zmq.Context, endpoint: str) -> zmq.Socket:
+class EndpointInUseError(PxdbgError, OSError):
+    """An endpoint is already served by another process."""
+
+
+def check_endpoint(endpoint: str, *, bind: bool = False) -> str:
+    """Return ``endpoint`` if it is a well-formed ``tcp://host:port``, ``ipc:///path`` or ``inproc://name``;
+    raise :class:`~pxdbg.shared.errors.ConfigError` saying what is wrong otherwise.
+
+    ``bind``: a port may be ``*`` (any free port) and the host ``*`` (every interface).
+    """
+    if not isinstance(endpoint, str) or not endpoint:
+        raise ConfigError("an endpoint is a string such as tcp://host:5555 or ipc:///path/to/socket")
+    shown = endpoint if len(endpoint) <= 200 else endpoint[:200] + "..."
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep:
+        raise ConfigError(f"endpoint {shown!r} has no scheme; write tcp://host:port or ipc:///path")
+    if scheme == "tcp":
+        host, colon, port = rest.rpartition(":")
+        if not colon or not host or not _HOST.match(host) or (host == "*" and not bind):
+            raise ConfigError(
+                f"endpoint {shown!r} is not tcp://host:port (host: a name, an address"
+                f"{', or * for every interface' if bind else ''})"
+            )
+        if port == "*" and bind:
+            return endpoint
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ConfigError(
+                f"endpoint {shown!r}: the port must be a number in 1..65535"
+                f"{' (or * for any free port)' if bind else ''}"
+            )
+        return endpoint
+    if scheme == "ipc":
+        if not rest or "\0" in rest:
+            raise ConfigError(f"endpoint {shown!r} names no socket path; write ipc:///path/to/socket")
+        if len(os.fsencode(rest)) > MAX_IPC_PATH:
+            raise ConfigError(
+                f"endpoint {shown!r}: an ipc path has at most {MAX_IPC_PATH} bytes; choose a shorter path"
+            )
+        return endpoint
+    if scheme == "inproc" and rest:
+        return endpoint
+    raise ConfigError(f"endpoint {shown!r}: the transport must be tcp:// or ipc://")
+
+
+def check_ipc_free(path: str) -> None:
+    """Refuse to bind an ipc path that another process listens on, or that is not a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise EndpointInUseError(f"cannot bind ipc://{path}: the path exists and is not a socket; choose another path")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except (ConnectionRefusedError, FileNotFoundError):
+        return  # a socket file left by a process that is gone: libzmq replaces it
+    except OSError as exc:
+        if exc.errno in (errno.ECONNREFUSED, errno.ENOENT):
+            return
+        raise EndpointInUseError(f"cannot bind ipc://{path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise EndpointInUseError(
+        f"cannot bind ipc://{path}: another process is serving it (another producer?); "
+        f"stop that one or choose another path"
+    )
+
+
+def dealer(ctx: zmq.Context, endpoint: str, options: TransportOptions | None = None) -> zmq.Socket:
     """A consumer's socket to one producer."""
+    options = options or TransportOptions()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)  # unsent requests to a dead producer are re-issued elsewhere
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.SNDHWM, options.hwm)
+    sock.setsockopt(zmq.RCVHWM, options.hwm)
     sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing to a peer that is not connected
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_MESSAGE)
-    sock.connect(endpoint)
+    try:
+        sock.connect(endpoint)
+    except zmq.ZMQError as exc:
+        sock.close(0)
+        raise ConfigError(f"cannot connect to {endpoint}: {exc}") from None
     return sock
 
 
-def router(ctx: zmq.Context, endpoints: list[str]) -> zmq.Socket:
-    """A producer's socket serving any number of consumers."""
+def router(
+    ctx: zmq.Context, endpoints: list[str], options: TransportOptions | None = None, *, sndhwm: int | None = None
+) -> zmq.Socket:
+    """A producer's socket serving any number of consumers, bound to every endpoint (checked first).
+
+    ``sndhwm``: messages libzmq may queue per consumer (default ``options.hwm``); a producer keeps it small and
+    queues the rest itself, per consumer."""
+    options = options or TransportOptions()
+    for ep in endpoints:
+        check_endpoint(ep, bind=True)
+        if ep.startswith("ipc://"):
+            check_ipc_free(ep[len("ipc://") :])
     sock = ctx.socket(zmq.ROUTER)
-    sock.setsockopt(zmq.LINGER, LINGER_MS)
-    sock.setsockopt(zmq.SNDHWM, HWM)
-    sock.setsockopt(zmq.RCVHWM, HWM)
+    sock.setsockopt(zmq.LINGER, options.linger_ms)
+    sock.setsockopt(zmq.SNDHWM, options.hwm if sndhwm is None else sndhwm)
+    sock.setsockopt(zmq.RCVHWM, options.hwm)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable frame raises instead of vanishing
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_MESSAGE)
     for ep in endpoints:
@@ -39,5 +140,17 @@ def router(ctx: zmq.Context, endpoints: list[str]) -> zmq.Socket:
             sock.bind(ep)
         except zmq.ZMQError as exc:
             sock.close(0)
-            raise OSError(f"cannot bind {ep}: {exc}. Is another producer using it?") from exc
+            if exc.errno == zmq.EADDRINUSE:
+                raise EndpointInUseError(
+                    f"cannot bind {ep}: the address is in use (another producer?); stop that one or choose another port"
+                ) from None
+            raise ConfigError(f"cannot bind {ep}: {exc}") from None
     return sock
+
+
+def bound_endpoints(sock: zmq.Socket, endpoints: list[str]) -> list[str]:
+    """The endpoints as bound (``tcp://*:*`` becomes the port the system chose)."""
+    last = sock.getsockopt_string(zmq.LAST_ENDPOINT)
+    if len(endpoints) == 1 and last:
+        return [last]
+    return list(endpoints)

@@ -153,7 +153,7 @@ def cmd_produce(args) -> int:
     log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
     server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: server.stop())
+        signal.signal(sig, lambda *_: server.shutdown())  # drain; a second signal stops at once
     ready = threading.Event()
     if registrar is not None:  # entries appear once the sockets are bound, and go when the producer stops
         registrar.start_when(ready, str(model.identity), {"device": str(model.device)})

@@ -1,0 +1,205 @@
+"""Per-consumer queues and fair share: what a producer owes each consumer, and in which order it works.
+
+Each consumer has its own request queue (frames asked for, not yet generated) and its own send queue (frames
+generated, not yet accepted by its socket). The generation thread takes work round robin across consumers, one
+frame from each in turn, so a consumer asking thousands of frames gets its share and no more; it skips a consumer
+whose send queue is full (one that does not read), so such a consumer costs no model time and the others do not
+wait behind it. Limits: ``max_consumers``, and ``max_pending`` frames asked but not yet sent per consumer.
+
+Memory: at most ``max_consumers * max_pending`` queued requests (a few dozen bytes each) and
+``max_consumers * max_unsent`` encoded frames (plus what each socket's high-water mark lets libzmq hold).
+
+Socket-free and thread-safe (one lock); the network thread adds, removes and sends, the generation thread takes.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+
+class LimitError(Exception):
+    """A consumer asked for more than a limit allows (the text says which, for the error message)."""
+
+
+@dataclass(frozen=True)
+class Work:
+    """One frame to generate: for which consumer, which stream and index, in which wire codec."""
+
+    cid: bytes
+    serial: int  # which connection of that consumer asked (a consumer forgotten and back is a new one)
+    seed: int
+    idx: int
+    codec: str | None
+
+
+@dataclass
+class Consumer:
+    cid: bytes
+    name: str
+    codec: str | None
+    version: int
+    last_seen: float
+    serial: int = 0
+    requests: deque = field(default_factory=deque)  # (seed, idx) not yet taken
+    working: int = 0  # taken for generation, not yet in the send queue
+    outbox: deque = field(default_factory=deque)  # messages waiting for the socket (frames or errors)
+    blocked_since: float | None = None  # when its socket last refused a message, while the outbox waits
+    sent: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Frames asked for and not yet handed to the socket."""
+        return len(self.requests) + self.working + len(self.outbox)
+
+
+class ConsumerQueues:
+    def __init__(self, *, max_consumers: int = 256, max_pending: int = 4096, max_unsent: int = 16) -> None:
+        for name, value in (("max_consumers", max_consumers), ("max_pending", max_pending), ("max_unsent", max_unsent)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.max_consumers = max_consumers
+        self.max_pending = max_pending
+        self.max_unsent = max_unsent
+        self._consumers: OrderedDict[bytes, Consumer] = OrderedDict()  # round-robin order
+        self._cond = threading.Condition()
+        self._closed = False
+        self._stopped = False
+        self._serial = 0
+
+    # -- network thread -----------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._consumers)
+
+    def get(self, cid: bytes) -> Consumer | None:
+        with self._cond:
+            return self._consumers.get(cid)
+
+    def consumers(self) -> list[Consumer]:
+        with self._cond:
+            return list(self._consumers.values())
+
+    def add(self, cid: bytes, name: str, codec: str | None, version: int, now: float) -> Consumer:
+        with self._cond:
+            if cid in self._consumers:
+                return self._consumers[cid]
+            if len(self._consumers) >= self.max_consumers:
+                raise LimitError(
+                    f"this producer already serves its most consumers ({self.max_consumers}); "
+                    f"use other producers or raise its --max-consumers"
+                )
+            self._serial += 1
+            consumer = self._consumers[cid] = Consumer(cid, name, codec, version, now, self._serial)
+            return consumer
+
+    def remove(self, cid: bytes) -> Consumer | None:
+        """Forget a consumer, with its queued requests and unsent frames (work in progress is discarded when
+        it finishes)."""
+        with self._cond:
+            consumer = self._consumers.pop(cid, None)
+            self._cond.notify_all()
+            return consumer
+
+    def submit(self, cid: bytes, seed: int, indices: list[int]) -> list[int]:
+        """Queue frames for a known consumer; return the indices refused by the pending limit (all of them once
+        the queues are closed for shutdown)."""
+        with self._cond:
+            consumer = self._consumers.get(cid)
+            if consumer is None or self._closed:
+                return list(indices)
+            room = max(0, self.max_pending - consumer.pending)
+            consumer.requests.extend((seed, idx) for idx in indices[:room])
+            if room:
+                self._cond.notify()
+            return list(indices[room:])
+
+    def to_outbox(self, cid: bytes, serial: int, message: list) -> bool:
+        """A finished frame (or error) for ``cid``; False if that consumer is gone (the message is dropped)."""
+        with self._cond:
+            consumer = self._consumers.get(cid)
+            if consumer is None or consumer.serial != serial:
+                return False
+            consumer.working -= 1
+            consumer.outbox.append(message)
+            return True
+
+    def sent_one(self, consumer: Consumer) -> None:
+        """The head of ``consumer``'s outbox went to its socket."""
+        with self._cond:
+            consumer.outbox.popleft()
+            consumer.sent += 1
+            consumer.blocked_since = None
+            if len(consumer.outbox) + consumer.working == self.max_unsent - 1:
+                self._cond.notify()  # it may take work again
+
+    def pending(self) -> int:
+        with self._cond:
+            return sum(c.pending for c in self._consumers.values())
+
+    def busy(self) -> bool:
+        """True while any frame is being generated or waits to be sent."""
+        with self._cond:
+            return any(c.working or c.outbox for c in self._consumers.values())
+
+    def close(self) -> dict[bytes, dict[int, list[int]]]:
+        """Take no more requests (shutdown); return, per consumer, the queued frames that will not be made
+        ({seed: [indices]})."""
+        with self._cond:
+            self._closed = True
+            dropped = {}
+            for cid, consumer in self._consumers.items():
+                dropped[cid] = _by_seed(consumer.requests)
+                consumer.requests.clear()
+            return dropped
+
+    def unsent(self, cid: bytes) -> dict[int, list[int]]:
+        """A consumer's frames asked for and not yet sent, by what is known of them here ({seed: [indices]}):
+        what a last goodbye lists (frames being generated are listed by the caller that knows them)."""
+        with self._cond:
+            consumer = self._consumers.get(cid)
+            return {} if consumer is None else _by_seed(consumer.requests)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+
+    # -- generation thread --------------------------------------------------------------------------------
+    def take(self, max_batch: int, timeout: float = 0.5) -> list[Work]:
+        """Up to ``max_batch`` frames, one from each consumer in turn (round robin, resuming after the consumer
+        served last), skipping consumers with ``max_unsent`` frames already made and not sent. Waits up to
+        ``timeout`` seconds for work; returns [] when there is none (or after :meth:`stop`)."""
+        with self._cond:
+            batch = self._take(max_batch)
+            if not batch and not self._stopped:
+                self._cond.wait(timeout)
+                batch = self._take(max_batch)
+            return batch
+
+    def _take(self, max_batch: int) -> list[Work]:
+        batch: list[Work] = []
+        if self._stopped:
+            return batch
+        eligible = [c for c in self._consumers.values() if c.requests and c.working + len(c.outbox) < self.max_unsent]
+        while eligible and len(batch) < max_batch:
+            still = []
+            for c in eligible:
+                if len(batch) >= max_batch:
+                    break
+                seed, idx = c.requests.popleft()
+                c.working += 1
+                batch.append(Work(c.cid, c.serial, seed, idx, c.codec))
+                self._consumers.move_to_end(c.cid)  # the next batch starts with those not served last
+                if c.requests and c.working + len(c.outbox) < self.max_unsent:
+                    still.append(c)
+            eligible = still
+        return batch
+
+
+def _by_seed(pairs) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for seed, idx in pairs:
+        out.setdefault(seed, []).append(idx)
+    return out

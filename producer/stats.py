@@ -1,0 +1,82 @@
+"""The producer's numbers: named counters and fixed-bucket histograms, bounded whatever runs through them.
+
+Both are written by the producer's threads and read as a copy by :meth:`ProducerServer.snapshot`, so each takes a
+lock; a histogram keeps one count per fixed bucket, never the observations themselves.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import Counter
+
+#: Bucket upper bounds (seconds) for model and post-processing time per batch.
+SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+#: Bucket upper bounds (frames) for batch sizes.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+
+
+class Histogram:
+    """Counts of observations per fixed bucket (upper bounds), their sum and number."""
+
+    def __init__(self, buckets) -> None:
+        self.buckets = tuple(float(b) for b in buckets)
+        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
+        self._sum = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        i = bisect.bisect_left(self.buckets, value)
+        with self._lock:
+            self._counts[i] += 1
+            self._sum += value
+
+    def snapshot(self) -> dict:
+        """``{"buckets": upper bounds, "counts": cumulative counts (last = +Inf), "sum", "count"}``."""
+        with self._lock:
+            counts, total = list(self._counts), self._sum
+        cumulative, running = [], 0
+        for c in counts:
+            running += c
+            cumulative.append(running)
+        return {"buckets": list(self.buckets), "counts": cumulative, "sum": total, "count": running}
+
+
+class ProducerStats:
+    """Counters by name (frames_generated, frames_sent, malformed_messages, ...) and the three histograms."""
+
+    def __init__(self) -> None:
+        self._counters: Counter = Counter()
+        self._lock = threading.Lock()
+        self.histograms = {
+            "model_seconds": Histogram(SECONDS_BUCKETS),
+            "post_seconds": Histogram(SECONDS_BUCKETS),
+            "batch_size": Histogram(BATCH_BUCKETS),
+        }
+
+    def count(self, name: str, n: int = 1) -> int:
+        """Add ``n`` to counter ``name``; return its new value."""
+        with self._lock:
+            self._counters[name] += n
+            return self._counters[name]
+
+    def __getitem__(self, name: str) -> int:
+        with self._lock:
+            return self._counters[name]
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """A copy of the counters."""
+        with self._lock:
+            return dict(self._counters)
+
+    @property
+    def model_s(self) -> float:
+        return self.histograms["model_seconds"].snapshot()["sum"]
+
+    @property
+    def post_s(self) -> float:
+        return self.histograms["post_seconds"].snapshot()["sum"]
+
+    def snapshot(self) -> tuple[dict, dict]:
+        return self.counters, {name: h.snapshot() for name, h in self.histograms.items()}
