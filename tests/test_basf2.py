@@ -196,6 +196,100 @@ def test_in_process_checkpoint_sha256_must_match(basf2, bgfile, tmp_path):
     assert_generated_digits_reach_the_overlay(basf2, run_path(basf2, module, bgfile, events=1), expected(3, 1))
 
 
+def upstream_generate(net, latent_dim: int = 96):
+    """The upstream models' ``generate`` (pxd/scripts/pxd/background_generator/models/{convnet,resnet}.py),
+    written anew: 40 latents from torch's global normal generator on the model's device, rows 3..252 of the
+    output, x -> clamp(256^clamp(x/2 + 1/2, 0, 1) - 1, 0, 255) as uint8."""
+    import torch
+
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        x = net(torch.randn(40, latent_dim, device=device))[:, 0, 3:-3, :].cpu()
+        x = x.mul_(0.5).add_(0.5).clamp_(0.0, 1.0)
+        return torch.pow(256.0, x).sub_(1.0).clamp_(0.0, 255.0).to(torch.uint8)
+
+
+def upstream_events(generate, seed: int, n: int) -> list[np.ndarray]:
+    """The upstream module's event loop (pxd/scripts/pxd/background_generator/__init__.py), written anew:
+    torch.manual_seed(seed) once at initialize, then per event one call of the model's generate function,
+    whose non-zero pixels become digits in nonzero order (sensor index, u, v) with the VxdID of the index."""
+    import torch
+
+    torch.manual_seed(seed)
+    events = []
+    for _ in range(n):
+        x = generate()
+        sensor, u, v = (t.numpy() for t in x.nonzero(as_tuple=True))
+        charge = x.numpy()[sensor, u, v]
+        events.append(np.stack([VXD_IDS[sensor], u, v, charge], axis=1).astype(np.uint16))
+    return events
+
+
+def test_compat_rng_follows_the_upstream_event_loop(basf2, bgfile):
+    """With compat_rng the module's events are the upstream loop's for the same model and seed (the sequence:
+    one manual_seed, successive draws from torch's global state); the default per-frame streams differ."""
+    from pxdbg.background_generator import PXDBackgroundGenerator
+    from pxdbg.models import parametric
+
+    module = PXDBackgroundGenerator(model="parametric", seed=-12345, compat_rng=True)
+    got = run_path(basf2, module, bgfile, events=3)
+    net = models.load("parametric").net
+    want = upstream_events(lambda: parametric.generate(net), -12345, 3)
+    assert_generated_digits_reach_the_overlay(basf2, got, want)
+    assert not np.array_equal(want[0], want[1])
+    assert not np.array_equal(want[0], expected(-12345, 1)[0])  # not the per-frame stream's frame 0
+    infos = [m for level, m in basf2.log_messages if level == "INFO"]
+    assert sum("upstream-compatible torch random sequence" in m for m in infos) == 1
+
+
+def test_gan_generate_is_the_upstream_generate():
+    """pxdbg's GAN ``generate`` (what compat_rng calls per event) draws and transforms as the upstream one: equal
+    uint8 images from the same global seed, on a small stand-in network with the generator's interface."""
+    import torch
+
+    from pxdbg.models import convnet, resnet
+
+    class Small(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(96, 8 * 24)
+            self.out = torch.nn.Conv2d(1, 1, 3, padding=1)
+
+        def forward(self, z):
+            y = self.fc(z).view(-1, 1, 8, 24)
+            y = torch.nn.functional.interpolate(y, scale_factor=32, mode="nearest")
+            return self.out(y).mul(3.0).sub(2.0).tanh_()  # a few thousand pixels are hit
+
+    torch.manual_seed(0)
+    net = Small().eval()
+    for ours in (convnet.generate, resnet.generate):
+        mine = upstream_events(lambda ours=ours: ours(net), 99, 1)
+        theirs = upstream_events(lambda: upstream_generate(net), 99, 1)
+        assert len(mine) == len(theirs) == 1 and 1000 < len(mine[0]) < 40 * 250 * 768
+        np.testing.assert_array_equal(mine[0], theirs[0])
+
+
+@pytest.mark.slow
+def test_compat_rng_resnet_event_equals_the_upstream_module(basf2, bgfile, tmp_path):
+    """A real generator (resnet, trained-like output layer): the module's first event in compat mode equals the
+    upstream loop run on a fresh copy of the same weights (default memory layout, as the upstream module)."""
+    import torch
+
+    from pxdbg.models import resnet
+
+    ckpt = tmp_path / "resnet.pt"
+    _sparse_checkpoint("resnet", ckpt)
+    from pxdbg.background_generator import PXDBackgroundGenerator
+
+    module = PXDBackgroundGenerator(model="resnet", checkpoint=str(ckpt), seed=2024, nintra=2, compat_rng=True)
+    got = run_path(basf2, module, bgfile, events=1)
+    net = resnet.Model()
+    net.load_state_dict(torch.load(ckpt, weights_only=True))
+    want = upstream_events(lambda: upstream_generate(net.eval()), 2024, 1)
+    assert want[0].shape[0] > 1000
+    assert_generated_digits_reach_the_overlay(basf2, got, want)
+
+
 def test_fast_fill_equals_the_python_loop(basf2):
     import ROOT
 
