@@ -508,19 +508,19 @@ class BackgroundClient:
 
     def _handle(self, peer: Peer, header: dict, buffers: list, now: float) -> None:
         kind = header["t"]
-        if kind == "frame":
+        if kind == protocol.FRAME:
             if peer.state not in (ALIVE, DRAINING):
                 raise protocol.ProtocolError("a frame before welcome")
             return self._receive_frame(peer, header, buffers, now)
         if buffers:
             raise protocol.ProtocolError(f"a message of type {kind!r} with {len(buffers)} unexpected buffers")
-        if kind == "pong":
+        if kind == protocol.PONG:
             return None
-        if kind == "welcome":
+        if kind == protocol.WELCOME:
             return self._welcome(peer, header)
-        if kind == "error":
+        if kind == protocol.ERROR:
             return self._error_message(peer, header)
-        if kind == "goodbye":
+        if kind == protocol.GOODBYE:
             return self._goodbye(peer, header)
         raise protocol.ProtocolError(f"unexpected message type {str(kind)[:32]!r}")
 
@@ -633,7 +633,7 @@ class BackgroundClient:
         """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
         self.counters["stragglers_overtaken"] += 1
         peer = self._peers.get(endpoint)
-        if peer is None or peer.state == QUARANTINED:
+        if peer is None or peer.state != ALIVE:
             return
         peer.slow_strikes += 1
         if peer.slow_strikes >= self.max_strikes:
@@ -754,7 +754,8 @@ class BackgroundClient:
                     copies.setdefault(idx, []).append((p.endpoint, sent))
         if not copies:
             return
-        latency = {p.endpoint: p.latency for p in working}
+        # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
+        latency = {p.endpoint: (1e-9 if p.state == DRAINING else p.latency) for p in working}
         late = credits.overdue(now, copies, latency, factor=self.straggler_factor, min_age=self.straggler_min_s)
         if not late:
             return

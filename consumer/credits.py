@@ -70,16 +70,18 @@ def overdue(
     factor: float,
     min_age: float,
     max_copies: int = 2,
+    initial_latency: float = 1.0,
 ) -> list[int]:
     """Frames to ask of another producer, in order.
 
     ``copies``: {frame index: [(peer key, requested at), ...]} for the frames of the window not yet received;
     ``latency``: {peer key: recent seconds from request to arrival, or None}. A frame is overdue when it has
     fewer than ``max_copies`` requests and its first one is older than ``factor`` times its producer's latency
-    (the other producers' median latency for a producer that delivered nothing yet), and at least ``min_age``.
+    (the other producers' median latency for a producer that delivered nothing yet, ``initial_latency`` when
+    none did), and at least ``min_age``.
     """
     known = [v for v in latency.values() if v]
-    fallback = median(known) if known else None
+    fallback = median(known) if known else initial_latency
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
@@ -87,8 +89,6 @@ def overdue(
             continue
         key, sent = min(requests, key=lambda r: r[1])
         lat = latency.get(key) or fallback
-        if lat is None:
-            continue
         if now - sent > max(min_age, factor * lat):
             out.append(idx)
     return out

@@ -12,7 +12,6 @@ lock (other threads read it there).
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 
 import zmq
@@ -26,17 +25,10 @@ CONNECTING, ALIVE, DRAINING, QUARANTINED = "connecting", "alive", "draining", "q
 #: Weight of the newest sample in a producer's latency and time-per-frame averages.
 EWMA = 0.3
 
-try:
-    _DEALER_TAKES_OPTIONS = "options" in inspect.signature(sockets.dealer).parameters
-except (TypeError, ValueError):  # pragma: no cover - a C implementation without a signature
-    _DEALER_TAKES_OPTIONS = False
-
 
 def open_socket(ctx: zmq.Context, endpoint: str, options: TransportOptions) -> zmq.Socket:
     """A fresh DEALER to ``endpoint`` (set up by :mod:`pxdbg.shared.transport`, the one place for socket options)."""
-    if _DEALER_TAKES_OPTIONS:
-        return sockets.dealer(ctx, endpoint, options=options)
-    return sockets.dealer(ctx, endpoint)
+    return sockets.dealer(ctx, endpoint, options)
 
 
 @dataclass(eq=False)
@@ -105,39 +97,23 @@ class Peer:
         return f"{what} ({self.why})" if self.why else what
 
 
-# -- messages (the protocol module's builders where it has them) -------------------------------------------
+# -- messages -----------------------------------------------------------------------------------------------
 def hello_message(identity: ModelIdentity, client: str) -> bytes:
-    builder = getattr(protocol, "hello", None)
-    if builder is not None:
-        return builder(identity.as_dict(), client)
-    return protocol.pack({"t": "hello", "want": identity.as_dict(), "client": client})
+    return protocol.hello(identity.as_dict(), client)
 
 
 def request_message(seed: int, indices: list[int]) -> bytes:
-    builder = getattr(protocol, "request", None)
-    if builder is not None:
-        return builder(seed, indices)
-    return protocol.pack({"t": "req", "seed": seed, "idx": list(indices)})
+    return protocol.request(seed, indices)
 
 
 def ping_message() -> bytes:
-    builder = getattr(protocol, "ping", None)
-    return builder() if builder is not None else protocol.pack({"t": "ping"})
+    return protocol.ping()
 
 
 def bye_message() -> bytes:
-    builder = getattr(protocol, "bye", None)
-    return builder() if builder is not None else protocol.pack({"t": "bye"})
+    return protocol.bye()
 
 
 def parse_goodbye(header: dict) -> tuple[bool, dict]:
     """(final, {seed: [frame indices that will not come]}) of a producer's goodbye."""
-    parser = getattr(protocol, "parse_goodbye", None)
-    if parser is not None:
-        return parser(header)
-    final = header.get("final") is True
-    dropped: dict = {}
-    for entry in header.get("dropped") or []:
-        if isinstance(entry, list) and len(entry) == 2 and isinstance(entry[1], list):
-            dropped.setdefault(entry[0], []).extend(i for i in entry[1] if isinstance(i, int))
-    return final, dropped
+    return protocol.parse_goodbye(header)

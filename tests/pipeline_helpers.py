@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import msgpack
 
 PRODUCE = [sys.executable, "-m", "pxdbg", "produce"]
 
@@ -74,3 +78,189 @@ def producers(tmp_path: Path):
         yield p
     finally:
         p.close()
+
+
+# -- fake producers: raw ROUTER sockets that serve synthetic frames, well or badly ----------------------
+def synthetic_frame(seed: int, idx: int, n: int = 3000):
+    """A deterministic frame of ``n`` random digits for (seed, idx): cheap to make, different for every index."""
+    import numpy as np
+
+    from pxdbg.shared.frame import SparseFrame
+    from pxdbg.shared.geometry import N_SENSORS, N_U, N_V
+
+    rng = np.random.default_rng([seed % 2**63, idx])
+    keys = np.unique(rng.integers(0, N_SENSORS * N_U * N_V, n))
+    charge = rng.integers(1, 256, keys.size).astype(np.uint8)
+    sensor, rest = np.divmod(keys, N_U * N_V)
+    u, v = np.divmod(rest, N_V)
+    return SparseFrame(sensor.astype(np.uint8), u.astype(np.uint8), v.astype(np.uint16), charge)
+
+
+BEHAVIOURS = (
+    "good",  # serves every frame asked for, each after `delay` seconds (one at a time)
+    "mute",  # welcomes and answers pings, but sends no frame (after the first `after` frames)
+    "corrupt",  # flips a bit in every frame
+    "relabel",  # sends frame i+1 labelled as frame i (checksum of the original header)
+    "wrong_seed",  # frames of another stream, intact
+    "wrong_frame_identity",  # frames that claim another model, intact
+    "wrong_identity",  # welcomes with another model identity
+    "error",  # answers every request with an error
+    "nested",  # answers every request with a message nested 1000 deep
+    "unrequested",  # serves what is asked, and frames far ahead nobody asked for
+    "drain",  # after `after` frames says goodbye (draining), listing what it will not send
+)
+
+
+class FakeProducer(threading.Thread):
+    """A producer on a raw ROUTER socket, in a thread of the test process. Records every frame index asked of it.
+
+    ``behaviour`` is one of :data:`BEHAVIOURS`; ``delay`` makes it serve one frame per ``delay`` seconds (while
+    still answering pings at once); ``identity`` is the model identity it claims.
+    """
+
+    def __init__(self, endpoint: str, identity, behaviour: str = "good", *, delay: float = 0.0, after: int = 0) -> None:
+        import zmq
+
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}")
+        super().__init__(daemon=True, name=f"fake-{behaviour}")
+        self.endpoint, self.identity, self.behaviour = endpoint, identity, behaviour
+        self.delay, self.after = delay, after
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind(endpoint)
+        self.requested: list[int] = []
+        self.sent = 0
+        self.drained_at: float | None = None
+        self.stop_event = threading.Event()
+        self._queue: list[tuple[bytes, int, int]] = []
+        self._due = 0.0
+
+    def __enter__(self) -> FakeProducer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.stop_event.set()
+        if self.is_alive():
+            self.join(10)
+        self.ctx.destroy(linger=0)
+
+    # -- messages
+    def _identity_dict(self) -> dict:
+        d = self.identity.as_dict()
+        if self.behaviour == "wrong_identity":
+            d = {**d, "checkpoint_sha256": "cd" * 32}
+        return d
+
+    def _welcome(self) -> bytes:
+        from pxdbg.shared import protocol
+
+        info = {"pid": os.getpid(), "host": "fake", "device": "cpu"}
+        if hasattr(protocol, "welcome"):
+            return protocol.welcome(self._identity_dict(), info, version=protocol.PROTOCOL_VERSION, codec=None)
+        return protocol.pack({"t": "welcome", "identity": self._identity_dict(), "producer": info})
+
+    def _frame_parts(self, seed: int, idx: int, label: int | None = None, ident: str | None = None) -> list:
+        from pxdbg.shared import protocol
+
+        enc = protocol.encode_frame(seed, idx, ident or str(self.identity), synthetic_frame(seed, idx))
+        parts = [bytes(memoryview(b)) for b in enc.parts()]
+        if label is not None:  # relabel: the header of another frame index, its checksum left as it was
+            parts[0] = protocol.pack({**enc.header, "idx": label})
+        return parts
+
+    def _serve(self, cid: bytes, seed: int, idx: int) -> None:
+        from pxdbg.shared import protocol
+
+        b = self.behaviour
+        if b == "mute" and self.sent >= self.after:
+            return
+        if b == "error":
+            msg = {
+                "t": "error",
+                "fatal": True,
+                "code": "generation",
+                "seed": seed,
+                "idx": [idx],
+                "msg": "RuntimeError: CUDA out of memory (simulated)",
+            }
+            self.sock.send_multipart([cid, protocol.pack(msg)])
+            return
+        if b == "nested":
+            deep: object = 0
+            for _ in range(1000):
+                deep = [deep]
+            self.sock.send_multipart([cid, msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "frame", "seed": deep})])
+            return
+        if b == "relabel":
+            parts = self._frame_parts(seed, idx + 1, label=idx)
+        elif b == "wrong_seed":
+            parts = self._frame_parts(seed + 1, idx)
+        elif b == "wrong_frame_identity":
+            parts = self._frame_parts(seed, idx, ident="convnet:0123456789abcdef/fp32")
+        else:
+            parts = self._frame_parts(seed, idx)
+        if b == "corrupt":
+            last = bytearray(parts[-1])
+            last[len(last) // 2] ^= 0x10
+            parts[-1] = bytes(last)
+        self.sock.send_multipart([cid, *parts])
+        self.sent += 1
+        if b == "unrequested":
+            for ahead in range(idx + 1000, idx + 1020):
+                self.sock.send_multipart([cid, *self._frame_parts(seed, ahead)])
+
+    def _drain(self) -> None:
+        from pxdbg.shared import protocol
+
+        dropped: dict[bytes, dict[int, list[int]]] = {}
+        for cid, seed, idx in self._queue:
+            dropped.setdefault(cid, {}).setdefault(seed, []).append(idx)
+        for cid, frames in dropped.items():
+            self.sock.send_multipart(
+                [cid, protocol.goodbye("SIGTERM: the producer is shutting down", final=False, dropped=frames)]
+            )
+        self._queue.clear()
+        self.drained_at = time.monotonic()
+
+    def run(self) -> None:
+        import zmq
+
+        from pxdbg.shared import protocol
+
+        while not self.stop_event.is_set():
+            now = time.monotonic()
+            wait = 0.02 if not self._queue else max(0.0, min(0.02, self._due - now))
+            if self.sock.poll(int(wait * 1000)):
+                while True:
+                    try:
+                        cid, raw, *_ = self.sock.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    try:
+                        h = protocol.unpack(raw)
+                    except protocol.ProtocolError:
+                        continue
+                    if h["t"] == "hello":
+                        self.sock.send_multipart([cid, self._welcome()])
+                    elif h["t"] == "ping":
+                        self.sock.send_multipart([cid, protocol.pack({"t": "pong"})])
+                    elif h["t"] == "req" and self.drained_at is None:
+                        for idx in h["idx"]:
+                            self.requested.append(idx)
+                            self._queue.append((cid, h["seed"], idx))
+            now = time.monotonic()
+            while self._queue and now >= self._due and self.drained_at is None:
+                if self.behaviour == "drain" and self.sent >= self.after:
+                    self._drain()
+                    break
+                cid, seed, idx = self._queue.pop(0)
+                self._serve(cid, seed, idx)
+                if self.delay:
+                    self._due = now + self.delay
+                    break

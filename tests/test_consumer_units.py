@@ -53,7 +53,9 @@ def test_overdue_judges_each_frame_by_its_producers_latency():
     assert got == [5]
     assert credits.overdue(1.5, copies, latency, factor=4, min_age=0.05) == [5, 7, 9]
     assert credits.overdue(1.0, copies, latency, factor=4, min_age=2.0) == []
-    assert credits.overdue(9.0, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05) == []
+    # nobody delivered yet: an initial guess of the latency
+    assert credits.overdue(3.0, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == []
+    assert credits.overdue(4.5, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == [1]
 
 
 def test_histogram_percentiles_within_a_bucket():

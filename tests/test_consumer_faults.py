@@ -1,0 +1,273 @@
+"""The consumer against producers that misbehave: fake producers on raw ROUTER sockets (tests/pipeline_helpers.py).
+
+Each test is one row of what a hostile or broken producer was seen to do. In every case the frames handed out
+equal those of a fault-free run, nothing lost or duplicated; a bad producer is quarantined and its frames go
+elsewhere; the run fails only when no usable producer is left, with a message that says what each one did.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pipeline_helpers import FakeProducer, synthetic_frame, wait_until
+from pxdbg.consumer import BackgroundClient, IdentityMismatchError, ProducerFailure
+from pxdbg.shared.errors import ConfigError
+from pxdbg.shared.spec import ProducerSpec
+
+pytestmark = pytest.mark.timeout(120)
+SEED = 777
+IDENTITY = ProducerSpec().identity()
+FAST = dict(heartbeat_interval=0.1, heartbeat_timeout=2.0, connect_timeout=20)
+
+
+def expected(first: int, n: int) -> list:
+    return [synthetic_frame(SEED, i) for i in range(first, first + n)]
+
+
+def consume(client: BackgroundClient, n: int) -> tuple[list, float]:
+    """n frames, and the longest wait for one of them (seconds)."""
+    got, longest = [], 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        got.append(client.next())
+        longest = max(longest, time.perf_counter() - t0)
+    return got, longest
+
+
+def same(got: list, want: list) -> bool:
+    return len(got) == len(want) and all(a == b for a, b in zip(got, want))
+
+
+def test_unrequested_frames_are_dropped_and_the_reorder_buffer_stays_within_prefetch(tmp_path):
+    good_ep, bad_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/ahead.sock"
+    with FakeProducer(good_ep, IDENTITY), FakeProducer(bad_ep, IDENTITY, "unrequested"):
+        with BackgroundClient([good_ep, bad_ep], seed=SEED, prefetch=4, **FAST) as client:
+            got, _ = consume(client, 40)
+            assert client.counters["unrequested_frames"] >= 1
+            assert client.max_buffered <= 4 and client.max_in_flight <= 4
+            assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=10)
+            report = client.producer_report()[bad_ep]
+    assert same(got, expected(0, 40))
+    assert "not asked for" in report
+
+
+BAD = [
+    ("corrupt", "corrupt frames"),
+    ("relabel", "corrupt frames"),
+    ("wrong_seed", "of stream 778"),
+    ("wrong_frame_identity", "model convnet:"),
+    ("wrong_identity", "serves model parametric:"),
+    ("mute", "came first from another producer|delivered none"),
+    ("error", "failed on frame.*CUDA out of memory"),
+    ("nested", "malformed"),
+]
+
+
+@pytest.mark.parametrize(("behaviour", "why"), BAD, ids=[b for b, _ in BAD])
+def test_a_misbehaving_producer_is_quarantined_and_its_frames_served_elsewhere(tmp_path, behaviour, why):
+    good_ep, bad_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/bad.sock"
+    with FakeProducer(good_ep, IDENTITY), FakeProducer(bad_ep, IDENTITY, behaviour) as bad:
+        with BackgroundClient([bad_ep, good_ep], seed=SEED, prefetch=8, stall_timeout=3.0, **FAST) as client:
+            got, longest = consume(client, 60)
+            assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=15)
+            report = client.producer_report()[bad_ep]
+            counters = dict(client.counters)
+    print(f"\n{behaviour}: longest wait {1e3 * longest:.0f} ms; asked of it {len(bad.requested)}; {counters}")
+    assert same(got, expected(0, 60)), "frames equal a fault-free run"
+    assert __import__("re").search(why, report), report
+    assert counters["producers_quarantined"] == 1
+
+
+def test_a_far_slower_producer_is_quarantined(tmp_path):
+    good_ep, slow_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/drip.sock"
+    with FakeProducer(good_ep, IDENTITY, delay=0.002), FakeProducer(slow_ep, IDENTITY, delay=1.0) as slow:
+        with BackgroundClient([slow_ep, good_ep], seed=SEED, prefetch=8, **FAST) as client:
+            got, longest = consume(client, 100)
+            assert wait_until(lambda: client.producer_states()[slow_ep] == "quarantined", timeout=20)
+            report = client.producer_report()[slow_ep]
+            served = client.frames_per_producer[slow_ep]
+    print(
+        f"\none frame per second beside a fast producer: longest wait {1e3 * longest:.0f} ms, "
+        f"{served} frames from the slow one, asked {len(slow.requested)}"
+    )
+    assert same(got, expected(0, 100))
+    assert "far slower than the others" in report
+
+
+def test_the_run_fails_only_when_no_usable_producer_is_left(tmp_path):
+    eps = [f"ipc://{tmp_path}/{b}.sock" for b in ("mute", "corrupt")]
+    with FakeProducer(eps[0], IDENTITY, "mute"), FakeProducer(eps[1], IDENTITY, "corrupt"):
+        with BackgroundClient(eps, seed=SEED, prefetch=4, stall_timeout=2.0, frame_timeout=60, **FAST) as client:
+            with pytest.raises(ProducerFailure) as err:
+                client.next()
+    msg = str(err.value)
+    assert "no usable producer left" in msg
+    assert f"{eps[0]} " in msg and "delivered none of the frames" in msg
+    assert f"{eps[1]} " in msg and "corrupt frames" in msg
+
+
+def test_only_other_models_gives_an_identity_error(tmp_path):
+    ep = f"ipc://{tmp_path}/other.sock"
+    with FakeProducer(ep, IDENTITY, "wrong_identity"):
+        with BackgroundClient([ep], seed=SEED, **FAST) as client:
+            with pytest.raises(IdentityMismatchError, match="serves model parametric:.*asked for parametric:"):
+                client.next()
+
+
+@pytest.mark.parametrize("endpoint", ["garbage", "tcp://127.0.0.1:notaport", "udp://127.0.0.1:5555", "tcp://:5"])
+def test_endpoint_strings_are_checked_before_any_socket(endpoint):
+    with pytest.raises(ConfigError, match="endpoint"):
+        BackgroundClient(endpoint, seed=1, connect_timeout=1)
+
+
+@pytest.mark.parametrize("name", ["connect_timeout", "frame_timeout", "heartbeat_timeout", "stall_timeout"])
+def test_timeouts_must_be_finite_and_positive(name):
+    for bad in (float("nan"), float("inf"), 0, -1):
+        with pytest.raises(ConfigError, match=name):
+            BackgroundClient("tcp://127.0.0.1:9", seed=1, **{name: bad})
+
+
+def _pxdbg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pxdbg", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--connect", "garbage"],
+        ["--connect", "tcp://127.0.0.1:notaport"],
+        ["--connect", "udp://127.0.0.1:5555"],
+        ["--connect", "tcp://127.0.0.1:9", "--connect-timeout", "nan"],
+        ["--connect", "tcp://127.0.0.1:9", "--frame-timeout", "-1"],
+    ],
+)
+def test_cli_refuses_bad_endpoints_and_timeouts_in_one_line(args):
+    r = _pxdbg("run", "--events", "1", "--seed", "1", *args)
+    assert r.returncode == 2, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and "INFO" not in ln]
+    assert "Traceback" not in r.stderr and lines, r.stderr
+    assert "endpoint" in lines[-1] or "timeout" in lines[-1], r.stderr
+
+
+def test_no_frame_is_requested_past_the_last_event(tmp_path):
+    ep = f"ipc://{tmp_path}/p.sock"
+    with FakeProducer(ep, IDENTITY) as fake:
+        with BackgroundClient([ep], seed=SEED, first_frame=5, events=10, prefetch=8, **FAST) as client:
+            got = list(client)  # iteration stops after the last event
+        assert same(got, expected(5, 10))
+        assert sorted(fake.requested) == list(range(5, 15))
+        # pxdbg run passes --events on: 12 events with a prefetch of 16 ask for 12 frames
+        fake.requested.clear()
+        r = _pxdbg("run", "--connect", ep, "--events", "12", "--prefetch", "16", "--seed", str(SEED), "-q")
+        assert r.returncode == 0, r.stderr
+    assert sorted(fake.requested) == list(range(12)), fake.requested
+
+
+def test_cli_frame_timeout_ends_a_run_against_a_mute_producer(tmp_path):
+    ep = f"ipc://{tmp_path}/mute.sock"
+    with FakeProducer(ep, IDENTITY, "mute"):
+        r = _pxdbg("run", "--connect", ep, "--events", "3", "--seed", "1", "--frame-timeout", "2", "-q")
+    assert r.returncode == 1, r.stderr
+    assert "did not arrive within 2 s (--frame-timeout)" in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_stall_when_a_producer_goes_mute_mid_run(tmp_path):
+    """A producer whose model hangs while its network thread answers heartbeats: its frames go elsewhere."""
+    good_ep, mute_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/hangs.sock"
+    with FakeProducer(good_ep, IDENTITY, delay=0.002), FakeProducer(mute_ep, IDENTITY, "mute", after=20):
+        with BackgroundClient([mute_ep, good_ep], seed=SEED, prefetch=8, **FAST) as client:
+            client.wait_for_producers(2)
+            got, longest = consume(client, 150)
+            assert wait_until(lambda: client.producer_states()[mute_ep] == "quarantined", timeout=20)
+            counters = dict(client.counters)
+    print(
+        f"\nstall caused by a producer that went mute mid-run: longest wait {1e3 * longest:.0f} ms "
+        f"(heartbeat timeout {FAST['heartbeat_timeout']} s, stall timeout 60 s); {counters}"
+    )
+    assert same(got, expected(0, 150))
+    assert counters["stragglers_reissued"] >= 1
+
+
+def test_straggler_throughput_with_one_producer_ten_times_slower(tmp_path):
+    n, fast_s = 200, 0.01
+    eps = [f"ipc://{tmp_path}/fast{i}.sock" for i in range(2)]
+    slow_ep = f"ipc://{tmp_path}/slow.sock"
+
+    def run(endpoints):
+        with BackgroundClient(endpoints, seed=SEED, prefetch=16, **FAST) as client:
+            client.wait_for_producers(len(endpoints))
+            waits, got = [], []
+            t0 = time.perf_counter()
+            for _ in range(n):
+                t = time.perf_counter()
+                got.append(client.next())
+                waits.append(time.perf_counter() - t)
+            return time.perf_counter() - t0, waits, got, dict(client.counters)
+
+    with FakeProducer(eps[0], IDENTITY, delay=fast_s), FakeProducer(eps[1], IDENTITY, delay=fast_s):
+        with FakeProducer(slow_ep, IDENTITY, delay=10 * fast_s):
+            alone, _, got_alone, _ = run(eps)
+            mixed, waits, got_mixed, counters = run([slow_ep, *eps])
+    ratio = alone / mixed
+    long_waits = sum(w > 5 * fast_s for w in waits)
+    print(
+        f"\nstragglers: {n} frames from 2 fast producers in {alone:.2f} s, with a 10x slower third one "
+        f"{mixed:.2f} s: throughput ratio {ratio:.2f}; {long_waits} waits over {5e3 * fast_s:.0f} ms; {counters}"
+    )
+    assert same(got_alone, expected(0, n)) and same(got_mixed, expected(0, n))
+    assert long_waits < n // 4, "the slow producer set the pace"
+
+
+def test_a_draining_producer_s_frames_are_reissued_at_once(tmp_path):
+    good_ep, drain_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/drain.sock"
+    slow = dict(FAST, heartbeat_timeout=30.0)
+    with FakeProducer(good_ep, IDENTITY, delay=0.002), FakeProducer(drain_ep, IDENTITY, "drain", after=15) as drain:
+        with BackgroundClient([drain_ep, good_ep], seed=SEED, prefetch=8, **slow) as client:
+            client.wait_for_producers(2)
+            got, longest = consume(client, 120)
+            states = client.producer_states()
+            counters = dict(client.counters)
+    print(
+        f"\nstall after a producer said goodbye (draining): longest wait {1e3 * longest:.0f} ms "
+        f"(heartbeat timeout {slow['heartbeat_timeout']:.0f} s); {counters}"
+    )
+    assert drain.drained_at is not None
+    assert same(got, expected(0, 120))
+    assert states[drain_ep] == "draining" and counters["producers_draining"] == 1
+    assert longest < slow["heartbeat_timeout"], "the re-issue did not wait for the heartbeat timeout"
+
+
+@pytest.mark.slow
+def test_stall_after_a_real_producer_is_sigtermed(tmp_path):
+    from pipeline_helpers import producers
+    from pxdbg import models
+
+    reference = models.load("parametric").frames(SEED, range(150))
+    with producers(tmp_path) as p:
+        eps = [p.start("p0", "--max-batch", "2"), p.start("p1", "--max-batch", "2")]
+        with BackgroundClient(
+            eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, heartbeat_timeout=30, connect_timeout=60
+        ) as client:
+            client.wait_for_producers(2, timeout=60)
+            got, _ = consume(client, 40)
+            p.procs["p0"].terminate()  # SIGTERM: a batch system's pre-emption
+            more, stall = consume(client, 110)
+            counters = dict(client.counters)
+        assert p.procs["p0"].wait(timeout=30) == 0
+    print(
+        f"\nstall after SIGTERM of one of two producers: longest wait {1e3 * stall:.0f} ms "
+        f"(heartbeat timeout 30 s); {counters}"
+    )
+    assert all(a == b for a, b in zip(got + more, reference)) and len(got + more) == 150
+    assert stall < 30, "the consumer waited for the heartbeat timeout instead of the goodbye"
