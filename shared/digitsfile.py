@@ -13,22 +13,24 @@ from __future__ import annotations
 
 import abc
 import json
+import logging
 import os
 import shutil
-import tempfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from pxdbg.shared.errors import PxdbgError
 from pxdbg.shared.frame import CHARGE_DTYPE, SENSOR_DTYPE, U_DTYPE, V_DTYPE, FrameError, SparseFrame
 from pxdbg.shared.version import __version__
 
+log = logging.getLogger("pxdbg")
 _COLUMNS = (("sensor", SENSOR_DTYPE), ("u", U_DTYPE), ("v", V_DTYPE), ("charge", CHARGE_DTYPE))
 
 
-class DigitsFileError(ValueError):
+class DigitsFileError(PxdbgError, ValueError):
     """A digits file is missing, malformed or inconsistent."""
 
 
@@ -36,9 +38,15 @@ def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, s
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
     with zf.open(name + ".npy", "w", force_zip64=True) as member:
         np.lib.format.write_array_header_1_0(member, header)
-        if source is not None:
+        if source is not None:  # exactly n items: an append cut short by a signal may have left a tail
+            left = n * np.dtype(dtype).itemsize
             with open(source, "rb") as raw:
-                shutil.copyfileobj(raw, member, 1 << 20)
+                while left:
+                    block = raw.read(min(left, 1 << 20))
+                    if not block:
+                        raise DigitsFileError(f"spool file {source} is shorter than its {n} entries")
+                    member.write(block)
+                    left -= len(block)
 
 
 class AtomicWriter(abc.ABC):
@@ -66,22 +74,97 @@ class AtomicWriter(abc.ABC):
 class DigitsWriter(AtomicWriter):
     """Append frames one at a time; the ``.npz`` appears (atomically) at :meth:`close`.
 
-    Use as a context manager. If the block raises, no output file is written and the spool is removed.
+    The digits go to a spool directory ``.<name>.spool`` beside the output: the four columns, the digit count
+    of each event (written after its columns) and the metadata. A run stopped by SIGTERM or SIGINT closes the
+    writer with ``complete=False``: the events so far become a valid digits file whose metadata says it is
+    partial. A run killed outright leaves the spool, and its consistent prefix is recovered on ``resume``.
+
+    ``resume=True`` continues an interrupted output of the same stream: from its spool if there is one, else from
+    a partial ``.npz`` at ``path``. The metadata keys in :data:`RESUME_KEYS` must match; :attr:`n_events` then
+    counts the events already there. Without ``resume``, a leftover spool is an error (never silently dropped).
+
+    Disk: the assembly copies the spool into the ``.npz``, so it needs free space for the output once more; that
+    is checked first, and a shortage is an error that keeps the spool (nothing is lost; ``resume`` finishes it).
+    Resuming from a partial ``.npz`` copies it into the spool first (the old file stays until the new one
+    replaces it).
     """
 
-    def __init__(self, path: str | os.PathLike, meta: dict | None = None) -> None:
+    #: Metadata that must agree for a resumed output to be one stream.
+    RESUME_KEYS = ("model", "checkpoint_sha256", "precision", "seed", "first_frame")
+
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, resume: bool = False) -> None:
         self.path = Path(path)
         if self.path.suffix != ".npz":
             raise DigitsFileError(f"a digits file name ends in .npz, got {self.path.name!r}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.meta = dict(meta or {})
         self.meta.setdefault("pxdbg_version", __version__)
         self.meta.setdefault("format", "pxdbg-digits-1")
-        self._spool = Path(tempfile.mkdtemp(prefix=".pxdbg-spool-", dir=self.path.parent))
-        self._files = {name: open(self._spool / name, "wb") for name, _ in _COLUMNS}
-        self._offsets = [0]
+        self._spool = self.path.parent / f".{self.path.name}.spool"
         self._closed = False
+        self._files: dict = {}
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._spool.exists() and not resume:
+                raise DigitsFileError(
+                    f"{self._spool} holds the events of an interrupted run writing {self.path}; continue it with "
+                    f"--resume (DigitsWriter(..., resume=True)), or delete that directory to start over")
+            if resume and self._spool.exists():
+                self._recover()
+            elif resume and self.path.exists():
+                self._unpack_partial()
+            else:
+                if resume and not self.path.exists():
+                    log.info("nothing to resume at %s; starting it", self.path)
+                self._spool.mkdir()
+                (self._spool / "meta.json").write_text(json.dumps(self.meta, sort_keys=True))
+                self._offsets = [0]
+            self._files = {name: open(self._spool / name, "ab") for name, _ in _COLUMNS}
+            self._counts = open(self._spool / "counts", "ab")
+        except OSError as exc:
+            raise _with_path(exc, self.path) from None
 
+    # -- resuming -----------------------------------------------------------------------------------------
+    def _check_resumable(self, theirs: dict, where: Path) -> None:
+        wrong = [f"{k}: {theirs.get(k)!r} there, {self.meta.get(k)!r} now" for k in self.RESUME_KEYS
+                 if k in self.meta and theirs.get(k) != self.meta.get(k)]
+        if wrong:
+            raise DigitsFileError(f"cannot resume {where}: it is another stream ({'; '.join(wrong)})")
+
+    def _recover(self) -> None:
+        """Take the consistent prefix of a spool: events whose counts and columns were all written."""
+        try:
+            theirs = json.loads((self._spool / "meta.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise DigitsFileError(f"cannot resume from {self._spool}: its meta.json is unreadable ({exc})") from None
+        self._check_resumable(theirs, self._spool)
+        raw = (self._spool / "counts").read_bytes() if (self._spool / "counts").exists() else b""
+        counts = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(counts)])
+        sizes = {name: (self._spool / name).stat().st_size // np.dtype(dt).itemsize if (self._spool / name).exists()
+                 else 0 for name, dt in _COLUMNS}
+        n = int(np.searchsorted(offsets, min(sizes.values()), side="right")) - 1  # events fully on disk
+        for name, dt in _COLUMNS:
+            with open(self._spool / name, "ab") as f:
+                f.truncate(int(offsets[n]) * np.dtype(dt).itemsize)
+        with open(self._spool / "counts", "ab") as f:
+            f.truncate(8 * n)
+        self._offsets = offsets[: n + 1].tolist()
+        log.info("resuming %s from its spool: %d events recovered", self.path, n)
+
+    def _unpack_partial(self) -> None:
+        old = DigitsFile(self.path)
+        self._check_resumable(old.meta, self.path)
+        if old.meta.get("complete", True):
+            raise DigitsFileError(f"{self.path} is complete ({old.n_events} events); there is nothing to resume")
+        self._spool.mkdir()
+        for name, _ in _COLUMNS:
+            getattr(old, name).tofile(self._spool / name)
+        np.diff(old.offsets).astype(np.int64).tofile(self._spool / "counts")
+        (self._spool / "meta.json").write_text(json.dumps(self.meta, sort_keys=True))
+        self._offsets = old.offsets.tolist()
+        log.info("resuming %s: %d events there", self.path, old.n_events)
+
+    # -- writing ------------------------------------------------------------------------------------------
     @property
     def n_events(self) -> int:
         return len(self._offsets) - 1
@@ -90,41 +173,69 @@ class DigitsWriter(AtomicWriter):
         if self._closed:
             raise DigitsFileError("the writer is closed")
         for name, dtype in _COLUMNS:
-            arr = getattr(frame, name)
-            if arr.dtype != dtype:
-                raise FrameError(f"{name} must be {dtype}, got {arr.dtype}")
-            self._files[name].write(np.ascontiguousarray(arr).data)
+            if getattr(frame, name).dtype != dtype:
+                raise FrameError(f"{name} must be {dtype}, got {getattr(frame, name).dtype}")
+        try:
+            for name, _ in _COLUMNS:
+                f = self._files[name]
+                f.write(np.ascontiguousarray(getattr(frame, name)).data)
+                f.flush()  # an event is on disk (for a killed run's recovery) once its count is
+            self._counts.write(np.int64(frame.n_digits).tobytes())
+            self._counts.flush()
+        except OSError as exc:
+            raise _with_path(exc, self.path) from None
         self._offsets.append(self._offsets[-1] + frame.n_digits)
 
-    def close(self) -> Path:
-        """Assemble the ``.npz`` and remove the spool. Returns the path written."""
+    def close(self, complete: bool = True) -> Path:
+        """Assemble the ``.npz`` and remove the spool. Returns the path written.
+
+        ``complete=False`` marks the file as the partial output of an interrupted run (resumable).
+        """
         if self._closed:
             return self.path
+        n = self._offsets[-1]
+        need = n * sum(np.dtype(dt).itemsize for _, dt in _COLUMNS) + 8 * len(self._offsets) + (1 << 20)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:  # say so before writing anything: the spool stays, nothing is lost
+            for f in (*self._files.values(), self._counts):
+                f.flush()
+            raise DigitsFileError(
+                f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB, "
+                f"{free / 1e6:.1f} MB are free. Its {self.n_events} events are kept in {self._spool}; free "
+                f"some space and run the same command with --resume to finish it")
         self._closed = True
+        self.meta["complete"] = bool(complete)
+        tmp = self.path.with_name(self.path.name + ".part")
         try:
-            for f in self._files.values():
+            for f in (*self._files.values(), self._counts):
                 f.close()
-            n = self._offsets[-1]
-            tmp = self.path.with_name(self.path.name + ".part")
             with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
                 offsets = np.asarray(self._offsets, dtype=np.int64)
                 with zf.open("offsets.npy", "w", force_zip64=True) as member:
                     np.lib.format.write_array(member, offsets, allow_pickle=False)
-                for name, dtype in _COLUMNS:
-                    _write_npy_member(zf, name, dtype, n, self._spool / name)
                 with zf.open("meta.npy", "w") as member:
                     np.lib.format.write_array(member, np.array(json.dumps(self.meta, sort_keys=True)))
+                for name, dtype in _COLUMNS:
+                    _write_npy_member(zf, name, dtype, n, self._spool / name)
             os.replace(tmp, self.path)
-        finally:
-            shutil.rmtree(self._spool, ignore_errors=True)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise _with_path(exc, self.path) from None
+        shutil.rmtree(self._spool, ignore_errors=True)
         return self.path
 
     def abort(self) -> None:
         """Drop everything written so far; no output file appears."""
         self._closed = True
-        for f in self._files.values():
+        for f in (*self._files.values(), *([self._counts] if hasattr(self, "_counts") else [])):
             f.close()
         shutil.rmtree(self._spool, ignore_errors=True)
+
+
+def _with_path(exc: OSError, path: Path) -> OSError:
+    """The same OSError, saying which output it happened to (``[Errno 28] No space left on device`` alone
+    does not say where)."""
+    return type(exc)(exc.errno, f"{exc.strerror or exc} while writing {path}", str(path))
 
 
 class DigitsFile:
@@ -190,3 +301,21 @@ def write_digits(path: str | os.PathLike, frames, meta: dict | None = None) -> P
 
 def read_digits(path: str | os.PathLike) -> DigitsFile:
     return DigitsFile(path)
+
+
+def interrupted_meta(path: str | os.PathLike) -> dict | None:
+    """The metadata of an interrupted output at ``path`` (its spool, or a partial ``.npz``), else ``None``.
+
+    ``pxdbg run/generate --resume`` reads the stream seed from it when none is given.
+    """
+    path = Path(path)
+    spool = path.parent / f".{path.name}.spool"
+    try:
+        if spool.is_dir():
+            return json.loads((spool / "meta.json").read_text())
+        if path.suffix == ".npz" and path.is_file():
+            meta = DigitsFile(path).meta
+            return None if meta.get("complete", True) else meta
+    except (OSError, ValueError) as exc:
+        raise DigitsFileError(f"cannot read the interrupted output {path}: {exc}") from None
+    return None

@@ -103,6 +103,10 @@ def find(model: str, globaltag: str | None = None, stores: list[str | os.PathLik
         entry = read_index(store)["globaltags"].get(globaltag, {}).get(name)
         if entry is None:
             continue
+        if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "sha256")):
+            raise PayloadError(f"the payload index {store / INDEX_NAME} has a malformed entry for {name} in global "
+                               f"tag {globaltag} (it needs 'file' and 'sha256'); re-register the payload with "
+                               f"'pxdbg payload add PATH --model {model} --store {store}'")
         path = store / entry["file"]
         if not path.is_file():
             raise PayloadError(f"payload {name} in global tag {globaltag} names {path}, which does not exist; "

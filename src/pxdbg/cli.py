@@ -7,6 +7,7 @@ torch is imported only by the subcommands that generate in this process (generat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -106,35 +107,142 @@ def cmd_generate(args) -> int:
     from pxdbg.models import load_spec
 
     torch.set_num_threads(args.threads)
-    seed, random_seed = _seed(args.seed)
+    seed, random_seed, first_frame = _stream(args)
     model = load_spec(ProducerSpec.from_args(args))
-    log.info("generating %d events with %s on %s, stream seed %d%s", args.events, model.identity,
-             model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
-    meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame,
-            "checkpoint": str(model.checkpoint_path)}
-    progress = Progress(args.events, enabled=not args.quiet)
-    t0 = time.perf_counter()
-    with _writer(args.out, meta) as writer:
-        done = 0
-        while done < args.events:
-            n = min(args.batch, args.events - done)
-            first = args.first_frame + done
+    meta = {**model.identity.as_dict(), "seed": seed, "first_frame": first_frame}
+    with _interruptible(), _output(args, meta) as out:
+        log.info("generating %d events with %s on %s, stream seed %d%s", args.events - out.done, model.identity,
+                 model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
+        progress = Progress(args.events, enabled=not args.quiet)
+        t0 = time.perf_counter()
+        start = out.done
+        while out.done < args.events:
+            n = min(args.batch, args.events - out.done)
+            first = first_frame + out.done
             for frame in model.frames(seed, range(first, first + n)):
-                writer.append(frame)
-            done += n
-            progress.update(done)
+                out.append(frame)
+            progress.update(out.done)
+    if out.stopped:
+        return out.stopped
     dt = time.perf_counter() - t0
-    print(f"wrote {args.events} events to {args.out} in {dt:.1f} s ({args.events / dt:.2f} events/s); "
-          f"model {model.identity}, stream seed {seed}")
+    made = args.events - start
+    print(f"wrote {args.events} events to {args.out} in {dt:.1f} s ({made / dt:.2f} events/s"
+          f"{f', {start} of them resumed' if start else ''}); model {model.identity}, stream seed {seed}")
     return 0
 
 
-def _writer(path: str, meta: dict):
-    from pxdbg.rootio import digits_writer
+class _Interrupted(Exception):
+    """SIGTERM (a batch system's pre-emption or ``scancel``), handled like Ctrl-C."""
 
-    if not path.endswith((".npz", ".root")):
-        raise ConfigError(f"--out must name a .npz or .root file, got {path!r}")
-    return digits_writer(path, meta)
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+@contextlib.contextmanager
+def _interruptible():
+    def on_signal(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stream(args) -> tuple[int, bool, int]:
+    """The stream seed (and whether it was drawn at random) and first frame; ``--resume`` takes those of the
+    interrupted output when they are not given."""
+    previous = None
+    if getattr(args, "resume", False) and getattr(args, "out", None):
+        from pxdbg.shared.digitsfile import interrupted_meta
+
+        previous = interrupted_meta(args.out)
+    if previous is not None and args.seed is None:
+        seed, random_seed = int(previous["seed"]), False
+    else:
+        seed, random_seed = _seed(args.seed)
+    first = args.first_frame
+    if first is None:
+        first = int(previous.get("first_frame", 0)) if previous is not None else 0
+    if first < 0:
+        raise ConfigError(f"--first-frame must be non-negative, got {first}")
+    return seed, random_seed, first
+
+
+class _Output:
+    """The output file of a run, if any: resumed or new, and kept as a valid partial file when the run stops."""
+
+    def __init__(self, args, meta: dict) -> None:
+        self.path, self.events, self.stopped, self.meta = getattr(args, "out", None), args.events, 0, meta
+        self.writer = None
+        if self.path:
+            if not self.path.endswith((".npz", ".root")):
+                raise ConfigError(f"--out must name a .npz or .root file, got {self.path!r}")
+            from pxdbg.rootio import digits_writer
+
+            self.writer = digits_writer(self.path, meta, resume=args.resume)
+        self.done = self.writer.n_events if self.writer is not None else 0
+        if self.done > args.events:
+            raise ConfigError(f"{self.path} already holds {self.done} events, more than --events {args.events}")
+
+    def append(self, frame) -> None:
+        if self.writer is not None:
+            self.writer.append(frame)
+        self.done += 1
+
+    def __enter__(self) -> _Output:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        with _signals_held():
+            if exc_type is None:
+                if self.writer is not None:
+                    self.writer.close()
+                return False
+            kept = self._keep()
+        if issubclass(exc_type, (KeyboardInterrupt, _Interrupted)):
+            why = exc.signame if isinstance(exc, _Interrupted) else "SIGINT"
+            print(f"pxdbg: stopped by {why} after {self.done} of {self.events} events; {kept}", file=sys.stderr)
+            self.stopped = 128 + getattr(signal, why)
+            return True
+        if kept:
+            print(f"pxdbg: the run failed after {self.done} of {self.events} events; {kept}", file=sys.stderr)
+        return False
+
+    def _keep(self) -> str:
+        """Close the events so far as a partial output (resumable), or drop an empty one."""
+        if self.writer is None:
+            return "no output file was asked for"
+        if self.writer.n_events == 0:
+            self.writer.abort()
+            return ""
+        try:
+            self.writer.close(complete=False)
+        except (OSError, PxdbgError) as exc:
+            return f"the events so far could not be written ({exc}); what was written stays for --resume"
+        next_frame = int(self.meta.get("first_frame", 0)) + self.writer.n_events
+        hint = "--resume" if self.path.endswith(".npz") else f"--first-frame {next_frame} into a new file"
+        return f"{self.path} holds them (marked partial); continue with the same command and {hint}"
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Finish writing an output before reacting to SIGTERM/SIGINT (a batch system follows up with SIGKILL)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _output(args, meta: dict) -> _Output:
+    return _Output(args, meta)
 
 
 # -- produce -------------------------------------------------------------------------------------------
@@ -183,78 +291,49 @@ def _spend_cpu(ms: float) -> None:
         x += 1
 
 
-def _percentile(values, q: float) -> float:
-    import numpy as np
-
-    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
-
-
 def cmd_run(args) -> int:
     from pxdbg.consumer import BackgroundClient, PipelineError
-    from pxdbg.shared.frame import BYTES_PER_DIGIT
-    from pxdbg.shared.geometry import FRAME_PIXELS
 
-    seed, random_seed = _seed(args.seed)
+    seed, random_seed, first_frame = _stream(args)
     spec = ProducerSpec.from_args(args)
+    meta = {**spec.identity().as_dict(), "seed": seed, "first_frame": first_frame}
     source = dict(workers=args.workers) if args.workers else dict(endpoints=args.connect)
     t_start = time.perf_counter()
-    writer = None
     try:
-        with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed,
-                              first_frame=args.first_frame, prefetch=args.prefetch,
-                              connect_timeout=args.connect_timeout,
-                              frame_timeout=args.frame_timeout, events=args.events) as client:
-            log.info("stream seed %d%s, model %s, %s", seed,
-                     " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
-                     f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}")
-            if args.out:
-                meta = {**client.identity.as_dict(), "seed": seed, "first_frame": args.first_frame}
-                writer = _writer(args.out, meta)
-            progress = Progress(args.events, enabled=not args.quiet)
-            digits = 0
-            first_frame_s = None
-            for i in range(args.events):
-                frame = client.next()
-                if first_frame_s is None:
-                    first_frame_s = time.perf_counter() - t_start
-                digits += frame.n_digits
-                if writer is not None:
-                    writer.append(frame)
-                if args.work_ms:
-                    _spend_cpu(args.work_ms)
-                progress.update(i + 1, lambda: f"wait p50 {1e3 * client.stats.wait_percentile(50):.3f} ms")
-            wall = time.perf_counter() - t_start
-            summary = {
-                "events": args.events,
-                "model": str(client.identity),
-                "seed": seed,
-                "wall_s": wall,
-                "first_frame_s": first_frame_s,
-                "frames_per_s": args.events / wall,
-                "wait_ms_p50": 1e3 * client.stats.wait_percentile(50),
-                "wait_ms_p99": 1e3 * client.stats.wait_percentile(99),
-                "wait_ms_total": 1e3 * client.stats.wait_total_s,
-                "digits_per_frame": digits / args.events,
-                "wire_bytes_per_frame": client.wire_bytes / max(client.counters["frames_received"], 1),
-                "wire_bytes_per_digit": client.wire_bytes / max(client.wire_digits, 1),
-                "dense_bytes_per_frame": FRAME_PIXELS,
-                "max_in_flight": client.max_in_flight,
-                "counters": dict(client.counters),
-            }
-        if writer is not None:
-            writer.close()
+        with _interruptible(), _output(args, meta) as out:
+            start = out.done
+            with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed, first_frame=first_frame + start,
+                                  prefetch=args.prefetch, connect_timeout=args.connect_timeout,
+                                  frame_timeout=args.frame_timeout, events=args.events - start) as client:
+                log.info("stream seed %d%s, model %s, %s%s", seed,
+                         " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
+                         f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}",
+                         f"; resuming at event {start}" if start else "")
+                progress = Progress(args.events, enabled=not args.quiet)
+                digits = 0
+                first_frame_s = None
+                while out.done < args.events:
+                    frame = client.next()
+                    if first_frame_s is None:
+                        first_frame_s = time.perf_counter() - t_start
+                    digits += frame.n_digits
+                    out.append(frame)
+                    if args.work_ms:
+                        _spend_cpu(args.work_ms)
+                    progress.update(out.done, lambda: f"wait p50 {1e3 * client.stats.wait_percentile(50):.3f} ms")
+                summary = _run_summary(args, client, seed, args.events - start, digits, first_frame_s,
+                                       time.perf_counter() - t_start)
     except PipelineError as exc:
-        if writer is not None:
-            writer.abort()
         print(f"pxdbg run: {exc}", file=sys.stderr)
         return 1
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        raise
+    if out.stopped:
+        return out.stopped
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
+        from pxdbg.shared.frame import BYTES_PER_DIGIT
+        from pxdbg.shared.geometry import FRAME_PIXELS
+
         s = summary
         print(f"events          {s['events']} in {s['wall_s']:.2f} s: {s['frames_per_s']:.1f} frames/s "
               f"(first frame after {s['first_frame_s']:.2f} s)")
@@ -269,6 +348,29 @@ def cmd_run(args) -> int:
         if args.out:
             print(f"wrote           {args.out}")
     return 0
+
+
+def _run_summary(args, client, seed: int, events: int, digits: int, first_frame_s, wall: float) -> dict:
+    from pxdbg.shared.geometry import FRAME_PIXELS
+
+    stats = client.stats
+    return {
+        "events": events,
+        "model": str(client.identity),
+        "seed": seed,
+        "wall_s": wall,
+        "first_frame_s": first_frame_s,
+        "frames_per_s": events / wall,
+        "wait_ms_p50": 1e3 * stats.wait_percentile(50),
+        "wait_ms_p99": 1e3 * stats.wait_percentile(99),
+        "wait_ms_total": 1e3 * stats.wait_total_s,
+        "digits_per_frame": digits / max(events, 1),
+        "wire_bytes_per_frame": client.wire_bytes / max(client.counters["frames_received"], 1),
+        "wire_bytes_per_digit": client.wire_bytes / max(client.wire_digits, 1),
+        "dense_bytes_per_frame": FRAME_PIXELS,
+        "max_in_flight": client.max_in_flight,
+        "counters": dict(client.counters),
+    }
 
 
 # -- validate ------------------------------------------------------------------------------------------
@@ -293,6 +395,30 @@ def cmd_validate(args) -> int:
     print(f"{'FAIL' if failed else 'PASS'}: {failed} of {sum(c.verdict != 'n/a' for c in checks)} checks failed; "
           f"report {report}, plots and metrics.json beside it")
     return 1 if failed and args.strict else 0
+
+
+# -- calibrate -----------------------------------------------------------------------------------------
+def cmd_calibrate(args) -> int:
+    from pxdbg.calibrate import calibrate, speed, summary_lines
+
+    bar: list[Progress] = []
+
+    def progress(done: int, total: int) -> None:
+        if not bar:
+            bar.append(Progress(total, what="events read", enabled=not args.quiet))
+        bar[0].update(done)
+
+    if not args.out.endswith(".pt"):
+        raise ConfigError(f"-o/--out names the payload to write, a .pt file; got {args.out!r}")
+    result = calibrate(args.sample, events=args.events, seed=args.seed, progress=progress)
+    result.summary["ms_per_frame"] = 1e3 * speed(result.model)
+    sha = result.save(args.out)
+    for line in summary_lines(result.summary):
+        print(line)
+    print(f"wrote           {args.out} (sha256 {sha}: the model identity)")
+    print(f"use it          --model parametric --checkpoint {args.out}, or register it as the default payload: "
+          f"pxdbg payload add {args.out} --model parametric")
+    return 0
 
 
 # -- bench ---------------------------------------------------------------------------------------------
@@ -344,9 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="generate events in this process into a digits file")
     ProducerSpec.add_arguments(p, compute=False)
     p.add_argument("--seed", help="stream seed (default: random, printed)")
-    p.add_argument("--first-frame", type=int, default=0)
-    p.add_argument("--events", type=_positive, required=True)
+    p.add_argument("--first-frame", type=int, help="index of the first frame (default 0)")
+    p.add_argument("--events", type=_positive, required=True, help="events in the output (a resumed one included)")
     p.add_argument("--out", required=True, help="output digits file: .npz, or .root (needs uproot)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch", type=_positive, default=4, help="frames per model call")
     p.add_argument("--threads", type=_positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
@@ -371,9 +498,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--connect", help="comma-separated producer endpoints (a farm)")
     p.add_argument("--events", type=_positive, required=True)
     p.add_argument("--seed", help="stream seed (default: random, printed)")
-    p.add_argument("--first-frame", type=int, default=0)
+    p.add_argument("--first-frame", type=int, help="index of the first frame (default 0)")
     p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
     p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
     p.add_argument("--connect-timeout", type=_seconds, default=60.0,
                    help="seconds without any producer before failing (default %(default)s)")
@@ -395,6 +523,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("calibrate", help="learn a parametric model (payload) from a background sample")
+    p.add_argument("sample", help="a background sample: digits file (.npz) or ROOT file (.root) of PXD digits")
+    p.add_argument("-o", "--out", required=True, help="the payload (.pt) to write")
+    p.add_argument("--events", type=_positive, help="use only the first EVENTS events (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the calibration's own random choices (default 0)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pxdbg.shared.digitsfile import AtomicWriter
+from pxdbg.shared.digitsfile import AtomicWriter, DigitsFileError
+from pxdbg.shared.errors import require
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.geometry import VXD_IDS
 from pxdbg.shared.version import __version__
@@ -27,20 +28,19 @@ CHUNK = 100  # events per basket
 class RootDigitsWriter(AtomicWriter):
     """Same interface as :class:`pxdbg.shared.digitsfile.DigitsWriter`, writing a ROOT file atomically."""
 
-    def __init__(self, path: str | os.PathLike, meta: dict | None = None) -> None:
-        try:
-            import awkward  # noqa: F401
-            import uproot
-        except ImportError as exc:
-            raise ImportError("writing .root files needs uproot and awkward: pip install 'pxdbg[root]'") from exc
+    def __init__(self, path: str | os.PathLike, meta: dict | None = None, *, resume: bool = False) -> None:
+        require("awkward", "root", "writing .root files")
+        uproot = require("uproot", "root", "writing .root files")
         self.path = Path(path)
         if self.path.suffix != ".root":
-            raise ValueError(f"a ROOT output file name ends in .root, got {self.path.name!r}")
+            raise DigitsFileError(f"a ROOT output file name ends in .root, got {self.path.name!r}")
+        if resume:
+            raise DigitsFileError(f"--resume continues .npz outputs only; for {self.path.name} start a new file at "
+                                  f"the next frame with --first-frame (its frames are numbered in the tree)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".part")
         self._file = uproot.recreate(self._tmp)
-        self._file["meta"] = json.dumps({"pxdbg_version": __version__, "format": "pxdbg-digits-root-1",
-                                         **(meta or {})}, sort_keys=True)
+        self._meta = {"pxdbg_version": __version__, "format": "pxdbg-digits-root-1", **(meta or {})}
         self._first = int((meta or {}).get("first_frame", 0))
         self._pending: list[SparseFrame] = []
         self._tree = None
@@ -76,10 +76,15 @@ class RootDigitsWriter(AtomicWriter):
         self.n_events += len(self._pending)
         self._pending = []
 
-    def close(self) -> Path:
-        self._flush()
-        self._file.close()
-        os.replace(self._tmp, self.path)
+    def close(self, complete: bool = True) -> Path:
+        """Write the pending events and the metadata (``complete=False``: a stopped run's partial output)."""
+        try:
+            self._flush()
+            self._file["meta"] = json.dumps({**self._meta, "complete": bool(complete)}, sort_keys=True)
+            self._file.close()
+            os.replace(self._tmp, self.path)
+        except OSError as exc:
+            raise type(exc)(exc.errno, f"{exc.strerror or exc} while writing {self.path}", str(self.path)) from None
         return self.path
 
     def abort(self) -> None:
@@ -87,10 +92,10 @@ class RootDigitsWriter(AtomicWriter):
         self._tmp.unlink(missing_ok=True)
 
 
-def digits_writer(path: str, meta: dict):
+def digits_writer(path: str, meta: dict, *, resume: bool = False):
     """The writer for a file name: ``.npz`` (always available) or ``.root`` (with uproot)."""
     if str(path).endswith(".root"):
-        return RootDigitsWriter(path, meta)
+        return RootDigitsWriter(path, meta, resume=resume)
     from pxdbg.shared.digitsfile import DigitsWriter
 
-    return DigitsWriter(path, meta)
+    return DigitsWriter(path, meta, resume=resume)
