@@ -271,3 +271,34 @@ def test_stall_after_a_real_producer_is_sigtermed(tmp_path):
     )
     assert all(a == b for a, b in zip(got + more, reference)) and len(got + more) == 150
     assert stall < 30, "the consumer waited for the heartbeat timeout instead of the goodbye"
+
+
+def test_a_rendezvous_directory_brings_new_producers_and_drops_vanished_ones(tmp_path):
+    from pxdbg.shared import discovery
+
+    rdv = tmp_path / "rendezvous"
+    a_ep, b_ep = f"ipc://{tmp_path}/a.sock", f"ipc://{tmp_path}/b.sock"
+    with FakeProducer(a_ep, IDENTITY, delay=0.002), FakeProducer(b_ep, IDENTITY, delay=0.002):
+        reg_a = discovery.register(rdv, a_ep, str(IDENTITY), interval=0.2)
+        reg_b = None
+        try:
+            with BackgroundClient(f"dir:{rdv}", seed=SEED, prefetch=8, **FAST) as client:
+                got, _ = consume(client, 20)
+                assert client.endpoints == [a_ep]
+                reg_b = discovery.register(rdv, b_ep, str(IDENTITY), interval=0.2)
+                for _ in range(2000):  # bounded: until the new producer served a frame
+                    got.append(client.next())
+                    time.sleep(0.002)
+                    if client.frames_per_producer[b_ep]:
+                        break
+                assert client.frames_per_producer[b_ep] > 0, "a producer that joined mid-run was not used"
+                reg_a.close()  # producer a leaves the rendezvous
+                assert wait_until(lambda: client.endpoints == [b_ep], timeout=15)
+                got += consume(client, 30)[0]
+                counters = dict(client.counters)
+        finally:
+            reg_a.close()
+            if reg_b is not None:
+                reg_b.close()
+    assert same(got, expected(0, len(got)))
+    assert counters["producers_vanished"] == 1
