@@ -328,6 +328,27 @@ def test_module_file_imports_without_basf2():
     assert out.stdout.strip() == "ok", out.stderr
 
 
+def test_module_and_its_imports_parse_as_python38():
+    """basf2 releases built on older externals run Python 3.8: the module file and what it imports at import time
+    must be 3.8 syntax and must not use functools.cache (3.9). (Checked by hand with a 3.8 interpreter too.)"""
+    import ast
+
+    import pxdbg.background_generator as m
+
+    files = [Path(m.__file__)] + [
+        Path(sys.modules[name].__file__)
+        for name in ("pxdbg.shared.registry", "pxdbg.shared.errors", "pxdbg.shared.geometry", "pxdbg.shared.seeding")
+    ]
+    for path in files:
+        tree = ast.parse(path.read_text(), str(path), feature_version=(3, 8))
+        uses = {
+            f"{n.value.id}.{n.attr}"
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)
+        }
+        assert "functools.cache" not in uses, path
+
+
 def _sparse_checkpoint(name: str, path: Path) -> None:
     import torch
 
