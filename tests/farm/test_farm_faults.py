@@ -1,0 +1,135 @@
+"""Faults across hosts. Each fault run is compared with a fault-free run of the same stream and settings:
+identical frames, nothing lost or duplicated; the stall is the fault run's extra wall time (printed)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+from farm import wait_for
+
+pytestmark = [pytest.mark.farm, pytest.mark.slow]
+
+EVENTS = 240
+RUN_ARGS = "--work-ms 40"  # ~25 events/s: a run lasts ~10 s, long enough to be hit mid-run
+
+
+def _run(farm, seed: int, fault=None, chunk: int | None = None, endpoints: str | None = None):
+    job, out = farm.submit_consumers("0", events=EVENTS, seed=seed, chunk=chunk, run_args=RUN_ARGS, endpoints=endpoints)
+    if fault is not None:
+        job = fault(job, out) or job
+    farm.wait_done(job, 240)
+    return farm.result(job, out, 0)
+
+
+def _compare(name: str, ref, got) -> None:
+    assert len(ref.digests) == EVENTS and len(set(ref.digests)) == EVENTS
+    assert got.digests == ref.digests, f"{name}: frames differ from the fault-free run\n{got.log[-3000:]}"
+    names = sorted({k for s in got.summaries for k in s.get("counters", {})} - {"frames_received"})
+    counters = ", ".join(f"{k} {got.counter(k)}" for k in names if got.counter(k))
+    print(
+        f"\n{name}: {EVENTS} frames identical to the fault-free run; stall: event loop waited "
+        f"{got.wait_s:.2f} s against {ref.wait_s:.2f} s fault-free, wall {got.wall_s:.1f} s against "
+        f"{ref.wall_s:.1f} s; {counters or 'no counters'}"
+    )
+
+
+def _lines_after(log: str, start: int, pattern: str) -> bool:
+    return re.search(pattern, log[start:]) is not None
+
+
+def test_partitioned_producer_node_is_dropped_then_used_again(farm):
+    node, ep = 1, farm.producer_endpoints[0]
+    ref = _run(farm, seed=11)
+
+    def partition(job, out):
+        farm.wait_progress(job, 0, 24)
+        farm.cluster.partition(node)
+        try:
+            wait_for(
+                lambda: re.search(rf"producer {re.escape(ep)} (lost|vanished)", farm.task_log(job, 0)),
+                60,
+                f"the consumer did not drop the partitioned {ep}",
+            )
+        finally:
+            farm.cluster.heal(node)
+        mark = len(farm.task_log(job, 0))
+        wait_for(
+            lambda: _lines_after(farm.task_log(job, 0), mark, rf"producer {re.escape(ep)} ready"),
+            60,
+            f"the consumer did not take {ep} back after the heal",
+        )
+        assert farm.cluster.job_state(job), "the run ended before the heal: nothing left to prove 'used again'"
+
+    got = _run(farm, seed=11, fault=partition)
+    _compare("partition of node1 (link down ~5 s, then up)", ref, got)
+    assert got.counter("producer_failures") >= 1
+
+
+def test_packet_loss_on_a_producer_link(farm):
+    node = 2
+    ref = _run(farm, seed=12)
+
+    def loss(job, out):
+        farm.wait_progress(job, 0, 24)
+        farm.cluster.loss(node, 0.2)
+
+    try:
+        got = _run(farm, seed=12, fault=loss)
+    finally:
+        farm.cluster.clear_faults(node)
+    _compare("20 % packet loss on node2's link", ref, got)
+
+
+def test_scancel_of_a_producer_job(farm):
+    job_p, extra = farm.start_producers([3], port=5600, session=False)
+    endpoints = farm.consumer_endpoints(extra)
+    ref = _run(farm, seed=13, endpoints=endpoints)
+
+    def cancel(job, out):
+        farm.wait_progress(job, 0, 24)
+        farm.cluster.scancel(job_p)
+        wait_for(lambda: extra[0] not in farm.registered(), 30, "the cancelled producer's entry did not go")
+
+    got = _run(farm, seed=13, fault=cancel, endpoints=endpoints)
+    assert re.search(rf"producer {re.escape(extra[0])} ready", got.log), "the cancelled producer was never used"
+    _compare("scancel of a producer job", ref, got)
+    farm.cluster.wait_gone(job_p, 60)
+
+
+def test_killed_consumer_job_resumes_after_its_last_written_frame(farm):
+    chunk = 60
+    ref = _run(farm, seed=14, chunk=chunk)
+    state = {}
+
+    def kill_and_resubmit(job, out):
+        first = out / "task-00000" / "part-000000000.npz"
+        wait_for(first.exists, 120, "the first part was not written")
+        wait_for(
+            lambda: len(re.findall(r"^\d+/60 events", farm.task_log(job, 0), re.M)) >= 3,
+            60,
+            "the second part did not progress",
+        )
+        written = sorted(p.name for p in (out / "task-00000").glob("part-*[0-9].npz"))
+        farm.cluster.scancel(job)
+        farm.cluster.wait_gone(job, 60)
+        state["killed_after"] = written
+        state["first"], state["mtime"] = first, first.stat().st_mtime
+        time.sleep(0.2)
+        job2, _ = farm.submit_consumers("0", events=EVENTS, seed=14, chunk=chunk, run_args=RUN_ARGS, out=out)
+        return job2
+
+    got = _run(farm, seed=14, fault=kill_and_resubmit, chunk=chunk)
+    assert "is complete; resuming after it" in got.log
+    how = (
+        "its partial part continued with --resume"
+        if "resuming " + str(state["first"].parent) in got.log
+        else ("its partial part made again")
+    )
+    print(f"\nresubmitted consumer: complete parts kept, {how}")
+    assert state["first"].stat().st_mtime == state["mtime"], "a part written before the kill was made again"
+    assert any(n.startswith("part-000000000") for n in state["killed_after"])
+    _compare(
+        f"consumer job killed after {len(state['killed_after'])} of {EVENTS // chunk} parts and resubmitted", ref, got
+    )
