@@ -191,3 +191,58 @@ def test_module_command(tmp_path, capsys):
     assert capsys.readouterr().out.split() == ["tcp://a:1", "tcp://10.0.0.2:5555"]
     assert discovery.main(["bogus"]) == 2
     assert "unknown form" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_produce_register_and_farm_status(tmp_path):
+    """A real producer registers its endpoint; ``pxdbg farm status dir:`` finds it and asks it over the protocol."""
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rdv = tmp_path / "rdv"
+    log = open(tmp_path / "producer.log", "wb")
+    producer = subprocess.Popen(
+        [sys.executable, "-m", "pxdbg", "produce", "--bind", f"tcp://127.0.0.1:{port}", "--register", str(rdv)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        src = discovery.parse(f"dir:{rdv}")
+        for _ in range(600):
+            if src.resolve() or producer.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert src.resolve() == [f"tcp://127.0.0.1:{port}"], (tmp_path / "producer.log").read_text()
+        out = subprocess.run(
+            [sys.executable, "-m", "pxdbg", "farm", "status", f"dir:{rdv},tcp://127.0.0.1:1", "--timeout", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0].split() == ["address", "identity", "device", "consumers", "frames/s", "pending", "uptime"]
+        row = lines[1].split()
+        assert row[0] == f"tcp://127.0.0.1:{port}" and row[1].startswith("parametric:") and row[2] == "cpu"
+        assert lines[2].split() == ["tcp://127.0.0.1:1", "no", "answer"]
+        assert lines[3].startswith("1 of 2 producer(s) answered")
+    finally:
+        producer.terminate()
+        producer.wait(timeout=30)
+    assert producer.returncode == 0
+    assert list(rdv.iterdir()) == []  # the entry went with the producer
+
+
+def test_farm_status_bad_endpoint_is_one_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pxdbg", "farm", "status", "gpu01"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0 and "unknown form" in out.stderr

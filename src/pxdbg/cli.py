@@ -421,6 +421,78 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+# -- farm status ---------------------------------------------------------------------------------------
+def _ask_status(endpoints: list[str], timeout: float) -> dict[str, dict]:
+    """Each producer's ``status`` snapshot, asked over the protocol (no hello); those silent for ``timeout`` s are
+    left out."""
+    import zmq
+
+    from pxdbg.shared import protocol, transport
+
+    ctx = zmq.Context()
+    socks = {transport.dealer(ctx, ep): ep for ep in endpoints}
+    unsent, answers = set(socks), {}
+    poller = zmq.Poller()
+    for sock in socks:
+        poller.register(sock, zmq.POLLIN)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(answers) < len(socks) and time.monotonic() < deadline:
+            for sock in list(unsent):
+                with contextlib.suppress(zmq.Again):  # not connected yet
+                    sock.send(protocol.status(), zmq.NOBLOCK)
+                    unsent.discard(sock)
+            for sock, _ in poller.poll(50):
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+                try:
+                    header = protocol.unpack(parts[0])
+                except protocol.ProtocolError as exc:
+                    log.warning("%s answered with a malformed message: %s", socks[sock], exc)
+                    continue
+                if header.get("t") == protocol.SNAPSHOT:
+                    answers[socks[sock]] = header["snapshot"]
+    finally:
+        for sock in socks:
+            sock.close(0)
+        ctx.term()
+    return answers
+
+
+def cmd_farm_status(args) -> int:
+    source = discovery.parse(args.endpoints)
+    endpoints = source.resolve()
+    if not endpoints:
+        print(f"no producers found through {source}", file=sys.stderr)
+        return 1
+    first = _ask_status(endpoints, args.timeout)
+    second = {}
+    if args.interval > 0 and first:
+        time.sleep(args.interval)
+        second = _ask_status(list(first), args.timeout)
+    rows = [("address", "identity", "device", "consumers", "frames/s", "pending", "uptime")]
+    for ep in endpoints:
+        snap = second.get(ep) or first.get(ep)
+        if snap is None:
+            rows.append((ep, "no answer", "", "", "", "", ""))
+            continue
+        sent = snap.get("counters", {}).get("frames_sent", 0)
+        if ep in first and ep in second:  # the rate over the interval, else the average since start
+            span = second[ep]["uptime_s"] - first[ep]["uptime_s"]
+            rate = (sent - first[ep].get("counters", {}).get("frames_sent", 0)) / max(span, 1e-9)
+        else:
+            rate = sent / max(snap.get("uptime_s", 0.0), 1e-9)
+        up = int(snap.get("uptime_s", 0))
+        rows.append((ep, str(snap.get("identity")), str(snap.get("device")), str(snap.get("consumers")),
+                     f"{rate:.1f}", str(snap.get("pending")), f"{up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    silent = len(endpoints) - len(first)
+    print(f"{len(first)} of {len(endpoints)} producer(s) answered through {source}"
+          f"{f'; {silent} silent for {args.timeout:g} s' if silent else ''}")
+    return 0 if first else 1
+
+
 # -- bench ---------------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from pxdbg import bench
@@ -531,6 +603,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration's own random choices (default 0)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("farm", help="look at a producer farm")
+    fsub = p.add_subparsers(dest="farm_command", required=True)
+    fs = fsub.add_parser("status", help="a table of the producers an endpoint string reaches, asked over the protocol")
+    fs.add_argument("endpoints", help="tcp://host:port, dir:/rendezvous, dns://name:port, ... (comma-separated)")
+    fs.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each answer (default %(default)s)")
+    fs.add_argument("--interval", type=float, default=1.0,
+                    help="seconds between two looks, for frames/s (default %(default)s; 0: average since start)")
+    fs.set_defaults(func=cmd_farm_status)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")

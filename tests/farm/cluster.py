@@ -401,8 +401,11 @@ class Cluster:
         d = Path("/etc/netns") / ns
         if d.exists():
             raise ClusterUnavailable(f"{d} exists already; remove it first")
+        made_parent = not d.parent.exists()
         d.mkdir(parents=True)
         self.netns_etc.append(d)
+        if made_parent:  # removed after the entry, as it was not there before
+            self.netns_etc.append(d.parent)
         (d / "resolv.conf").write_text(text)
 
     def add_namespace(self, ns: str, addr: str, veth: str) -> None:
