@@ -12,16 +12,20 @@ import pytest
 from pxdbg import models
 from pxdbg.shared.digitsfile import write_digits
 from pxdbg.shared.frame import SparseFrame
+from pxdbg.shared.geometry import LAYER_OF_INDEX
 from pxdbg.validate import validate
 from pxdbg.validate.metrics import (
     ReferenceFigures,
     SampleMetrics,
+    chance_distance,
     clusters,
     compare,
     ks_distance,
+    ks_distance_rows,
     reference_figures,
     wasserstein_distance,
 )
+from pxdbg.validate.samples import SampleError, open_sample
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -34,13 +38,18 @@ def frame_of(pixels):
 
 TWO_CLUSTERS = [
     # sensor 0: an L of three pixels joined through a diagonal -> one cluster, charge 10 + 20 + 30
-    (0, 10, 10, 10), (0, 10, 11, 20), (0, 11, 12, 30),
+    (0, 10, 10, 10),
+    (0, 10, 11, 20),
+    (0, 11, 12, 30),
     # sensor 20: two single pixels two columns apart -> two clusters
-    (20, 0, 0, 7), (20, 0, 2, 9),
+    (20, 0, 0, 7),
+    (20, 0, 2, 9),
     # sensor 5: end of one row and start of the next are not neighbours (no wrap-around)
-    (5, 3, 767, 50), (5, 4, 0, 60),
+    (5, 3, 767, 50),
+    (5, 4, 0, 60),
     # sensor 6 and 7: same (u, v) on different sensors are not neighbours
-    (6, 100, 100, 8), (7, 100, 100, 8),
+    (6, 100, 100, 8),
+    (7, 100, 100, 8),
 ]
 
 
@@ -76,6 +85,16 @@ def test_metrics_by_hand():
     s = m.summary()
     assert s["mean_cluster_size"] == pytest.approx((7 * 1 + 2 + 3) / 9)
     json.dumps(s)
+    # even and odd events are kept apart: event 0 in half 0, event 1 in half 1
+    assert m.profile_u[0, 0, 10] == 2 and m.profile_u[0, 0, 11] == 1 and m.profile_u[1, 0, 1] == 1
+    assert m.profile_v[1, 1, 2] == 1 and m.profile_v[1, 1, 3] == 1 and m.profile_v.sum() == 12
+    # clusters by half and layer: f1 has on layer 1 a triple and four singles, on layer 2 two singles;
+    # f2 a single on sensor 0 and a pair on sensor 1
+    assert m.cluster_sizes[0, 0, 1] == 4 and m.cluster_sizes[0, 0, 3] == 1 and m.cluster_sizes[0, 1, 1] == 2
+    assert m.cluster_sizes[1, 0, 1] == 1 and m.cluster_sizes[1, 0, 2] == 1 and m.cluster_sizes.sum() == 9
+    assert m.cluster_charges[1, 0, 80 // 8] == 1  # the pair on sensor 1: 40 + 40 ADC
+    assert m.mean_hit_adc_per_sensor(0)[0] == pytest.approx(20.0)
+    assert m.mean_hit_adc_per_sensor(1)[0] == pytest.approx(40.0)
 
 
 def test_correlation_by_hand():
@@ -95,6 +114,12 @@ def test_distances_by_hand():
     assert ks_distance(np.array([1, 1, 0, 0]), np.array([0, 1, 1, 0])) == pytest.approx(0.5)
     # moving all mass by 3 bins costs 3
     assert wasserstein_distance(np.array([1, 0, 0, 0]), np.array([0, 0, 0, 1])) == pytest.approx(3.0)
+    rows = ks_distance_rows(
+        np.array([[1, 0, 0], [2, 2, 0], [0, 0, 0], [0, 0, 0]]), np.array([[0, 0, 1], [1, 1, 0], [0, 0, 0], [3, 0, 0]])
+    )
+    assert rows.tolist() == [1.0, 0.0, 0.0, 1.0]  # the last: one empty, one not
+    # halves of a sample of n events lie sqrt(4 / n) apart; two samples of n and m events sqrt(1/n + 1/m)
+    assert chance_distance(np.sqrt(4 / 100), np.sqrt(4 / 400)) == pytest.approx(np.sqrt(1 / 100 + 1 / 400))
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +135,7 @@ def test_parametric_passes_against_the_reference(parametric_sample):
     checks = compare(parametric_sample[0], ReferenceFigures(reference_figures()))
     verdicts = {c.metric: c.verdict for c in checks}
     assert "FAIL" not in verdicts.values(), [c.line() for c in checks]
-    assert list(verdicts.values()).count("PASS") == 9
+    assert list(verdicts.values()).count("PASS") == 11
 
 
 def _failed(checks):
@@ -127,7 +152,72 @@ def test_doubled_charges_are_flagged(parametric_sample):
     assert not any("occupancy" in name for name in failed)
     # and against another sample, the cluster charge fails too
     failed = _failed(compare(doubled, parametric_sample[0]))
-    assert "cluster-charge distribution" in failed
+    assert "cluster-charge distribution, layer 1" in failed and "cluster-charge distribution, layer 2" in failed
+    assert not any("size" in name or "profile" in name or "correlation" in name for name in failed), failed
+
+
+def rescaled(frames, factor, seed=0):
+    """Frames with each sensor's charges scaled by factor[sensor], rounded at random (the mean scales exactly)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for f in frames:
+        c = np.floor(f.charge * factor[f.sensor] + rng.random(f.n_digits)).clip(1, 255).astype(np.uint8)
+        out.append(SparseFrame(f.sensor, f.u, f.v, c))
+    return out
+
+
+def metrics_of(frames, name="sample"):
+    m = SampleMetrics(name=name)
+    for f in frames:
+        m.add(f)
+    return m
+
+
+@pytest.mark.slow
+def test_per_sensor_charge_against_the_reference(parametric_sample):
+    ref = ReferenceFigures(reference_figures())
+    checks = {c.metric.split(" (")[0]: c for c in compare(parametric_sample[0], ref)}
+    per_sensor, pattern = checks["per-sensor mean hit charge"], checks["per-sensor mean hit charge pattern"]
+    assert per_sensor.verdict == "PASS" and abs(per_sensor.distance) < 0.015, per_sensor.line()
+    assert pattern.verdict == "PASS" and pattern.value > 0.97, pattern.line()
+    # one sensor 6 % too high: the per-sensor check names it, the pattern still holds
+    factor = np.ones(40)
+    factor[9] = 1.06
+    checks = compare(metrics_of(rescaled(parametric_sample[1][:50], factor)), ref)
+    assert "per-sensor mean hit charge (worst: sensor index 9)" in _failed(checks)
+    assert "per-sensor mean hit charge pattern (40 sensors)" not in _failed(checks)
+    # the layer order inverted (layer 1 up 4 %, layer 2 down 4 %): each layer mean within 10 %, yet both fail
+    factor = np.where(LAYER_OF_INDEX == 1, 1.04, 0.96)
+    failed = _failed(compare(metrics_of(rescaled(parametric_sample[1][:50], factor)), ref))
+    assert "per-sensor mean hit charge pattern (40 sensors)" in failed
+    assert any(name.startswith("per-sensor mean hit charge (worst") for name in failed)
+    assert not any(name.startswith("mean hit charge (ADC)") for name in failed)
+
+
+@pytest.mark.slow
+def test_structure_checks_have_teeth(parametric_sample):
+    frames = parametric_sample[1]
+    ref = metrics_of(frames[:60], "reference")
+    structure = ("cluster-", "profile", "correlation")
+
+    def structure_failures(sample_frames):
+        return [n for n in _failed(compare(metrics_of(sample_frames), ref)) if any(k in n for k in structure)]
+
+    assert structure_failures(frames[60:]) == []  # two samples of one model: no structure check fails
+    # sensor 3's hits squeezed into the lower half along u
+    squeezed = []
+    for f in frames[60:]:
+        u = np.where(f.sensor == 3, f.u // 2, f.u).astype(np.uint8)
+        squeezed.append(SparseFrame.from_pixels(f.sensor, u, f.v, f.charge))
+    failed = structure_failures(squeezed)
+    assert "per-sensor hit-density profile along u (worst: sensor index 3)" in failed
+    assert not any("along v" in n for n in failed)
+    # every other event loses the upper half (u >= 125) of all layer-2 sensors: their occupancies move together
+    together = []
+    for i, f in enumerate(frames[60:]):
+        keep = (f.sensor < 16) | (f.u < 125) | (i % 2 == 0)
+        together.append(SparseFrame(f.sensor[keep], f.u[keep], f.v[keep], f.charge[keep]))
+    assert "sensor-occupancy correlation matrix" in structure_failures(together)
 
 
 def test_empty_sensor_is_flagged(parametric_sample):
@@ -144,18 +234,42 @@ def test_empty_sensor_is_flagged(parametric_sample):
 def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_sample):
     frames = parametric_sample[1][:40]
     good = write_digits(tmp_path / "good.npz", frames, {"model": "parametric"})
-    bad_frames = [SparseFrame(f.sensor, f.u, f.v, np.minimum(f.charge.astype(int) * 2, 255).astype(np.uint8))
-                  for f in frames]
+    bad_frames = [
+        SparseFrame(f.sensor, f.u, f.v, np.minimum(f.charge.astype(int) * 2, 255).astype(np.uint8)) for f in frames
+    ]
     bad = write_digits(tmp_path / "bad.npz", bad_frames, {"model": "parametric"})
     out = tmp_path / "report"
-    proc = subprocess.run([sys.executable, "-m", "pxdbg", "validate", str(bad), "--reference", str(good),
-                           "--out", str(out), "--strict", "-q"], capture_output=True, text=True, timeout=200)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pxdbg",
+            "validate",
+            str(bad),
+            "--reference",
+            str(good),
+            "--out",
+            str(out),
+            "--strict",
+            "-q",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=200,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "FAIL hit-charge spectrum" in proc.stdout
     report = (out / "report.md").read_text()
     assert "verdict: **FAIL**" in report and "![Hit-charge spectrum](hit_charge.png)" in report
-    for png in ("occupancy_per_sensor", "layers", "hit_charge", "image_occupancy", "clusters", "hitmaps",
-                "correlation"):
+    for png in (
+        "occupancy_per_sensor",
+        "layers",
+        "hit_charge",
+        "image_occupancy",
+        "clusters",
+        "hitmaps",
+        "correlation",
+    ):
         assert (out / f"{png}.png").stat().st_size > 1000
     numbers = json.loads((out / "metrics.json").read_text())
     assert numbers["sample"]["events"] == 40 and len(numbers["sample"]["correlation"]) == 40
@@ -166,3 +280,36 @@ def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_
 def test_validate_rejects_unknown_sample(tmp_path):
     with pytest.raises(ValueError, match="neither a digits file"):
         validate("nonsense", out=tmp_path)
+    with pytest.raises(SampleError, match="no background sample at"):
+        open_sample(tmp_path / "missing.npz")
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(SampleError, match="cannot read digits file"):
+        open_sample(tmp_path / "bad.npz")
+
+
+def test_validate_without_scipy_names_the_extra(tmp_path):
+    code = (
+        "import sys; sys.modules['scipy'] = None; from pxdbg.cli import main; "
+        f"sys.exit(main(['validate', 'parametric', '--events', '2', '--out', {str(tmp_path)!r}]))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "pip install 'pxdbg[validate]'" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+
+def test_root_sample_reads_like_the_digits_file(tmp_path, parametric_sample):
+    uproot = pytest.importorskip("uproot")
+    from pxdbg.rootio import RootDigitsWriter
+
+    frames = parametric_sample[1][:3]
+    with RootDigitsWriter(tmp_path / "s.root", {"model": "parametric"}) as w:
+        for f in frames:
+            w.append(f)
+    sample = open_sample(tmp_path / "s.root")
+    got = list(sample.frames())
+    assert sample.n_events == 3 and len(got) == 3 and all(a == b for a, b in zip(got, frames))
+    with uproot.recreate(tmp_path / "other.root") as f:
+        f.mktree("events", {"x": "int32"}).extend({"x": np.arange(3, dtype=np.int32)})
+    with pytest.raises(SampleError, match="no TTree with the branches vxd_id, u, v, charge"):
+        open_sample(tmp_path / "other.root")

@@ -2,7 +2,7 @@
 
 :mod:`pxdbg.validate.metrics` accumulates per-sample metrics over events (numpy and scipy, no torch) and
 compares two samples, or a sample with the shipped reference figures; :mod:`pxdbg.validate.report` draws
-the plots and writes the report.
+the plots and writes the report; :mod:`pxdbg.validate.samples` reads background samples (digits or ROOT files).
 """
 
 from __future__ import annotations
@@ -12,17 +12,21 @@ from pathlib import Path
 
 
 def _source_frames(spec: str, *, events: int | None, checkpoint: str | None, seed: int, device: str):
-    """(description, number of events, frame iterator) of a digits file or a model run on the fly."""
-    if spec.endswith(".npz") or os.path.exists(spec):
-        from pxdbg.shared.digitsfile import DigitsFile
+    """(description, number of events, frame iterator) of a sample file or a model run on the fly."""
+    from pxdbg.validate.samples import is_sample_path, open_sample
 
-        f = DigitsFile(spec)
-        n = f.n_events if events is None else min(events, f.n_events)
-        return f"digits file {spec} ({f.meta.get('model', '?')})", n, (f.frame(i) for i in range(n))
+    if is_sample_path(spec):
+        sample = open_sample(spec)
+        n = sample.n_events if events is None else min(events, sample.n_events)
+        return sample.description, n, sample.frames(n)
     from pxdbg import models
+    from pxdbg.shared.errors import ConfigError
 
     if spec not in models.MODELS:
-        raise ValueError(f"{spec!r} is neither a digits file (.npz) nor a model ({', '.join(models.MODELS)})")
+        raise ConfigError(
+            f"{spec!r} is neither a digits file (.npz), a ROOT file (.root) nor a model "
+            f"({', '.join(models.MODELS)}); give a file that exists or a model name"
+        )
     m = models.load(spec, checkpoint, device=device)
     n = events or 1000
 
@@ -33,10 +37,23 @@ def _source_frames(spec: str, *, events: int | None, checkpoint: str | None, see
     return f"model {m.identity} run on the fly, stream seed {seed}", n, frames()
 
 
-def validate(sample: str, reference: str | None = None, out: str | os.PathLike = "validation", *,
-             events: int | None = None, checkpoint: str | None = None, reference_checkpoint: str | None = None,
-             seed: int = 1, device: str = "cpu", progress=None):
+def validate(
+    sample: str,
+    reference: str | None = None,
+    out: str | os.PathLike = "validation",
+    *,
+    events: int | None = None,
+    checkpoint: str | None = None,
+    reference_checkpoint: str | None = None,
+    seed: int = 1,
+    device: str = "cpu",
+    progress=None,
+):
     """Compute the metrics of ``sample`` (and ``reference``), compare, write the report; return the checks."""
+    from pxdbg.shared.errors import require
+
+    require("scipy", "validate", "pxdbg validate (clustering)")
+    require("matplotlib", "validate", "pxdbg validate (plots)")
     from pxdbg.validate.metrics import ReferenceFigures, SampleMetrics, compare, reference_figures
     from pxdbg.validate.report import write_report
 
@@ -49,12 +66,12 @@ def validate(sample: str, reference: str | None = None, out: str | os.PathLike =
                 progress(label, i + 1, n)
         return desc, metrics
 
-    label = Path(sample).stem if sample.endswith(".npz") else sample
+    label = Path(sample).stem if sample.endswith((".npz", ".root")) else sample
     s_desc, s_metrics = measure(sample, checkpoint, label, seed)
     if reference is None:
         ref, r_desc = ReferenceFigures(reference_figures()), "the shipped reference figures (10,000 events)"
     else:
-        r_label = Path(reference).stem if reference.endswith(".npz") else reference
+        r_label = Path(reference).stem if reference.endswith((".npz", ".root")) else reference
         if r_label == label:
             r_label += " (reference)"
         r_desc, ref = measure(reference, reference_checkpoint, r_label, seed + 1)

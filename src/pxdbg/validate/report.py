@@ -139,13 +139,17 @@ def plot_all(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, out: 
     return figs
 
 
-def write_report(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, checks: list[Check], out: Path,
-                 sources: dict) -> Path:
+def write_report(
+    sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, checks: list[Check], out: Path, sources: dict
+) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     figs = plot_all(sample, ref, out)
-    numbers = {"sources": sources, "sample": sample.summary(),
-               "reference": ref.summary() if isinstance(ref, SampleMetrics) else {"name": ref.name},
-               "checks": [c.as_dict() for c in checks]}
+    numbers = {
+        "sources": sources,
+        "sample": sample.summary(),
+        "reference": ref.summary() if isinstance(ref, SampleMetrics) else {"name": ref.name},
+        "checks": [c.as_dict() for c in checks],
+    }
     (out / "metrics.json").write_text(json.dumps(numbers, indent=1, default=float) + "\n")
     failed = [c for c in checks if c.verdict == "FAIL"]
     lines = [
@@ -161,8 +165,10 @@ def write_report(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, c
         "|---|---|---|---|---|---|",
     ]
     for c in checks:
+
         def fmt(x):
             return "" if x is None else f"{x:.5g}"
+
         dist = "" if c.distance is None else f"{c.distance_name} {c.distance:+.4g}"
         thr = "" if c.threshold is None else f"<= {c.threshold:g}"
         lines.append(f"| {c.metric} | {fmt(c.value)} | {fmt(c.reference)} | {dist} | {thr} | {c.verdict} |")
