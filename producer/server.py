@@ -18,6 +18,7 @@ thread is joined with a timeout and sockets close with a bounded linger.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import queue
 import socket
@@ -30,6 +31,7 @@ import zmq
 from pxdbg.producer.queues import ConsumerQueues, LimitError, Work
 from pxdbg.producer.stats import ProducerStats
 from pxdbg.shared import codecs, protocol, transport
+from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import TransportOptions
 
 log = logging.getLogger("pxdbg.producer")
@@ -81,6 +83,9 @@ class ProducerServer:
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError("max_batch must be at least 1")
+        for name, value in (("client_timeout", client_timeout), ("stall_timeout", stall_timeout), ("grace", grace)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number of seconds, at least 0, got {value!r}")
         self.model = model
         self.identity = model.identity
         self.identity_str = str(model.identity)

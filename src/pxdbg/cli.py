@@ -259,7 +259,8 @@ def cmd_produce(args) -> int:
     torch.set_num_threads(threads)
     model = load_spec(spec)
     log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
-    server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid)
+    server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid,
+                            max_consumers=args.max_consumers, max_pending=args.max_pending, grace=args.grace)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.shutdown())  # drain; a second signal stops at once
     ready = threading.Event()
@@ -556,6 +557,12 @@ def build_parser() -> argparse.ArgumentParser:
     ProducerSpec.add_arguments(p)
     p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
     p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
+    p.add_argument("--max-consumers", type=_positive, default=256,
+                   help="most consumers served at once; others get an error saying so (default %(default)s)")
+    p.add_argument("--max-pending", type=_positive, default=4096,
+                   help="most frames one consumer may ask for and not yet have (default %(default)s)")
+    p.add_argument("--grace", type=float, default=10.0,
+                   help="seconds a SIGTERM may take to finish the batches in progress (default %(default)s)")
     p.add_argument(
         "--register",
         metavar="DIR",
