@@ -189,8 +189,9 @@ def negotiate(offered: Sequence[str], ours: Sequence[str] | None = None) -> str 
 
 def measure(frames: Sequence, names: Sequence[str] | None = None, repeat: int = 3) -> list[dict]:
     """Bytes per digit and CPU time per frame of each codec (and of none) on ``frames`` (SparseFrames), measured
-    here, in this thread (CPU time, so that other processes on a busy machine do not count): ``{"codec", "bytes_per_digit", "encode_ms", "decode_ms", "added_encode_ms",
-    "added_decode_ms"}`` per row; the added times are relative to sending uncompressed."""
+    here, in this thread (CPU time, so that other processes on a busy machine do not count):
+    ``{"codec", "bytes_per_digit", "encode_ms", "decode_ms", "added_encode_ms", "added_decode_ms"}`` per row;
+    the added times are relative to sending uncompressed."""
     from pxdbg.shared import protocol
 
     digits = sum(f.n_digits for f in frames)
