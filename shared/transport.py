@@ -15,6 +15,7 @@ import stat
 
 import zmq
 
+from pxdbg.shared import security
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.protocol import MAX_FRAME_MESSAGE, MAX_REQUEST_MESSAGE
 from pxdbg.shared.spec import TransportOptions
@@ -110,6 +111,11 @@ def dealer(ctx: zmq.Context, endpoint: str, options: TransportOptions | None = N
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_MESSAGE)
     try:
+        security.apply_client(sock, options, endpoint)  # CURVE keys; a monitor that tells a refusal
+    except BaseException:
+        sock.close(0)
+        raise
+    try:
         sock.connect(endpoint)
     except zmq.ZMQError as exc:
         sock.close(0)
@@ -135,6 +141,11 @@ def router(
     sock.setsockopt(zmq.RCVHWM, options.hwm)
     sock.setsockopt(zmq.ROUTER_MANDATORY, 1)  # an unroutable frame raises instead of vanishing
     sock.setsockopt(zmq.MAXMSGSIZE, MAX_REQUEST_MESSAGE)
+    try:
+        security.apply_server(sock, options, endpoints)  # CURVE with an allow-list on tcp; private ipc directories
+    except BaseException:
+        sock.close(0)
+        raise
     for ep in endpoints:
         try:
             sock.bind(ep)
