@@ -2,7 +2,9 @@
 # reconstruction, mdst output. The release's pxd/examples/background_generator.py with our import line.
 # Run inside basf2: basf2 examples/background_generator.py
 # To use local producer processes or a producer farm instead of in-process generation, give the module
-# workers=2 or endpoints=["tcp://gpu01:5555"].
+# workers=2 or endpoints=["tcp://gpu01:5555"]. To compare event by event with the release's own module (same
+# weights, same seed), generate in-process with compat_rng=True.
+# get_background_files() reads the overlay files from $BELLE2_BACKGROUND_DIR.
 import basf2 as b2
 from background import get_background_files
 from mdst import add_mdst_output

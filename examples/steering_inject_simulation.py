@@ -1,5 +1,5 @@
 # The seed document's steering example with only the import line changed.
-# Run inside basf2: basf2 examples/steering_inject_simulation.py
+# Run inside basf2 with $BELLE2_BACKGROUND_DIR set: basf2 examples/steering_inject_simulation.py
 import basf2
 from background import get_background_files
 
