@@ -178,11 +178,11 @@ class Cluster:
             raise
         return self
 
-    def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, name: str, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.root / "log" / f"{name}.out", "ab")
         try:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env
             )
         finally:
             log.close()
@@ -419,13 +419,15 @@ class Cluster:
         self._ip("link", "set", "eth0", "up", ns=ns)
         self._ip("link", "set", "lo", "up", ns=ns)
 
-    def spawn(self, name: str, argv: list[str], node: int | None = None, ns: str | None = None) -> subprocess.Popen:
+    def spawn(
+        self, name: str, argv: list[str], node: int | None = None, ns: str | None = None, env: dict | None = None
+    ) -> subprocess.Popen:
         """A process of the test's own (a DNS server, a client), in a node's namespace; stopped at close."""
         if node is not None:
             argv = self.node_argv(node, argv)
         elif ns is not None:
             argv = ["nsenter", f"--net=/run/netns/{ns}", *argv]
-        proc = self._spawn(name, argv)
+        proc = self._spawn(name, argv, env)
         self.extra.append(proc)
         return proc
 
