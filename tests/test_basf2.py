@@ -162,6 +162,8 @@ def test_constructor_checks_like_the_seed(basf2):
         PXDBackgroundGenerator(globaltag=1)
     with pytest.raises(ConfigError, match="in-process only"):
         PXDBackgroundGenerator(model="parametric", workers=1, compat_rng=True)
+    with pytest.raises(ConfigError, match="on the CPU"):
+        PXDBackgroundGenerator(model="resnet", device="cuda", compat_rng=True)
     with pytest.raises(ConfigError, match="fp32"):
         PXDBackgroundGenerator(model="resnet", precision="bf16", compat_rng=True)
     with pytest.raises(ConfigError, match="first_frame"):

@@ -188,6 +188,11 @@ def _module_class():
                         "compat_rng=True follows torch's global random state in this process: it "
                         "runs in-process only; leave out `workers` and `endpoints`"
                     )
+                if device != "cpu":
+                    raise ConfigError(
+                        "compat_rng=True reproduces the upstream module, which generates on the CPU; leave `device` "
+                        "at 'cpu'"
+                    )
                 if precision != "fp32":
                     raise ConfigError(
                         "compat_rng=True reproduces the upstream module, which computes in fp32; "
