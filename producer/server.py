@@ -30,7 +30,7 @@ import zmq
 
 from pxdbg.producer.queues import ConsumerQueues, LimitError, Work
 from pxdbg.producer.stats import ProducerStats
-from pxdbg.shared import codecs, protocol, transport
+from pxdbg.shared import codecs, protocol, security, transport
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import TransportOptions
 
@@ -112,6 +112,7 @@ class ProducerServer:
         self._started = time.monotonic()
         self._last_progress = self._started
         self._inproc = f"inproc://pxdbg-results-{id(self)}"
+        self.allow_list: security.AllowList | None = None
         self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -135,6 +136,7 @@ class ProducerServer:
         """A point-in-time copy of this producer's numbers (for metrics, health checks and ``status``)."""
         now = time.monotonic()
         counters, histograms = self.stats.snapshot()
+        counters = {**counters, **(self.allow_list.counters() if self.allow_list else {"refused_auth": 0})}
         return {
             "identity": self.identity_str,
             "host": self._info["host"],
@@ -157,6 +159,7 @@ class ProducerServer:
         gen = None
         try:
             sock = transport.router(ctx, self.endpoints, self.transport_options, sndhwm=self.send_hwm)
+            self.allow_list = security.allow_list(sock)  # CURVE: refused handshakes, for snapshot()
             self.endpoints = transport.bound_endpoints(sock, self.endpoints)
             results = ctx.socket(zmq.PAIR)
             results.bind(self._inproc)
