@@ -453,8 +453,10 @@ class ProducerServer:
             post.join(timeout=30)
 
     def _hand_over(self, handoff: queue.Queue, post: threading.Thread, item, force: bool = False) -> None:
-        """Queue work for the post thread; never wait forever on a post thread that died."""
-        while force or not self._stop.is_set():
+        """Queue work for the post thread; never wait forever on a post thread that died or is stuck. ``force``
+        (the end-of-work marker) is tried for a few seconds even after a stop."""
+        deadline = time.monotonic() + 5.0
+        while (force and time.monotonic() < deadline) or not self._stop.is_set():
             try:
                 handoff.put(item, timeout=0.5)
                 return
@@ -466,6 +468,7 @@ class ProducerServer:
 
     def _post_loop(self, ctx: zmq.Context, handoff: queue.Queue) -> None:
         out = ctx.socket(zmq.PAIR)
+        out.setsockopt(zmq.SNDTIMEO, 500)  # so that a stop is noticed even when the network thread reads no more
         out.connect(self._inproc)
         try:
             while True:
@@ -496,7 +499,12 @@ class ProducerServer:
                     code, text = payload
                     messages = [(w, [protocol.error(text, code=code, seed=w.seed, indices=[w.idx])]) for w in batch]
                 for w, parts in messages:
-                    out.send_multipart(_routed(w, parts), copy=False)
+                    while not self._stop.is_set():
+                        try:
+                            out.send_multipart(_routed(w, parts), copy=False)
+                            break
+                        except zmq.Again:
+                            continue
                 self.stats.histograms["post_seconds"].observe(time.perf_counter() - t0)
         finally:
             out.close(self.transport_options.linger_ms)
