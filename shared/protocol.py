@@ -376,6 +376,60 @@ def parse_goodbye(header: dict) -> tuple[bool, dict[int, list[int]]]:
     return header["final"], dropped
 
 
+def _number(value) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"a number, got {_type_name(value)}"
+    return None
+
+
+_SNAPSHOT_FIELDS = {
+    "identity": _text(256),
+    "host": _text(256),
+    "pid": _int(0, 2**31),
+    "device": _text(64),
+    "endpoints": _list_of(_text(256), 16),
+    "uptime_s": _number,
+    "ready": _boolean,
+    "last_progress_s": _number,
+    "consumers": _int(0, 2**31),
+    "pending": _int(0, 2**63 - 1),
+}
+_HISTOGRAM_FIELDS = {
+    "buckets": _list_of(_number, 64),
+    "counts": _list_of(_int(0, 2**63 - 1), 65),
+    "sum": _number,
+    "count": _int(0, 2**63 - 1),
+}
+
+
+def parse_snapshot(header: dict) -> dict:
+    """The numbers of a ``snapshot`` message, checked against the shape of ``ProducerServer.snapshot()`` (so a
+    farm status table can print them as they are); raise :class:`ProtocolError` naming the first bad field."""
+    snap = header["snapshot"]
+    for name, check in _SNAPSHOT_FIELDS.items():
+        why = "missing" if name not in snap else check(snap[name])
+        if why is not None:
+            raise ProtocolError(f"snapshot field {name!r}: {why}")
+    counters, histograms = snap.get("counters"), snap.get("histograms")
+    if not isinstance(counters, dict) or len(counters) > 256:
+        raise ProtocolError("snapshot field 'counters' must be a map of at most 256 counters")
+    for k, v in counters.items():
+        if _NAME(k) is not None or _int(0, 2**63 - 1)(v) is not None:
+            raise ProtocolError("snapshot counters must map short names to non-negative integers")
+    if not isinstance(histograms, dict) or len(histograms) > 16:
+        raise ProtocolError("snapshot field 'histograms' must be a map of at most 16 histograms")
+    for k, h in histograms.items():
+        if _NAME(k) is not None or not isinstance(h, dict):
+            raise ProtocolError("snapshot histograms must map short names to maps")
+        for name, check in _HISTOGRAM_FIELDS.items():
+            why = "missing" if name not in h else check(h[name])
+            if why is not None:
+                raise ProtocolError(f"snapshot histogram field {name!r}: {why}")
+        if len(h["counts"]) != len(h["buckets"]) + 1:
+            raise ProtocolError("a snapshot histogram has one count per bucket and one for +Inf")
+    return snap
+
+
 # -- frames ---------------------------------------------------------------------------------------------
 def _crc(seed: int, idx: int, identity: str, enc: str, n: int, codec: str | None, buffers) -> int:
     crc = zlib.crc32(msgpack.packb([seed, idx, identity, enc, n, codec], use_bin_type=True))

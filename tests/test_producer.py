@@ -175,6 +175,7 @@ def test_snapshot_and_status_without_hello(server):
     finally:
         ctx.term()
     assert header["t"] == "snapshot" and not buffers
+    assert protocol.parse_snapshot(header) == header["snapshot"]
     assert header["snapshot"]["identity"] == srv.identity_str
     assert header["snapshot"]["counters"]["frames_sent"] >= 10
 

@@ -241,3 +241,32 @@ def test_ipc_path_in_use_is_refused(tmp_path):
     (tmp_path / "file").write_text("precious")
     with pytest.raises(transport.EndpointInUseError, match="not a socket"):
         transport.check_ipc_free(str(tmp_path / "file"))
+
+
+def test_snapshot_shape_is_checked():
+    good = {
+        "identity": "m",
+        "host": "h",
+        "pid": 1,
+        "device": "cpu",
+        "endpoints": ["tcp://a:1"],
+        "uptime_s": 1.5,
+        "ready": True,
+        "last_progress_s": 0.1,
+        "consumers": 2,
+        "pending": 3,
+        "counters": {"frames_sent": 4},
+        "histograms": {"batch_size": {"buckets": [1, 2], "counts": [1, 1, 2], "sum": 3.0, "count": 2}},
+    }
+    header = protocol.unpack(protocol.snapshot(good))
+    assert protocol.parse_snapshot(header) == good
+    bad = [
+        {**good, "pid": "1"},
+        {**good, "host": _nested(1000)},
+        {k: v for k, v in good.items() if k != "ready"},
+        {**good, "counters": {"frames_sent": -1}},
+        {**good, "histograms": {"batch_size": {"buckets": [1], "counts": [1], "sum": 1, "count": 1}}},
+    ]
+    for snap in bad:
+        with pytest.raises(protocol.ProtocolError, match="snapshot"):
+            protocol.parse_snapshot(protocol.unpack(protocol.snapshot(snap)))
