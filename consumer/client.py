@@ -52,7 +52,7 @@ from pxdbg.consumer.peers import (
 )
 from pxdbg.consumer.stats import ClientStats
 from pxdbg.consumer.workers import LocalWorkers
-from pxdbg.shared import discovery, protocol
+from pxdbg.shared import discovery, protocol, security
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
@@ -439,6 +439,9 @@ class BackgroundClient:
                 return
             if any(p.state in (ALIVE, DRAINING) for p in self._peers.values()):
                 last_alive = now
+            elif (refused := security.refusal(self._ctx, list(self._peers))) is not None:  # every producer said no
+                self._fail(security.AuthenticationRefused(refused))
+                return
             elif now - last_alive > self.connect_timeout:
                 self._fail(self._nobody_answered())
                 return
@@ -635,6 +638,8 @@ class BackgroundClient:
         peer = self._peers.get(endpoint)
         if peer is None or peer.state != ALIVE:
             return
+        if time.monotonic() - peer.last_recv > 2 * self.heartbeat_interval:
+            return  # silent altogether: lost, not slow; the heartbeat timeout decides
         peer.slow_strikes += 1
         if peer.slow_strikes >= self.max_strikes:
             self._quarantine(
