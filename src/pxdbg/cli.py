@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from pxdbg.shared import discovery, payloads, registry
+from pxdbg.shared import discovery, payloads, registry, security
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
@@ -260,9 +260,16 @@ def cmd_produce(args) -> int:
     model = load_spec(spec)
     log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
     server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid,
-                            max_consumers=args.max_consumers, max_pending=args.max_pending, grace=args.grace)
+                            max_consumers=args.max_consumers, max_pending=args.max_pending, grace=args.grace,
+                            transport_options=security.options_from_args(args))
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.shutdown())  # drain; a second signal stops at once
+    signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_lists())
+    metrics = None
+    if args.metrics_port is not None:
+        from pxdbg.producer.metrics import MetricsServer
+
+        metrics = MetricsServer(server, args.metrics_port, host=args.metrics_host)
     ready = threading.Event()
     if registrar is not None:  # entries appear once the sockets are bound, and go when the producer stops
         registrar.start_when(ready, str(model.identity), {"device": str(model.device)})
@@ -271,6 +278,14 @@ def cmd_produce(args) -> int:
     finally:
         if registrar is not None:
             registrar.close()
+        if metrics is not None:
+            metrics.close()
+    return 0
+
+
+def cmd_keys_new(args) -> int:
+    public, secret = security.new_key_pair(args.dir, args.name)
+    print(f"wrote {public} (public: hand it to the other side) and {secret} (secret: keep it here, mode 0600)")
     return 0
 
 
@@ -305,7 +320,8 @@ def cmd_run(args) -> int:
             start = out.done
             with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed, first_frame=first_frame + start,
                                   prefetch=args.prefetch, connect_timeout=args.connect_timeout,
-                                  frame_timeout=args.frame_timeout, events=args.events - start) as client:
+                                  frame_timeout=args.frame_timeout, events=args.events - start,
+                                  transport=security.options_from_args(args)) as client:
                 log.info("stream seed %d%s, model %s, %s%s", seed,
                          " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
                          f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}",
@@ -568,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="register each tcp endpoint in this rendezvous directory (consumers: --connect dir:DIR)",
     )
+    security.add_server_arguments(p)
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus /metrics, /healthz and /readyz on this port (needs pxdbg[metrics])")
+    p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port (default %(default)s)")
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
@@ -588,7 +608,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds to wait for one frame before failing (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
+    security.add_client_arguments(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("keys", help="CURVE key pairs for producers and consumers")
+    ksub = p.add_subparsers(dest="keys_command", required=True)
+    kn = ksub.add_parser("new", help="write NAME.key (public) and NAME.key_secret (secret, mode 0600)")
+    kn.add_argument("name", help="a plain file name, e.g. producer or the consumer's user name")
+    kn.add_argument("--dir", default=".", help="directory to write the pair to (default: the current one)")
+    kn.set_defaults(func=cmd_keys_new)
 
     p = sub.add_parser("validate", help="compare a sample with real background figures or another sample")
     p.add_argument("sample", help="a digits file (.npz) or a model name to run on the fly")
