@@ -641,12 +641,22 @@ class BackgroundClient:
         if time.monotonic() - peer.last_recv > 2 * self.heartbeat_interval:
             return  # silent altogether: lost, not slow; the heartbeat timeout decides
         peer.slow_strikes += 1
-        if peer.slow_strikes >= self.max_strikes:
-            self._quarantine(
-                peer,
-                f"far slower than the others: {peer.slow_strikes} frames in a row came first from another "
-                f"producer ({self._latency_text(peer)})",
-            )
+        if peer.slow_strikes < self.max_strikes:
+            return
+        # far slower, or merely unlucky (a descheduled moment)? Compare with the others' latency.
+        now = time.monotonic()
+        others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
+        if others:
+            typical = sorted(others)[len(others) // 2]
+            own = max(peer.latency if peer.latency is not None else math.inf, peer.busy_for(now))
+            if own <= self.straggler_factor * typical:
+                peer.slow_strikes = 0
+                return
+        self._quarantine(
+            peer,
+            f"far slower than the others: {peer.slow_strikes} frames in a row came first from another "
+            f"producer ({self._latency_text(peer)})",
+        )
 
     @staticmethod
     def _latency_text(peer: Peer) -> str:

@@ -109,3 +109,13 @@ def test_statistics_memory_is_flat_over_many_events():
     )
     assert s.events == n
     assert growth < 4096, f"statistics grew by {growth} bytes over {n} events"
+
+
+def test_the_consumer_side_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, pxdbg.consumer, pxdbg.consumer.client; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
