@@ -60,6 +60,8 @@ from pxdbg.shared.seeding import check_seed
 from pxdbg.shared.spec import ProducerSpec, TransportOptions
 
 log = logging.getLogger("pxdbg.consumer")
+#: Seconds a producer may owe frames without delivering one before the consumer says so (every as many seconds).
+STALL_WARNING_S = 10.0
 
 __all__ = [
     "BackgroundClient",
@@ -175,6 +177,7 @@ class BackgroundClient:
             raise ConfigError(f"straggler_factor must be a number above 1, got {straggler_factor!r}")
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
             raise ConfigError(f"max_strikes must be a positive integer, got {max_strikes!r}")
+        self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
         self.straggler_factor = float(straggler_factor)
         self.max_strikes = max_strikes
         # endpoint strings are checked before any socket or process exists
@@ -468,6 +471,16 @@ class BackgroundClient:
                     f"answered heartbeats but delivered none of the frames asked of it for {peer.busy_for(now):.1f} s",
                 )
                 return
+            elif peer.state == ALIVE and peer.busy_for(now) > self._warn_after and now - peer.warned > self._warn_after:
+                peer.warned = now
+                log.warning(
+                    "producer %s answers heartbeats but delivered none of its %d outstanding frame(s) for %.0f s; "
+                    "quarantined after %.0f s",
+                    peer.endpoint,
+                    len(peer.outstanding),
+                    peer.busy_for(now),
+                    self.stall_timeout,
+                )
         if now - peer.last_sent >= self.heartbeat_interval:
             self._try_send(peer, ping if peer.state in (ALIVE, DRAINING) else hello, now)
 

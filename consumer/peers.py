@@ -51,6 +51,7 @@ class Peer:
     info: dict = field(default_factory=dict)
     frames: int = 0
     process_exited: bool = False  # a local worker's process exit was seen and reported
+    warned: float = 0.0  # when a stall was last reported
 
     def note_frame(self, now: float, requested_at: float) -> None:
         """A frame it owed arrived: update its latency and time per frame."""

@@ -98,13 +98,15 @@ def test_a_far_slower_producer_is_quarantined(tmp_path):
     assert "far slower than the others" in report
 
 
-def test_the_run_fails_only_when_no_usable_producer_is_left(tmp_path):
+def test_the_run_fails_only_when_no_usable_producer_is_left(tmp_path, caplog):
     eps = [f"ipc://{tmp_path}/{b}.sock" for b in ("mute", "corrupt")]
     with FakeProducer(eps[0], IDENTITY, "mute"), FakeProducer(eps[1], IDENTITY, "corrupt"):
         with BackgroundClient(eps, seed=SEED, prefetch=4, stall_timeout=2.0, frame_timeout=60, **FAST) as client:
             with pytest.raises(ProducerFailure) as err:
                 client.next()
     msg = str(err.value)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("answers heartbeats but delivered none" in w for w in warnings), "a stall is reported before the end"
     assert "no usable producer left" in msg
     assert f"{eps[0]} " in msg and "delivered none of the frames" in msg
     assert f"{eps[1]} " in msg and "corrupt frames" in msg
