@@ -120,6 +120,8 @@ def _raw(ctx, ep):
 def test_producer_survives_malformed_messages(tmp_path, reference):
     with producers(tmp_path) as p:
         ep = p.start("p0")
+        # the junk socket lingers 2 s at close: the producer must be up by then (its start can take longer)
+        assert wait_until(lambda: "serving" in p.log("p0"), timeout=120)
         ctx = zmq.Context()
         try:
             s = _raw(ctx, ep)
