@@ -7,11 +7,18 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 import zmq
 import zmq.auth
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline_helpers import wait_until
 from pxdbg.shared import security
@@ -19,6 +26,7 @@ from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import TransportOptions
 
 pytestmark = pytest.mark.timeout(60)
+PXDBG = [sys.executable, "-m", "pxdbg"]
 
 
 @pytest.fixture
@@ -278,3 +286,148 @@ def test_context_destroy_with_a_consumer_guard_running(keys):
     ctx.destroy(linger=0)
     guard._thread.join(timeout=10)
     assert not guard._thread.is_alive() and ctx.closed
+
+
+# -- with real producer processes ------------------------------------------------------------------------
+SEED = 9090
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:  # not listening yet
+        return 0, str(exc)
+
+
+def scrape(port: int) -> dict[str, float]:
+    status, text = get(port, "/metrics")
+    assert status == 200, text
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+@pytest.fixture
+def curve_producer(tmp_path, keys, python_env):
+    """`pxdbg produce` on a loopback tcp port with CURVE, an allow-list and a metrics port."""
+    pairs, allow = keys
+    port, metrics_port = free_port(), free_port()
+    log_path = tmp_path / "producer.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [
+                *PXDBG,
+                "produce",
+                "--bind",
+                f"tcp://127.0.0.1:{port}",
+                "--curve-server-secret",
+                str(pairs["producer"][1]),
+                "--curve-allow-dir",
+                str(allow),
+                "--metrics-port",
+                str(metrics_port),
+                "--metrics-host",
+                "127.0.0.1",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=python_env,
+        )
+    try:
+        assert wait_until(lambda: get(metrics_port, "/readyz")[0] == 200 or proc.poll() is not None, timeout=60), (
+            log_path.read_text()
+        )
+        assert proc.poll() is None, log_path.read_text()
+        yield f"tcp://127.0.0.1:{port}", metrics_port, proc, log_path
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_curve_farm_end_to_end(curve_producer, keys):
+    """An allow-listed consumer gets the same frames as in-process generation; unknown, keyless and misled
+    consumers are refused at once with the producer named; the producer counts them; SIGHUP re-reads the list."""
+    from pxdbg import models
+    from pxdbg.consumer import BackgroundClient
+
+    endpoint, metrics_port, proc, _ = curve_producer
+    pairs, _ = keys
+    reference = models.load("parametric").frames(SEED, range(12))
+    with BackgroundClient(
+        [endpoint], seed=SEED, prefetch=4, connect_timeout=60, transport=client_opts(pairs, "alice")
+    ) as client:
+        got = [client.next() for _ in range(12)]
+    assert all(a == b for a, b in zip(got, reference))
+
+    for opts, words in (
+        (client_opts(pairs, "mallory"), "allow-list does not hold"),
+        (TransportOptions(), "requires CURVE keys"),
+        (client_opts(pairs, "alice", server_key="impostor"), "man in the middle"),
+    ):
+        # connect_timeout far above the test's own timeout: an answer is a refusal, not a timeout
+        with BackgroundClient([endpoint], seed=SEED, connect_timeout=600, transport=opts) as client:
+            with pytest.raises(security.AuthenticationRefused) as err:
+                client.next()
+        assert f"producer {endpoint} refused authentication" in str(err.value) and words in str(err.value)
+
+    numbers = scrape(metrics_port)
+    assert numbers["pxdbg_producer_frames_sent_total"] >= 12
+    assert numbers["pxdbg_producer_refused_unknown_key_total"] >= 1
+    assert numbers["pxdbg_producer_refused_handshake_total"] >= 2
+    assert numbers["pxdbg_producer_refused_auth_total"] >= 3
+    reloads = numbers["pxdbg_producer_allow_list_reloads_total"]
+    proc.send_signal(signal.SIGHUP)  # nothing changed on disk: only the signal makes it re-read
+    assert wait_until(lambda: scrape(metrics_port)["pxdbg_producer_allow_list_reloads_total"] > reloads, timeout=20)
+    assert proc.poll() is None, "SIGHUP re-reads the allow-list; it does not stop the producer"
+
+
+def test_keys_new_command(tmp_path):
+    run = [*PXDBG, "keys", "new", "alice", "--dir", str(tmp_path / "k")]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    public, secret = tmp_path / "k" / "alice.key", tmp_path / "k" / "alice.key_secret"
+    assert str(public) in done.stdout and str(secret) in done.stdout
+    assert security.load_secret(secret)[0] == security.load_public(public)
+    again = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 2
+    assert again.stderr.strip().count("\n") == 0 and "exists" in again.stderr
+
+
+def test_producer_refuses_an_ipc_socket_in_a_shared_directory(tmp_path, python_env):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    done = subprocess.run(
+        [*PXDBG, "produce", "--bind", f"ipc://{shared}/p.sock"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=python_env,
+    )
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "is not private (mode 0755" in last and "mkdir -m 700" in last
+
+
+def test_local_workers_sit_in_a_private_directory():
+    from pxdbg.consumer import BackgroundClient
+
+    with BackgroundClient(workers=1, seed=SEED, prefetch=2) as client:
+        client.next()
+        ipc_dir = os.path.dirname(client.endpoints[0][len("ipc://") :])
+        assert os.stat(ipc_dir).st_mode & 0o777 == 0o700
