@@ -385,6 +385,8 @@ def test_curve_farm_end_to_end(curve_producer, keys):
                 client.next()
         assert f"producer {endpoint} refused authentication" in str(err.value) and words in str(err.value)
 
+    # the producer's security thread counts a failed handshake a moment after the consumer saw it fail
+    assert wait_until(lambda: scrape(metrics_port)["pxdbg_producer_refused_auth_total"] >= 3, timeout=10)
     numbers = scrape(metrics_port)
     assert numbers["pxdbg_producer_frames_sent_total"] >= 12
     assert numbers["pxdbg_producer_refused_unknown_key_total"] >= 1
