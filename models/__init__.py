@@ -120,8 +120,10 @@ class BackgroundModel:
         self.identity = ModelIdentity(name, checkpoint_sha256, precision)
         self.engine = None
         if self.is_gan:
-            self.engine = GanEngine(net, device, precision, images_per_call=images_per_call,
-                                    cuda_graphs=cuda_graphs)
+            from pxdbg.shared import registry
+
+            self.engine = GanEngine(net, device, precision, info=registry.get(name),
+                                    images_per_call=images_per_call, cuda_graphs=cuda_graphs)
         elif precision != "fp32":
             raise ConfigError(f"the {name} model has no precision setting; use fp32")
 

@@ -51,7 +51,10 @@ def test_bf16_runs_in_channels_last_and_stays_close_to_fp32(ckpt):
     torch.set_num_threads(1)
     fp32 = models.load("resnet", ckpt, images_per_call=4)
     bf16 = models.load("resnet", ckpt, precision="bf16", images_per_call=4)
-    assert fp32.net.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # the engines run their own folded copies in channels_last, bf16 with weights cast once
+    assert fp32.engine.fast_net.get_submodule("conv").weight.is_contiguous(memory_format=torch.channels_last)
+    assert bf16.engine.fast_net.get_submodule("blocks.0.conv1").weight.dtype == torch.bfloat16
+    assert fp32.net.conv.weight.dtype == bf16.net.conv.weight.dtype == torch.float32
     z = torch.randn(4, 96, generator=torch.Generator().manual_seed(3))
     a, b = fp32.engine.images(z), bf16.engine.images(z)
     assert a.shape == b.shape == (4, 250, 768) and a.dtype == b.dtype == torch.uint8
@@ -76,8 +79,9 @@ def test_fixed_call_shape_pads_short_batches(ckpt):
 def test_sparsify_through_a_staging_copy_equals_the_plain_copy(frame_factory):
     rng = np.random.default_rng(5)
     dense = torch.from_numpy(np.stack([frame_factory(rng, occ)[1] for occ in (0.02, 0.001)]))
-    staged = sparsify(dense, staging=lambda t: t.cpu().numpy().copy())
-    assert all(a == b for a, b in zip(staged, sparsify(dense)))
+    staged, plain = sparsify(dense, staging=lambda t: t.cpu().numpy().copy()), sparsify(dense)
+    assert len(staged) == len(plain) == 2 and all(f.n_digits > 0 for f in plain)
+    assert all(a == b for a, b in zip(staged, plain, strict=True))
 
 
 def test_consumer_refuses_a_producer_of_another_precision(tmp_path, ckpt):
