@@ -192,6 +192,25 @@ def test_allow_list_reloads_on_request(keys, monkeypatch):
         srv.close()
 
 
+def test_allow_list_follows_a_kubelet_style_atomic_swap(keys, tmp_path):
+    """A mounted ConfigMap is a directory of symlinks into ..data, which the kubelet swaps in one rename."""
+    pairs, _ = keys
+    mount = tmp_path / "mount"
+    for version, names in (("..v1", ["alice"]), ("..v2", ["alice", "mallory"])):
+        (mount / version).mkdir(parents=True)
+        for name in names:
+            shutil.copy(pairs[name][0], mount / version)
+    (mount / "..data").symlink_to("..v1")
+    (mount / "alice.key").symlink_to("..data/alice.key")
+    allow = security.AllowList(str(mount))
+    assert sorted(allow.keys.values()) == ["alice.key"]
+    (mount / "mallory.key").symlink_to("..data/mallory.key")  # the kubelet adds the new name, then swaps
+    (mount / "..data_tmp").symlink_to("..v2")
+    os.replace(mount / "..data_tmp", mount / "..data")
+    allow.reload_if_changed()
+    assert sorted(allow.keys.values()) == ["alice.key", "mallory.key"]
+
+
 def test_keys_from_the_environment(keys, monkeypatch):
     pairs, allow = keys
     monkeypatch.setenv("PXDBG_CURVE_SERVER_SECRET", str(pairs["producer"][1]))
