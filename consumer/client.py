@@ -62,6 +62,8 @@ from pxdbg.shared.spec import ProducerSpec, TransportOptions
 log = logging.getLogger("pxdbg.consumer")
 #: Seconds a producer may owe frames without delivering one before the consumer says so (every as many seconds).
 STALL_WARNING_S = 10.0
+#: Seconds between two looks for overdue frames.
+HEDGE_CHECK_S = 0.01
 
 __all__ = [
     "BackgroundClient",
@@ -208,6 +210,7 @@ class BackgroundClient:
         self._closing = False
         self._thread: threading.Thread | None = None
         self._in_flight = 0
+        self._next_hedge = 0.0
         self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
         self._peers: dict[str, Peer] = {}
         self._workers: LocalWorkers | None = None
@@ -767,6 +770,9 @@ class BackgroundClient:
 
     def _hedge(self, now: float) -> None:
         """Ask a second producer for the frames of the window overdue at their first one."""
+        if now < self._next_hedge:  # a look every few milliseconds is enough (the window may be 4096 frames)
+            return
+        self._next_hedge = now + HEDGE_CHECK_S
         working = [p for p in self._peers.values() if p.state in (ALIVE, DRAINING)]
         alive = [p for p in working if p.state == ALIVE]
         if len(alive) < 2 and not (alive and len(working) > len(alive)):
