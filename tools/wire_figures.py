@@ -11,9 +11,20 @@ from __future__ import annotations
 import os
 import platform
 import sys
+from pathlib import Path
 
 from pxdbg import models
 from pxdbg.shared import codecs, registry
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -21,7 +32,7 @@ def main() -> None:
     frames = models.load(registry.DEFAULT_MODEL).frames(2024, range(n))
     digits = sum(f.n_digits for f in frames) / n
     print(
-        f"{n} frames of the {registry.DEFAULT_MODEL} model, {digits:.0f} digits each; {platform.processor() or '?'}, "
+        f"{n} frames of the {registry.DEFAULT_MODEL} model, {digits:.0f} digits each; {cpu_name()}, "
         f"load average {os.getloadavg()[0]:.1f}"
     )
     for row in codecs.measure(frames, repeat=7):
