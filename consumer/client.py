@@ -549,6 +549,19 @@ class BackgroundClient:
             return
         msg = str(header.get("msg"))[:500]
         idx = header.get("idx")
+        if header.get("code") == getattr(protocol, "E_LIMIT", "limit") and isinstance(idx, list) and idx:
+            # more than it takes from one consumer: ask it for fewer at once, the rest elsewhere
+            refused = [i for i in idx if peer.outstanding.pop(i, None) is not None]
+            peer.cap = max(1, len(peer.outstanding))
+            self.counters["frames_over_producer_limit"] += len(refused)
+            log.warning(
+                "producer %s refused %d frame(s) over its limit (%s); asking it for at most %d at once",
+                peer.endpoint,
+                len(refused),
+                msg,
+                peer.cap,
+            )
+            return
         if idx is not None:
             what = f"failed on frame(s) {str(idx)[:80]} of stream {header.get('seed')}: {msg}"
         else:
@@ -763,7 +776,7 @@ class BackgroundClient:
                 p.endpoint,
                 len(p.outstanding),
                 p.seconds_per_frame,
-                1 if (p.endpoint in suspects or p.slow_strikes) else self.prefetch,
+                1 if (p.endpoint in suspects or p.slow_strikes) else min(self.prefetch, p.cap),
             )
             for p in peers
         ]

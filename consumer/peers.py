@@ -52,6 +52,7 @@ class Peer:
     frames: int = 0
     process_exited: bool = False  # a local worker's process exit was seen and reported
     warned: float = 0.0  # when a stall was last reported
+    cap: int = 1 << 30  # most frames it takes from this consumer at once (learnt from its limit errors)
 
     def note_frame(self, now: float, requested_at: float) -> None:
         """A frame it owed arrived: update its latency and time per frame."""

@@ -108,6 +108,7 @@ BEHAVIOURS = (
     "nested",  # answers every request with a message nested 1000 deep
     "unrequested",  # serves what is asked, and frames far ahead nobody asked for
     "drain",  # after `after` frames says goodbye (draining), listing what it will not send
+    "limit",  # takes at most `after` pending frames per consumer, refuses the rest with a limit error
 )
 
 
@@ -132,6 +133,7 @@ class FakeProducer(threading.Thread):
         self.sock.bind(endpoint)
         self.requested: list[int] = []
         self.sent = 0
+        self.refused = 0
         self.drained_at: float | None = None
         self.stop_event = threading.Event()
         self._queue: list[tuple[bytes, int, int]] = []
@@ -251,9 +253,19 @@ class FakeProducer(threading.Thread):
                     elif h["t"] == "ping":
                         self.sock.send_multipart([cid, protocol.pack({"t": "pong"})])
                     elif h["t"] == "req" and self.drained_at is None:
+                        refused = []
                         for idx in h["idx"]:
+                            if self.behaviour == "limit" and len(self._queue) >= self.after:
+                                refused.append(idx)
+                                continue
                             self.requested.append(idx)
                             self._queue.append((cid, h["seed"], idx))
+                        if refused:
+                            self.refused += len(refused)
+                            msg = protocol.error(
+                                "more than 3 frames asked", code="limit", seed=h["seed"], indices=refused
+                            )
+                            self.sock.send_multipart([cid, msg])
             now = time.monotonic()
             while self._queue and now >= self._due and self.drained_at is None:
                 if self.behaviour == "drain" and self.sent >= self.after:

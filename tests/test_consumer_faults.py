@@ -304,3 +304,15 @@ def test_a_rendezvous_directory_brings_new_producers_and_drops_vanished_ones(tmp
                 reg_b.close()
     assert same(got, expected(0, len(got)))
     assert counters["producers_vanished"] == 1
+
+
+def test_a_producer_s_pending_limit_is_learnt_not_punished(tmp_path):
+    ep = f"ipc://{tmp_path}/limited.sock"
+    with FakeProducer(ep, IDENTITY, "limit", after=3, delay=0.002) as fake:
+        with BackgroundClient([ep], seed=SEED, prefetch=16, **FAST) as client:
+            got, _ = consume(client, 50)
+            state = client.producer_states()[ep]
+            counters = dict(client.counters)
+    assert same(got, expected(0, 50))
+    assert fake.refused >= 1 and counters["frames_over_producer_limit"] == fake.refused
+    assert state == "alive" and "producers_quarantined" not in counters
