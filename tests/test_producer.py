@@ -227,14 +227,19 @@ def test_endpoint_errors_are_one_line(tmp_path):
 # -- graceful shutdown ------------------------------------------------------------------------------------
 def test_sigterm_drains_and_says_goodbye(tmp_path):
     """SIGTERM: queued frames are handed back at once in a goodbye, batches in progress still arrive, a final
-    goodbye follows, and the producer exits 0."""
+    goodbye follows, and the producer exits 0. (And --max-consumers is a setting of pxdbg produce.)"""
     with producers(tmp_path) as p:
-        ep = p.start("p0", "--max-batch", "4")
+        ep = p.start("p0", "--max-batch", "4", "--max-consumers", "1")
         ctx = zmq.Context()
         try:
             s = _dealer(ctx, ep)
             s.send(protocol.hello(None, "drained"))
             assert _recv(s)[0]["t"] == "welcome"
+            second = _dealer(ctx, ep)  # --max-consumers 1: a second consumer is told so
+            second.send(protocol.hello(None, "one too many"))
+            refusal, _ = _recv(second)
+            second.close()
+            assert refusal["t"] == "error" and refusal["code"] == "limit" and "most consumers (1)" in refusal["msg"]
             s.send(protocol.request(11, list(range(200))))
             header, _ = _recv(s)
             assert header["t"] == "frame"
