@@ -6,7 +6,7 @@ frame from each in turn, so a consumer asking thousands of frames gets its share
 whose send queue is full (one that does not read), so such a consumer costs no model time and the others do not
 wait behind it. Limits: ``max_consumers``, and ``max_pending`` frames asked but not yet sent per consumer.
 
-Memory: at most ``max_consumers * max_pending`` queued requests (a few dozen bytes each) and
+Memory: at most ``max_consumers * max_pending`` queued frame indices (8 bytes each: 8 MB at the defaults) and
 ``max_consumers * max_unsent`` encoded frames (plus what each socket's high-water mark lets libzmq hold).
 
 Socket-free and thread-safe (one lock); the network thread adds, removes and sends, the generation thread takes.
@@ -15,6 +15,7 @@ Socket-free and thread-safe (one lock); the network thread adds, removes and sen
 from __future__ import annotations
 
 import threading
+from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -34,6 +35,42 @@ class Work:
     codec: str | None
 
 
+class RequestQueue:
+    """Frame indices asked for, first in first out, stored as 8-byte integers per request message."""
+
+    def __init__(self) -> None:
+        self._chunks: deque[tuple[int, array]] = deque()
+        self._head = 0  # position in the first chunk
+        self._len = 0
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __iter__(self):
+        for i, (seed, indices) in enumerate(self._chunks):
+            for idx in indices[self._head if i == 0 else 0 :]:
+                yield seed, idx
+
+    def extend(self, seed: int, indices) -> None:
+        if len(indices):
+            self._chunks.append((seed, array("q", indices)))
+            self._len += len(indices)
+
+    def popleft(self) -> tuple[int, int]:
+        seed, indices = self._chunks[0]
+        idx = indices[self._head]
+        self._head += 1
+        self._len -= 1
+        if self._head == len(indices):
+            self._chunks.popleft()
+            self._head = 0
+        return seed, idx
+
+    def clear(self) -> None:
+        self._chunks.clear()
+        self._head = self._len = 0
+
+
 @dataclass
 class Consumer:
     cid: bytes
@@ -42,7 +79,7 @@ class Consumer:
     version: int
     last_seen: float
     serial: int = 0
-    requests: deque = field(default_factory=deque)  # (seed, idx) not yet taken
+    requests: RequestQueue = field(default_factory=RequestQueue)  # (seed, idx) not yet taken
     working: int = 0  # taken for generation, not yet in the send queue
     outbox: deque = field(default_factory=deque)  # messages waiting for the socket (frames or errors)
     blocked_since: float | None = None  # when its socket last refused a message, while the outbox waits
@@ -110,7 +147,7 @@ class ConsumerQueues:
             if consumer is None or self._closed:
                 return list(indices)
             room = max(0, self.max_pending - consumer.pending)
-            consumer.requests.extend((seed, idx) for idx in indices[:room])
+            consumer.requests.extend(seed, indices[:room])
             if room:
                 self._cond.notify()
             return list(indices[room:])
@@ -153,13 +190,6 @@ class ConsumerQueues:
                 dropped[cid] = _by_seed(consumer.requests)
                 consumer.requests.clear()
             return dropped
-
-    def unsent(self, cid: bytes) -> dict[int, list[int]]:
-        """A consumer's frames asked for and not yet sent, by what is known of them here ({seed: [indices]}):
-        what a last goodbye lists (frames being generated are listed by the caller that knows them)."""
-        with self._cond:
-            consumer = self._consumers.get(cid)
-            return {} if consumer is None else _by_seed(consumer.requests)
 
     def stop(self) -> None:
         with self._cond:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ import zmq
 from pipeline_helpers import producers, wait_until
 from pxdbg import models
 from pxdbg.consumer import BackgroundClient
-from pxdbg.producer.queues import ConsumerQueues, LimitError
+from pxdbg.producer.queues import ConsumerQueues, LimitError, RequestQueue
 from pxdbg.producer.server import ProducerServer
 from pxdbg.producer.stats import Histogram
 from pxdbg.shared import protocol
@@ -89,6 +90,37 @@ def test_close_hands_back_queued_requests():
     assert dropped[b"a"] == {1: [1, 2]} and dropped[b"b"] == {2: [5]} and dropped[b"c"] == {}
     assert q.submit(b"a", 1, [9]) == [9]
     assert q.busy()  # frame 0 of a is still being made
+
+
+def test_request_queue_keeps_order_across_requests():
+    r = RequestQueue()
+    r.extend(1, [5, 6])
+    r.extend(2, [])
+    r.extend(3, [7])
+    assert len(r) == 3 and r.popleft() == (1, 5)
+    assert list(r) == [(1, 6), (3, 7)] and len(r) == 2
+    assert [r.popleft(), r.popleft()] == [(1, 6), (3, 7)] and not r
+    r.extend(4, [2**63 - 1])
+    r.clear()
+    assert len(r) == 0 and list(r) == []
+
+
+def test_queued_requests_at_every_limit_fit_in_a_few_megabytes():
+    """The default limits (256 consumers x 4,096 pending frames) held as queued indices."""
+    q = ConsumerQueues(max_consumers=256, max_pending=4096)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(256):
+            cid = i.to_bytes(5, "little")
+            q.add(cid, "hog", None, 2, 0.0)
+            assert q.submit(cid, i, list(range(10**12, 10**12 + 4096))) == []
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    print(f"256 consumers x 4096 queued frames: {grown / 2**20:.1f} MB")
+    assert q.pending() == 256 * 4096
+    assert grown < 16 * 2**20
 
 
 def test_take_waits_and_stop_wakes_it():
