@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 MIN_EVENTS = 20  # fewer events cannot pin down event-to-event spreads and correlations
 MIN_CLUSTERS = 100  # clusters per sensor (that has hits) for its shape library
 CANDIDATES = 4096  # clusters per sensor kept, at random, with their pixels
+CLUSTER_EVENTS = 64  # events whose clusters are found (shapes, sizes); hits and charges come from every event
 SMOOTHING = 2.0  # pseudo-clusters per density cell
 PRUNE_EVERY = 16  # events between prunings of the kept clusters
 REWEIGHT_ROUNDS = 3  # rounds of library reweighting by cluster size
@@ -81,6 +82,7 @@ class _Collector:
         self.P = P
         self.rng = np.random.default_rng(seed)
         self.hits: list[np.ndarray] = []
+        self.clustered_events = 0
         self.adc = np.zeros((N_SENSORS, 256), np.int64)
         self.hit_grid = np.zeros((N_SENSORS, P.N_CELLS), np.int64)
         self.sizes = np.zeros((N_SENSORS, P.MAX_CLUSTER + 2), np.int64)  # size 0 unused, last: larger
@@ -90,7 +92,7 @@ class _Collector:
         self._pool: list[dict[str, np.ndarray]] = []
         self.kept: dict[str, np.ndarray] | None = None
 
-    def add(self, frame: SparseFrame) -> None:
+    def add(self, frame: SparseFrame, find_clusters: bool = True) -> None:
         from pxdbg.validate.metrics import clusters
 
         P = self.P
@@ -101,6 +103,9 @@ class _Collector:
         self.hit_grid += np.bincount(sensor * P.N_CELLS + cell, minlength=N_SENSORS * P.N_CELLS).reshape(
             N_SENSORS, P.N_CELLS
         )
+        if not find_clusters:
+            return
+        self.clustered_events += 1
         labels, sizes, _ = clusters(frame)
         if not sizes.size:
             return
@@ -202,6 +207,15 @@ def _factor_model(cov: np.ndarray, k: int, iterations: int = 50) -> tuple[np.nda
     return loadings, specific
 
 
+def _collect(sample, n: int, stride: int, seed: int, progress) -> _Collector:
+    col = _Collector(seed)
+    for i, frame in enumerate(sample.frames(n)):
+        col.add(frame, find_clusters=i % stride == 0)
+        if progress is not None:
+            progress(i + 1, n)
+    return col
+
+
 def calibrate(
     path: str | os.PathLike,
     *,
@@ -222,16 +236,16 @@ def calibrate(
             f"{path} has {n} events; calibration needs at least {MIN_EVENTS} (the event-to-event spread and the "
             f"correlations of sensor occupancies are learned across events): give a larger sample"
         )
-    col = _Collector(seed)
-    for i, frame in enumerate(sample.frames(n)):
-        col.add(frame)
-        if progress is not None:
-            progress(i + 1, n)
-    pool = col.finish()
-    hits = np.asarray(col.hits, dtype=np.float64)  # (events, sensors)
-    active = hits.sum(axis=0) > 0
-    kept = np.bincount(pool["sensor"], minlength=N_SENSORS)
+    stride = max(1, n // CLUSTER_EVENTS)  # clusters from events spread over the sample; counts from all
+    col = _collect(sample, n, stride, seed, progress)
+    kept = np.bincount(col.finish()["sensor"], minlength=N_SENSORS)
+    active = np.asarray(col.hits).sum(axis=0) > 0
     short = np.flatnonzero(active & (kept < MIN_CLUSTERS))
+    if short.size and stride > 1:  # some sensors are quiet: find the clusters of every event
+        log.info("%d sensor(s) have few clusters; reading the sample again for the clusters of every event", short.size)
+        col = _collect(sample, n, 1, seed, progress)
+        kept = np.bincount(col.finish()["sensor"], minlength=N_SENSORS)
+        short = np.flatnonzero(active & (kept < MIN_CLUSTERS))
     if short.size:
         need = int(np.ceil(n * MIN_CLUSTERS / max(float(kept[short].min()), 0.5)))
         names = ", ".join(f"{sensor_name(s)} ({kept[s]})" for s in short[:8]) + (" ..." if short.size > 8 else "")
@@ -240,6 +254,8 @@ def calibrate(
             f"{P.MAX_CLUSTER} pixels, off the edges) for their shape library: {names}; give a larger sample "
             f"(about {need} events)"
         )
+    pool = col.finish()
+    hits = np.asarray(col.hits, dtype=np.float64)  # (events, sensors)
     if not active.any():
         raise CalibrationError(f"{path} has no digits in its {n} events: nothing to learn from")
 
@@ -370,7 +386,8 @@ def _summary(col: _Collector, hits, active, pool, model, n: int, seconds: float)
         "events": n,
         "seconds": seconds,
         "digits_per_event": float(hits.sum(axis=1).mean()),
-        "clusters_per_event": float(col.clusters.sum() / n),
+        "clusters_per_event": float(col.clusters.sum() / max(col.clustered_events, 1)),
+        "clustered_events": col.clustered_events,
         "occupancy_layer": {str(la): float(occ[LAYER_OF_INDEX == la].mean()) for la in (1, 2)},
         "mean_cluster_size_layer": {},
         "library_clusters_per_sensor": int(model.library_cdf.shape[1]),

@@ -373,7 +373,7 @@ CHANCE_THRESHOLDS = {
     "cluster_size_ks": (3.0, 0.02),
     "cluster_charge_ks": (3.0, 0.02),
     "profile_ks": (3.0, 0.02),
-    "correlation": (1.5, 0.03),
+    "correlation": (1.75, 0.03),
 }
 
 
