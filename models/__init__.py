@@ -154,7 +154,7 @@ class BackgroundModel:
             return torch.from_numpy(np.stack([f.to_dense() for f in frames])).to(self.device)
         from pxdbg.models.common import latents
 
-        return self.engine.images(latents(rngs)).view(len(rngs), 40, 250, 768)
+        return self.engine.images(latents(rngs, self.info.latent_dim)).view(len(rngs), 40, 250, 768)
 
     def frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame]:
         """Frames given as (stream seed, frame index) pairs, as sparse digits on the host.
