@@ -52,14 +52,53 @@ def test_hit_charge_spectrum(sample, layer, ref_mean):
     assert hist[7] == hist[7:].max(), "the most frequent value sits at the threshold"
 
 
+def test_per_sensor_mean_hit_charge_within_3_percent(sample):
+    """Each sensor's mean hit charge (average over images of the image's mean) follows the reference's 40-sensor
+    pattern: layer 2 above layer 1, and on layer 2 sensor 1 above sensor 2."""
+    frames, _, ref = sample
+    sums = np.zeros(40)
+    images = np.zeros(40)
+    for f in frames:
+        n = f.sensor_counts()
+        q = np.bincount(f.sensor, weights=f.charge, minlength=40)
+        sums[n > 0] += q[n > 0] / n[n > 0]
+        images += n > 0
+    mean = sums / images
+    target = np.asarray(ref["mean_hit_adc_per_sensor"])
+    rel = mean / target - 1
+    assert np.all(np.abs(rel) < 0.03), rel
+    assert np.corrcoef(mean, target)[0, 1] > 0.95
+    assert mean[LAYER_OF_INDEX == 2].mean() > mean[LAYER_OF_INDEX == 1].mean() + 1.0
+    assert np.all(mean[16::2] > mean[17::2])
+
+
+def test_fit_is_plain_tables():
+    """The model's numbers are buffers of fixed shapes (any calibrated payload loads into the same Model), and the
+    shipped library's charge quantiles cover [0, 1] evenly, so each sensor's spectrum is reproduced exactly."""
+    m = parametric.fit()
+    state = m.state_dict()
+    assert all(not t.requires_grad for t in state.values())
+    assert state["library_offsets"].shape == (40, parametric.LIBRARY, parametric.MAX_CLUSTER, 2)
+    codes = state["library_charge"][0].numpy()
+    q = np.sort((codes[codes > 0] - 0.5) / parametric.CODE_MAX)
+    expected = (np.arange(q.size) + 0.5) / q.size
+    assert np.max(np.abs(q - expected)) < 1.0 / parametric.CODE_MAX + 1e-9
+    # the seed pixel (listed first) carries the cluster's largest charge
+    assert np.all(codes[:, 0] == codes.max(axis=1))
+    for name in ("adc_cdf", "density_cdf", "library_cdf"):
+        cdf = state[name].numpy()
+        assert np.all(np.diff(cdf, axis=1) >= 0) and np.all(cdf[:, -1] == 1.0), name
+
+
 def test_clusters_are_neighbouring_pixels(sample):
     frames, _, _ = sample
     f = frames[0]
     dense = f.to_dense()[0] > 0
     # most hit pixels have a hit neighbour (8-neighbourhood), unlike uniform random hits at this occupancy
     padded = np.pad(dense, 1)
-    neighbours = sum(np.roll(np.roll(padded, du, 0), dv, 1) for du in (-1, 0, 1) for dv in (-1, 0, 1)
-                     if (du, dv) != (0, 0))[1:-1, 1:-1]
+    neighbours = sum(
+        np.roll(np.roll(padded, du, 0), dv, 1) for du in (-1, 0, 1) for dv in (-1, 0, 1) if (du, dv) != (0, 0)
+    )[1:-1, 1:-1]
     share = (neighbours[dense] > 0).mean()
     assert share > 0.5, share
 
