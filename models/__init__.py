@@ -46,23 +46,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    if not zipfile.is_zipfile(path) and magic[:1] != b"\x80":  # neither torch's zip format nor a pickle
+        raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file")
     try:
         with warnings.catch_warnings():  # the refusal below says what matters; torch's protocol note is noise
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        with open(path, "rb") as f:
-            magic = f.read(2)
-        if not zipfile.is_zipfile(path) and magic[:1] != b"\x80":  # neither torch's zip nor a pickle
-            raise CheckpointError(f"cannot read checkpoint {path}: it is not a PyTorch file") from exc
         raise CheckpointError(
             f"refused to load {path}: it holds Python objects beyond tensors, and unpickling them could run "
             f"code. pxdbg loads only plain state_dicts (torch.load(..., weights_only=True)). If you trust "
             f"the file, convert it once: torch.save(torch.load(p, weights_only=False).state_dict(), new_p). "
             f"Detail: {str(exc).splitlines()[0]}"
         ) from exc
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: it is damaged or not a state_dict ({exc!r})") from exc
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -97,6 +97,11 @@ def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.
             if keys
         )
         raise CheckpointError(f"checkpoint {source} does not fit the model {name!r} ({detail}).{hint}")
+    not_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if not_finite:
+        raise CheckpointError(
+            f"checkpoint {source} holds NaN or infinite values in {len(not_finite)} tensor(s): "
+            f"{', '.join(not_finite[:5])}{' ...' if len(not_finite) > 5 else ''}; it cannot generate background")
     net.load_state_dict(state_dict, strict=True)
 
 
@@ -120,9 +125,7 @@ class BackgroundModel:
         self.identity = ModelIdentity(name, checkpoint_sha256, precision)
         self.engine = None
         if self.is_gan:
-            from pxdbg.shared import registry
-
-            self.engine = GanEngine(net, device, precision, info=registry.get(name),
+            self.engine = GanEngine(net, device, precision, info=self.info,
                                     images_per_call=images_per_call, cuda_graphs=cuda_graphs)
         elif precision != "fp32":
             raise ConfigError(f"the {name} model has no precision setting; use fp32")
@@ -196,11 +199,12 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
                            cuda_graphs=cuda_graphs)
 
 
-def load_spec(spec, **engine_options) -> BackgroundModel:
+def load_spec(spec, *, check_sample: bool = True, **engine_options) -> BackgroundModel:
     """The model a :class:`~pxdbg.shared.spec.ProducerSpec` names, ready for inference.
 
     A spec that names its checkpoint by ``checkpoint_sha256`` as well is checked against the file actually
-    loaded: a mismatch is a :class:`CheckpointError`, never a silent substitution.
+    loaded: a mismatch is a :class:`CheckpointError`, never a silent substitution. ``check_sample`` generates
+    one frame (the producer's warm-up) and refuses a checkpoint whose frames are empty.
     """
     model = load(spec.model, spec.checkpoint, globaltag=spec.globaltag, device=spec.device,
                  precision=spec.precision, **engine_options)
@@ -208,7 +212,20 @@ def load_spec(spec, **engine_options) -> BackgroundModel:
         raise CheckpointError(
             f"checkpoint {model.checkpoint_path} has sha256 {model.identity.checkpoint_sha256}, but "
             f"{spec.checkpoint_sha256} was asked for; give the checkpoint that was asked for, or drop the checksum")
+    if check_sample:
+        check_sample_frame(model)
     return model
+
+
+def check_sample_frame(model: BackgroundModel) -> None:
+    """Generate one frame and refuse a model whose output is no background: no hit at all (a broken or
+    all-zero network) or charges outside 1..255 ADC."""
+    (frame,) = model.frames(seed=0, indices=[0])
+    if frame.n_digits == 0:
+        raise CheckpointError(f"checkpoint {model.checkpoint_path} generates empty frames (a sample frame has no "
+                              f"hit); it is not a trained {model.name} background model")
+    if int(frame.charge.min()) < 1:
+        raise CheckpointError(f"checkpoint {model.checkpoint_path} generates hits of charge 0 ADC")
 
 
 def check_checkpoint(name: str, path: str | os.PathLike) -> None:
