@@ -6,24 +6,16 @@ cannot be built is a failure that says why (CI runs tools/farm-deps.sh first).
 
 from __future__ import annotations
 
-import os
-
 import pytest
-from cluster import Cluster, ClusterUnavailable, check_environment
+from cluster import Cluster, ClusterUnavailable, check_environment, unavailable
 from farm import PRODUCER_NODES, Farm, nodes_needed
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"farm tests cannot run: {reason} (CI=true: the emulated cluster must build here)", pytrace=False)
-    pytest.skip(f"farm tests: {reason}")
 
 
 @pytest.fixture(scope="session")
 def cluster():
     reason = check_environment(nodes_needed())
     if reason:
-        _unavailable(reason)
+        unavailable(reason)
     c = Cluster(nodes_needed(), Farm.partitions())
     try:
         c.start()

@@ -4,14 +4,13 @@ one whose resolv.conf points there, so every lookup goes through getaddrinfo and
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 
 import pytest
-from cluster import _which
+from cluster import _which, unavailable
 from farm import digest, expected, wait_for
 
 from pxdbg.shared.digitsfile import read_digits
@@ -25,10 +24,7 @@ DNS_ADDR, CLIENT_ADDR = "198.18.0.53", "198.18.0.60"
 @pytest.fixture(scope="module")
 def dns(farm):
     if _which("dnsmasq") is None:
-        reason = "dnsmasq is missing (Debian package dnsmasq-base; tools/farm-deps.sh installs it)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
+        unavailable("dnsmasq is missing (Debian package dnsmasq-base; tools/farm-deps.sh installs it)")
     c = farm.cluster
     hosts = c.root / "dns-hosts"
 
