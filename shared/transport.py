@@ -99,6 +99,15 @@ def check_ipc_free(path: str) -> None:
     )
 
 
+def check_binds(endpoints: list[str]) -> None:
+    """Check a producer's endpoints before anything slow happens (a model load): their form, and that no other
+    process serves an ipc path."""
+    for ep in endpoints:
+        check_endpoint(ep, bind=True)
+        if ep.startswith("ipc://"):
+            check_ipc_free(ep[len("ipc://") :])
+
+
 def dealer(ctx: zmq.Context, endpoint: str, options: TransportOptions | None = None) -> zmq.Socket:
     """A consumer's socket to one producer."""
     options = options or TransportOptions()
@@ -131,10 +140,7 @@ def router(
     ``sndhwm``: messages libzmq may queue per consumer (default ``options.hwm``); a producer keeps it small and
     queues the rest itself, per consumer."""
     options = options or TransportOptions()
-    for ep in endpoints:
-        check_endpoint(ep, bind=True)
-        if ep.startswith("ipc://"):
-            check_ipc_free(ep[len("ipc://") :])
+    check_binds(endpoints)
     sock = ctx.socket(zmq.ROUTER)
     sock.setsockopt(zmq.LINGER, options.linger_ms)
     sock.setsockopt(zmq.SNDHWM, options.hwm if sndhwm is None else sndhwm)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from pxdbg.shared import discovery, payloads, registry, security
+from pxdbg.shared import discovery, payloads, registry, security, transport
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
@@ -253,6 +253,7 @@ def cmd_produce(args) -> int:
     from pxdbg.producer.server import ProducerServer
 
     spec = ProducerSpec.from_args(args)
+    transport.check_binds(args.bind)  # before the model loads: a malformed or busy endpoint fails at once
     # checked before the model loads: a bad --register fails at once
     registrar = discovery.Registrar(args.register, args.bind) if args.register else None
     threads = spec.threads or _default_producer_threads(spec)
