@@ -291,3 +291,18 @@ def test_generate_gives_one_frame_of_40_sensors_with_nothing_below_the_cut():
     assert 0 < hits.numel() < frame.numel(), "the cut removes some pixels and keeps others"
     assert int(hits.min()) >= 6, "basf2's cut (-0.26) leaves no charge below 6 ADC"
     assert int((hits < 10).sum()) > 0, "charges just above the cut occur, so the bound is tested"
+
+
+@pytest.mark.slow
+def test_frames_through_the_engine_do_not_depend_on_the_other_event_in_their_call(tmp_path):
+    path = tmp_path / "ieagan.pt"
+    torch.save(randomised(8).state_dict(), path)
+    model = models.load("ieagan", path, images_per_call=80)  # two whole events per forward call
+    assert model.engine.conditional and model.engine.images_per_call == 80
+    pair = model.dense_frames(5, [0, 1])  # frame 1 next to frame 0
+    alone = model.dense_frames(5, [1])  # frame 1 next to padding
+    assert pair.shape == (2, 40, 250, 768) and pair.dtype == torch.uint8
+    assert torch.equal(pair[1], alone[0])
+    assert not torch.equal(pair[0], pair[1]), "frames draw their own latents"
+    hits = pair[pair > 0]
+    assert 0 < hits.numel() < pair.numel() and int(hits.min()) >= 6
