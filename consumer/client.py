@@ -468,22 +468,26 @@ class BackgroundClient:
         if peer.state in (ALIVE, DRAINING):
             if now - peer.last_recv > self.heartbeat_timeout:
                 self._peer_lost(peer, f"silent for {now - peer.last_recv:.1f} s")
-            elif peer.state == ALIVE and peer.busy_for(now) > self.stall_timeout:
-                self._quarantine(
-                    peer,
-                    f"answered heartbeats but delivered none of the frames asked of it for {peer.busy_for(now):.1f} s",
-                )
-                return
-            elif peer.state == ALIVE and peer.busy_for(now) > self._warn_after and now - peer.warned > self._warn_after:
-                peer.warned = now
-                log.warning(
-                    "producer %s answers heartbeats but delivered none of its %d outstanding frame(s) for %.0f s; "
-                    "quarantined after %.0f s",
-                    peer.endpoint,
-                    len(peer.outstanding),
-                    peer.busy_for(now),
-                    self.stall_timeout,
-                )
+            elif peer.state == ALIVE:
+                self._judge_slow(peer, now)
+                if peer.state == QUARANTINED:
+                    return
+                busy = peer.busy_for(now)
+                if busy > self.stall_timeout:
+                    self._quarantine(
+                        peer, f"answered heartbeats but delivered none of the frames asked of it for {busy:.1f} s"
+                    )
+                    return
+                if busy > self._warn_after and now - peer.warned > self._warn_after:
+                    peer.warned = now
+                    log.warning(
+                        "producer %s answers heartbeats but delivered none of its %d outstanding frame(s) for %.0f s; "
+                        "quarantined after %.0f s",
+                        peer.endpoint,
+                        len(peer.outstanding),
+                        busy,
+                        self.stall_timeout,
+                    )
         if now - peer.last_sent >= self.heartbeat_interval:
             self._try_send(peer, ping if peer.state in (ALIVE, DRAINING) else hello, now)
 
@@ -670,16 +674,19 @@ class BackgroundClient:
         if time.monotonic() - peer.last_recv > 2 * self.heartbeat_interval:
             return  # silent altogether: lost, not slow; the heartbeat timeout decides
         peer.slow_strikes += 1
+        self._judge_slow(peer, time.monotonic())
+
+    def _judge_slow(self, peer: Peer, now: float) -> None:
+        """After ``max_strikes`` overtaken frames in a row: far slower than the others, or merely unlucky (a
+        descheduled moment)? Quarantined when its latency, or the age of what it owes, is well above theirs;
+        judged again on every pass until it delivers a frame in time (which clears its strikes)."""
         if peer.slow_strikes < self.max_strikes:
             return
-        # far slower, or merely unlucky (a descheduled moment)? Compare with the others' latency.
-        now = time.monotonic()
         others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
         if others:
             typical = sorted(others)[len(others) // 2]
-            own = max(peer.latency if peer.latency is not None else math.inf, peer.busy_for(now))
+            own = max(peer.latency if peer.latency is not None else 0.0, peer.busy_for(now))
             if own <= self.straggler_factor * typical:
-                peer.slow_strikes = 0
                 return
         self._quarantine(
             peer,
@@ -803,7 +810,17 @@ class BackgroundClient:
             return
         # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
         latency = {p.endpoint: (1e-9 if p.state == DRAINING else p.latency) for p in working}
-        late = credits.overdue(now, copies, latency, factor=self.straggler_factor, min_age=self.straggler_min_s)
+        # before any producer delivered, guess 1 s per frame; but an idle producer may as well try at once
+        idle = any(not p.outstanding for p in alive)
+        initial = self.straggler_min_s / self.straggler_factor if idle else 1.0
+        late = credits.overdue(
+            now,
+            copies,
+            latency,
+            factor=self.straggler_factor,
+            min_age=self.straggler_min_s,
+            initial_latency=initial,
+        )
         if not late:
             return
         plan: dict[str, list[int]] = {}
