@@ -50,6 +50,8 @@ PUBLIC_SUFFIX, SECRET_SUFFIX = ".key", ".key_secret"
 #: Seconds between checks of an allow-list directory for changed files.
 RELOAD_CHECK_S = 1.0
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+#: Handshakes in a row lost without a reason (EVENT_HANDSHAKE_FAILED_NO_DETAIL) that a consumer takes for a refusal.
+CONFIRMING_FAILURES = 2
 _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
@@ -281,7 +283,8 @@ class _ContextGuard:
         self.ctx = ctx
         self.lock = threading.Lock()
         self.domains: dict[str, AllowList] = {}
-        self.refusals: dict[str, str] = {}  # consumer side: endpoint -> why the producer refused us
+        # consumer side: endpoint -> (why the producer refused us, failed handshakes in a row)
+        self.refusals: dict[str, tuple[str, int]] = {}
         self._zap: zmq.Socket | None = None
         self._monitors: dict[zmq.Socket, tuple] = {}  # PAIR -> ("server", AllowList) | ("client", ep, why)
         self._serial = 0
@@ -403,10 +406,17 @@ class _ContextGuard:
             _, endpoint, why = role
             with self.lock:
                 if failed:
-                    reason = why["auth" if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"]
-                    if self.refusals.get(endpoint) != reason:
+                    # AUTH (a ZAP "no") and PROTOCOL (e.g. a mechanism mismatch) are final: libzmq gives up on
+                    # the connection. NO_DETAIL is a connection lost during the handshake, which a producer dying
+                    # at that moment also causes; libzmq reconnects, and a second failure in a row confirms it.
+                    kind = event["event"]
+                    reason = why["auth" if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH else "handshake"]
+                    before, count = self.refusals.get(endpoint, (None, 0))
+                    final = kind != zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+                    count = CONFIRMING_FAILURES if final else (count + 1 if before == reason else 1)
+                    if count >= CONFIRMING_FAILURES and (before != reason or count == CONFIRMING_FAILURES):
                         log.warning("%s", reason)
-                    self.refusals[endpoint] = reason
+                    self.refusals[endpoint] = (reason, count)
                 elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.refusals.pop(endpoint, None)
 
@@ -524,10 +534,10 @@ def refusal(ctx: zmq.Context, endpoints: list[str]) -> str | None:
     if guard is None or not endpoints:
         return None
     with guard.lock:
-        reasons = [guard.refusals.get(ep) for ep in endpoints]
-    if any(r is None for r in reasons):
+        found = [guard.refusals.get(ep, (None, 0)) for ep in endpoints]
+    if any(count < CONFIRMING_FAILURES for _, count in found):
         return None
-    return "; ".join(dict.fromkeys(reasons))
+    return "; ".join(dict.fromkeys(reason for reason, _ in found))
 
 
 def refused_endpoints(ctx: zmq.Context) -> dict[str, str]:
@@ -536,7 +546,7 @@ def refused_endpoints(ctx: zmq.Context) -> dict[str, str]:
     if guard is None:
         return {}
     with guard.lock:
-        return dict(guard.refusals)
+        return {ep: why for ep, (why, count) in guard.refusals.items() if count >= CONFIRMING_FAILURES}
 
 
 def allow_list(sock: zmq.Socket) -> AllowList | None:
