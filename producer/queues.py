@@ -7,7 +7,8 @@ whose send queue is full (one that does not read), so such a consumer costs no m
 wait behind it. Limits: ``max_consumers``, and ``max_pending`` frames asked but not yet sent per consumer.
 
 Memory: at most ``max_consumers * max_pending`` queued frame indices (8 bytes each: 8 MB at the defaults) and
-``max_consumers * max_unsent`` encoded frames (plus what each socket's high-water mark lets libzmq hold).
+``max_consumers * max_unsent`` encoded frames, and per consumer at most about ``max_unsent_bytes`` of them (plus
+what each socket's high-water mark lets libzmq hold).
 
 Socket-free and thread-safe (one lock); the network thread adds, removes and sends, the generation thread takes.
 """
@@ -82,6 +83,7 @@ class Consumer:
     requests: RequestQueue = field(default_factory=RequestQueue)  # (seed, idx) not yet taken
     working: int = 0  # taken for generation, not yet in the send queue
     outbox: deque = field(default_factory=deque)  # messages waiting for the socket (frames or errors)
+    outbox_bytes: int = 0
     blocked_since: float | None = None  # when its socket last refused a message, while the outbox waits
     sent: int = 0
 
@@ -90,15 +92,32 @@ class Consumer:
         """Frames asked for and not yet handed to the socket."""
         return len(self.requests) + self.working + len(self.outbox)
 
+    def can_take(self, max_unsent: int, max_unsent_bytes: int) -> bool:
+        """More work for this consumer would not exceed its share of finished frames waiting to be sent."""
+        return self.working + len(self.outbox) < max_unsent and self.outbox_bytes < max_unsent_bytes
+
 
 class ConsumerQueues:
-    def __init__(self, *, max_consumers: int = 256, max_pending: int = 4096, max_unsent: int = 16) -> None:
-        for name, value in (("max_consumers", max_consumers), ("max_pending", max_pending), ("max_unsent", max_unsent)):
+    def __init__(
+        self,
+        *,
+        max_consumers: int = 256,
+        max_pending: int = 4096,
+        max_unsent: int = 16,
+        max_unsent_bytes: int = 32 * 2**20,
+    ) -> None:
+        for name, value in (
+            ("max_consumers", max_consumers),
+            ("max_pending", max_pending),
+            ("max_unsent", max_unsent),
+            ("max_unsent_bytes", max_unsent_bytes),
+        ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.max_consumers = max_consumers
         self.max_pending = max_pending
         self.max_unsent = max_unsent
+        self.max_unsent_bytes = max_unsent_bytes
         self._consumers: OrderedDict[bytes, Consumer] = OrderedDict()  # round-robin order
         self._cond = threading.Condition()
         self._closed = False
@@ -160,15 +179,16 @@ class ConsumerQueues:
                 return False
             consumer.working -= 1
             consumer.outbox.append(message)
+            consumer.outbox_bytes += _size(message)
             return True
 
     def sent_one(self, consumer: Consumer) -> None:
         """The head of ``consumer``'s outbox went to its socket."""
         with self._cond:
-            consumer.outbox.popleft()
+            consumer.outbox_bytes -= _size(consumer.outbox.popleft())
             consumer.sent += 1
             consumer.blocked_since = None
-            if len(consumer.outbox) + consumer.working == self.max_unsent - 1:
+            if consumer.requests and consumer.can_take(self.max_unsent, self.max_unsent_bytes):
                 self._cond.notify()  # it may take work again
 
     def pending(self) -> int:
@@ -199,8 +219,8 @@ class ConsumerQueues:
     # -- generation thread --------------------------------------------------------------------------------
     def take(self, max_batch: int, timeout: float = 0.5) -> list[Work]:
         """Up to ``max_batch`` frames, one from each consumer in turn (round robin, resuming after the consumer
-        served last), skipping consumers with ``max_unsent`` frames already made and not sent. Waits up to
-        ``timeout`` seconds for work; returns [] when there is none (or after :meth:`stop`)."""
+        served last), skipping consumers with ``max_unsent`` frames (or ``max_unsent_bytes``) made and not sent.
+        Waits up to ``timeout`` seconds for work; returns [] when there is none (or after :meth:`stop`)."""
         with self._cond:
             batch = self._take(max_batch)
             if not batch and not self._stopped:
@@ -212,7 +232,8 @@ class ConsumerQueues:
         batch: list[Work] = []
         if self._stopped:
             return batch
-        eligible = [c for c in self._consumers.values() if c.requests and c.working + len(c.outbox) < self.max_unsent]
+        limits = self.max_unsent, self.max_unsent_bytes
+        eligible = [c for c in self._consumers.values() if c.requests and c.can_take(*limits)]
         while eligible and len(batch) < max_batch:
             still = []
             for c in eligible:
@@ -222,10 +243,15 @@ class ConsumerQueues:
                 c.working += 1
                 batch.append(Work(c.cid, c.serial, seed, idx, c.codec))
                 self._consumers.move_to_end(c.cid)  # the next batch starts with those not served last
-                if c.requests and c.working + len(c.outbox) < self.max_unsent:
+                if c.requests and c.can_take(*limits):
                     still.append(c)
             eligible = still
         return batch
+
+
+def _size(message: list) -> int:
+    """Bytes of a routed message, less its routing id."""
+    return sum(len(part) for part in message[1:])
 
 
 def _by_seed(pairs) -> dict[int, list[int]]:

@@ -60,6 +60,16 @@ def test_a_consumer_that_does_not_read_gets_no_more_work():
     assert consumers[b"a"].pending == 20 and consumers[b"b"].pending == 20 - 4
 
 
+def test_a_consumer_with_many_bytes_waiting_gets_no_more_work():
+    q = _queues(max_unsent_bytes=1000)  # dense frames are 7.68 MB: a few of them are the bound, not 16
+    q.submit(b"a", 1, list(range(10)))
+    (w,) = q.take(1, timeout=0)
+    q.to_outbox(w.cid, w.serial, [w.cid, b"h", bytes(1200)])
+    assert q.take(4, timeout=0) == []
+    q.sent_one(q.get(b"a"))
+    assert q.get(b"a").outbox_bytes == 0 and len(q.take(4, timeout=0)) == 4
+
+
 def test_pending_limit_and_consumer_limit():
     q = _queues(max_consumers=3)
     assert q.submit(b"a", 1, list(range(90))) == []
