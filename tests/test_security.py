@@ -432,6 +432,7 @@ def test_keys_new_command(tmp_path):
     assert again.stderr.strip().count("\n") == 0 and "exists" in again.stderr
 
 
+@pytest.mark.slow
 def test_producer_refuses_an_ipc_socket_in_a_shared_directory(tmp_path, python_env):
     shared = tmp_path / "shared"
     shared.mkdir()
@@ -448,6 +449,7 @@ def test_producer_refuses_an_ipc_socket_in_a_shared_directory(tmp_path, python_e
     assert "is not private (mode 0755" in last and "mkdir -m 700" in last
 
 
+@pytest.mark.slow
 def test_local_workers_sit_in_a_private_directory():
     from pxdbg.consumer import BackgroundClient
 
