@@ -423,3 +423,42 @@ def test_overlay_example_merges_like_bgoverlayexecutor():
         timeout=120,
     )
     assert proc.returncode == 0 and proc.stdout.count("background digits") == 3, proc.stderr
+
+
+def test_module_farm_mode_with_curve_keys(basf2, bgfile, tmp_path, python_env):
+    """A farm that admits only allow-listed consumers: the module's key files get it the same frames."""
+    import shutil
+    import socket
+
+    from pxdbg.background_generator import PXDBackgroundGenerator
+    from pxdbg.shared import security
+    from pxdbg.shared.errors import ConfigError
+
+    server_public, server_secret = security.new_key_pair(tmp_path / "keys", "producer")
+    client_public, client_secret = security.new_key_pair(tmp_path / "keys", "job")
+    allow = tmp_path / "allow"
+    allow.mkdir()
+    shutil.copy(client_public, allow)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pxdbg", "produce", "--bind", endpoint, "--curve-server-secret", str(server_secret),
+         "--curve-allow-dir", str(allow)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env)
+    try:
+        with pytest.raises(ConfigError, match="CURVE keys are for a producer farm"):
+            PXDBackgroundGenerator(model="parametric", seed=3, workers=1, curve_client_secret=str(client_secret))
+        module = PXDBackgroundGenerator(model="parametric", seed=3, endpoints=[endpoint], prefetch=2,
+                                        curve_client_secret=str(client_secret),
+                                        curve_server_public=str(server_public))
+        got = run_path(basf2, module, bgfile, events=3)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    assert_generated_digits_reach_the_overlay(basf2, got, expected(3, 3))

@@ -152,6 +152,9 @@ def _module_class():
         ``precision`` (fp32, bf16, fp16, tf32) is part of the model identity. Frame n of the stream is the same
         in every mode. Event i of this module gets frame ``first_frame + i``.
 
+        ``curve_client_secret`` and ``curve_server_public`` (key file paths, see ``pxdbg keys new``) authenticate
+        this job to a farm that admits only allow-listed consumers; the ``PXDBG_CURVE_*`` variables work as well.
+
         ``compat_rng=True`` (in-process, fp32, from the first frame) replaces the per-frame streams by the
         upstream module's sequence: ``torch.manual_seed(seed)`` once, then each event draws from torch's global
         random state, so that with the same weights and seed the events equal the upstream module's.
@@ -175,6 +178,8 @@ def _module_class():
             max_batch: int | None = None,
             precision: str = "fp32",
             compat_rng: bool = False,
+            curve_client_secret: str | None = None,
+            curve_server_public: str | None = None,
         ) -> None:
             super().__init__()
             self.checkpoint, self.seed = _check_args(model, checkpoint, seed, nintra, ninter, globaltag)
@@ -207,6 +212,10 @@ def _module_class():
             self.workers, self.endpoints, self.prefetch, self.device = workers, endpoints, prefetch, device
             self.checkpoint_sha256, self.first_frame, self.max_batch = checkpoint_sha256, first_frame, max_batch
             self.precision, self.compat_rng = precision, bool(compat_rng)
+            self.curve = dict(curve_client_secret=curve_client_secret, curve_server_public=curve_server_public)
+            if any(self.curve.values()) and endpoints is None:
+                raise ConfigError("CURVE keys are for a producer farm (`endpoints`); local workers talk over a "
+                                  "private ipc directory")
             basf2.conditions.append_globaltag(globaltag)
             self._client = None
             self._model = None
@@ -292,8 +301,14 @@ def _module_class():
                 from pxdbg.consumer import BackgroundClient
 
                 source = dict(workers=self.workers) if self.workers else dict(endpoints=self.endpoints)
+                transport = None
+                if any(self.curve.values()):
+                    from pxdbg.shared.spec import TransportOptions
+
+                    transport = TransportOptions(**{k: v for k, v in self.curve.items() if v is not None})
                 self._client = BackgroundClient(
-                    **source, spec=spec, seed=self.seed, first_frame=self.first_frame, prefetch=self.prefetch
+                    **source, spec=spec, transport=transport, seed=self.seed, first_frame=self.first_frame,
+                    prefetch=self.prefetch,
                 )
                 identity = self._client.identity
             self._filler = DigitFiller()
