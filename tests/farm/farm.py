@@ -157,12 +157,9 @@ class Farm:
         return int(m.group(1)) / 1024
 
     # -- consumers ---------------------------------------------------------------------------------------------
-    def consumer_endpoints(self, extra: list[str] = ()) -> str:
-        """The endpoint string consumers get: the rendezvous directory where the consumer reads it, else the
-        producers found there now, as a static list."""
-        if client_reads_discovery():
-            return f"dir:{self.rdv}"
-        return ",".join([*self.producer_endpoints, *extra])
+    def consumer_endpoints(self) -> str:
+        """The endpoint string consumers get: the rendezvous directory the producer jobs register in."""
+        return f"dir:{self.rdv}"
 
     def submit_consumers(
         self,
@@ -239,11 +236,3 @@ class Farm:
     def close(self) -> None:
         for job in self.jobs:
             self.cluster.scancel(job)
-
-
-def client_reads_discovery() -> bool:
-    """Whether this tree's consumer resolves endpoint strings through pxdbg.shared.discovery."""
-    import pxdbg.consumer
-
-    consumer_dir = Path(pxdbg.consumer.__file__).parent
-    return any("discovery" in p.read_text() for p in consumer_dir.glob("*.py"))

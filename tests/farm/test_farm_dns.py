@@ -57,10 +57,11 @@ def dns(farm):
     )
 
     def lookup() -> list[str]:
-        out = c.slurm(
+        out = subprocess.run(  # ip netns exec: the namespace's own /etc/netns/dq1/resolv.conf is bind-mounted
             ["ip", "netns", "exec", "dq1", sys.executable, "-m", "pxdbg.shared.discovery", f"dns://{NAME}:5555"],
+            capture_output=True,
+            text=True,
             timeout=30,
-            check=False,
         )
         return out.stdout.split()
 

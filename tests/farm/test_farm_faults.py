@@ -46,12 +46,17 @@ def test_partitioned_producer_node_is_dropped_then_used_again(farm):
 
     def partition(job, out):
         farm.wait_progress(job, 0, 24)
+        wait_for(
+            lambda: re.search(rf"producer {re.escape(ep)} ready", farm.task_log(job, 0)),
+            60,
+            f"the consumer never used {ep}: {farm.task_log(job, 0)[-3000:]}",
+        )
         farm.cluster.partition(node)
         try:
             wait_for(
-                lambda: re.search(rf"producer {re.escape(ep)} (lost|vanished)", farm.task_log(job, 0)),
+                lambda: re.search(rf"producer {re.escape(ep)} (lost|vanished|quarantined)", farm.task_log(job, 0)),
                 60,
-                f"the consumer did not drop the partitioned {ep}",
+                f"the consumer did not drop the partitioned {ep}: {farm.task_log(job, 0)[-3000:]}",
             )
         finally:
             farm.cluster.heal(node)
@@ -85,7 +90,7 @@ def test_packet_loss_on_a_producer_link(farm):
 
 def test_scancel_of_a_producer_job(farm):
     job_p, extra = farm.start_producers([3], port=5600, session=False)
-    endpoints = farm.consumer_endpoints(extra)
+    endpoints = farm.consumer_endpoints()  # the extra producer registers there too
     ref = _run(farm, seed=13, endpoints=endpoints)
 
     def cancel(job, out):
