@@ -82,6 +82,21 @@ def recommended_threads(info: ModelInfo, device: torch.device | str) -> int:
     return _usable_cpus()
 
 
+@contextlib.contextmanager
+def precision_flags(precision: str):
+    """TF32 on for ``tf32`` and off otherwise, for the block only: the switches are process-wide, so they are
+    restored afterwards and a lock keeps two engines' calls (in two threads) from overlapping."""
+    tf32 = precision == "tf32"
+    with _FLAGS_LOCK:
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 class GanEngine:
     def __init__(
         self,
@@ -130,7 +145,12 @@ class GanEngine:
         threshold = HIT_THRESHOLD if self._to_adc is output_to_adc else hit_threshold(self._to_adc)
         #: the network the engine runs (folded, cast): internal, its names are not the checkpoint's
         self.fast_net = inference_network(
-            net, precision, info.output_layer if info else None, output=output_precision, threshold=threshold
+            net,
+            precision,
+            info.output_layer if info else None,
+            output=output_precision,
+            threshold=threshold,
+            example=self._calibration_batch(net) if precision in _AUTOCAST else None,
         )
         # layers the conversion left with parameters (a model's own modules) run under autocast
         self._needs_autocast = precision in _AUTOCAST and any(True for _ in self.fast_net.parameters())
@@ -140,18 +160,18 @@ class GanEngine:
         self._graph = None
         self._pinned: torch.Tensor | None = None
 
-    @contextlib.contextmanager
+    def _calibration_batch(self, net: torch.nn.Module) -> tuple:
+        """Fixed latents (one event for a conditional model, else 2 images) for the bias correction of rounded
+        weights: the same on every run, so an engine's frames stay a function of the checkpoint alone."""
+        n = self.images_per_event if self.conditional else 2
+        g = torch.Generator().manual_seed(0)
+        device = next(net.parameters()).device
+        z = torch.randn(n, self._latent_dim(), generator=g).to(device)
+        return (z, torch.arange(n, device=device) % self.images_per_event) if self.conditional else (z,)
+
     def precision_flags(self):
-        """The engine's TF32 settings (on only for ``tf32``), in force for the block and restored after it."""
-        tf32 = self.precision == "tf32"
-        with _FLAGS_LOCK:
-            saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-            torch.backends.cuda.matmul.allow_tf32 = tf32
-            torch.backends.cudnn.allow_tf32 = tf32
-            try:
-                yield
-            finally:
-                torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+        """The engine's TF32 settings (on only for ``tf32``), in force for a block and restored after it."""
+        return precision_flags(self.precision)
 
     def _autocast(self):
         if not self._needs_autocast:

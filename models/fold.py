@@ -115,11 +115,54 @@ def _add_channel_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tenso
     return F.batch_norm(y, torch.zeros_like(bias), ones, ones, bias, False, 0.0, 0.0)
 
 
+def _rounding_shift(w: torch.Tensor, w_low: torch.Tensor, input_mean: torch.Tensor | None) -> torch.Tensor | float:
+    """The mean output change per output channel that rounding the weights ``w`` to ``w_low`` causes, for
+    inputs whose per-channel mean is ``input_mean`` (bias correction: subtracting it from the bias removes the
+    systematic part of the weights' rounding error, the part that moves every pixel of a channel alike)."""
+    if input_mean is None or w.dim() not in (2, 4) or w.shape[1] != input_mean.shape[0]:
+        return 0.0
+    dw = w_low.float() - w.float()
+    if dw.dim() == 4:
+        dw = dw.sum((2, 3))
+    return dw @ input_mean.float().to(dw.device)
+
+
+def input_means(net: nn.Module, example: tuple) -> dict[str, torch.Tensor]:
+    """The mean input per channel of every plain Conv2d and Linear of ``net`` (fp32), over one forward pass
+    of ``example`` (the calibration batch)."""
+    means: dict[str, torch.Tensor] = {}
+    hooks = []
+
+    def record(name):
+        def hook(mod, args):
+            x = args[0].detach().float()
+            means[name] = x.mean((0, 2, 3)) if x.dim() == 4 else x.reshape(-1, x.shape[-1]).mean(0)
+
+        return hook
+
+    for name, mod in net.named_modules():
+        if type(mod) in (nn.Conv2d, nn.Linear) and _plain(mod):
+            hooks.append(mod.register_forward_pre_hook(record(name)))
+    try:
+        with torch.inference_mode():
+            net(*example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return means
+
+
 class FastConv2d(nn.Module):
     """A Conv2d for inference: weight cast once to ``dtype`` (channels_last), exact fp32 bias, optional fused
     ReLU. ``bias_shift`` is subtracted from the bias (the output layer's centring)."""
 
-    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype, bias_shift: float | torch.Tensor = 0.0) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        dtype: torch.dtype,
+        bias_shift: float | torch.Tensor = 0.0,
+        input_mean: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.dtype = dtype
         self.relu = False
@@ -127,7 +170,7 @@ class FastConv2d(nn.Module):
         w = conv.weight.detach()
         self.register_buffer("weight", w.to(dtype).contiguous(memory_format=torch.channels_last))
         bias = conv.bias.detach().float() if conv.bias is not None else w.new_zeros(conv.out_channels).float()
-        bias = bias - bias_shift
+        bias = bias - bias_shift - _rounding_shift(w, self.weight, input_mean)
         self.onednn = _onednn(w.device, dtype) and not isinstance(conv.padding, str)
         if self.onednn or dtype == torch.float32:
             self.register_buffer("bias", bias)
@@ -161,11 +204,13 @@ class FastConv2d(nn.Module):
 class FastLinear(nn.Module):
     """A Linear with its weight cast once to ``dtype`` and its bias kept exact."""
 
-    def __init__(self, linear: nn.Linear, dtype: torch.dtype) -> None:
+    def __init__(self, linear: nn.Linear, dtype: torch.dtype, input_mean: torch.Tensor | None = None) -> None:
         super().__init__()
         self.dtype = dtype
         self.register_buffer("weight", linear.weight.detach().to(dtype))
         bias = linear.bias.detach().float() if linear.bias is not None else None
+        if bias is not None:
+            bias = bias - _rounding_shift(linear.weight.detach(), self.weight, input_mean)
         hi = None if bias is None else bias.to(dtype)
         self.register_buffer("bias", hi)
         self.register_buffer("bias_lo", None if bias is None or dtype == torch.float32 else bias - hi.float())
@@ -202,7 +247,14 @@ class OutputConv2d(nn.Module):
     weights at the cost of one more output channel, which the input-bound layer hardly notices).
     """
 
-    def __init__(self, conv: nn.Conv2d, mode: str, dtype: torch.dtype, threshold: float = HIT_THRESHOLD) -> None:
+    def __init__(
+        self,
+        conv: nn.Conv2d,
+        mode: str,
+        dtype: torch.dtype,
+        threshold: float = HIT_THRESHOLD,
+        input_mean: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if mode not in OUTPUT_MODES:
             raise ValueError(f"unknown output-layer mode {mode!r}; choose one of {', '.join(OUTPUT_MODES)}")
@@ -216,13 +268,16 @@ class OutputConv2d(nn.Module):
             hi = w.to(dtype).float()
             conv.weight = nn.Parameter(torch.cat([hi, (w - hi).to(dtype).float()]), requires_grad=False)
             b = conv.bias.detach().float() if conv.bias is not None else w.new_zeros(1)
+            b = b - _rounding_shift(w, hi + conv.weight[1:].detach(), input_mean)
             conv.bias = nn.Parameter(torch.cat([b, b.new_zeros(1)]), requires_grad=False)
             conv.out_channels = 2
             self.centre_split = torch.tensor([self.centre, 0.0])
+            input_mean = None  # corrected above for the sum of the two channels
         self.conv = FastConv2d(
             conv,
             torch.float32 if mode == "fp32" else dtype,
             bias_shift=self.centre_split if mode == "bf16x2" else self.centre,
+            input_mean=input_mean if mode != "fp32" else None,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -297,34 +352,43 @@ def _fuse_relu(gm: torch.fx.GraphModule) -> int:
 
 
 def inference_network(
-    net: nn.Module, precision: str, output_layer: str | None, *, output: str = "bf16", threshold: float = HIT_THRESHOLD
+    net: nn.Module,
+    precision: str,
+    output_layer: str | None,
+    *,
+    output: str = "bf16",
+    threshold: float = HIT_THRESHOLD,
+    example: tuple | None = None,
 ) -> nn.Module:
     """The network an engine runs for ``net`` at ``precision`` (``net`` is not changed).
 
     All precisions: batch norm folded, channels_last, fused ReLU. bf16/fp16: weights in that dtype with exact
     biases, the output layer ``output_layer`` (a module name of ``net``, e.g. ``"features.20"``) in ``output``
-    mode ("fp32" or "bf16"); ``threshold`` is the tanh output at which a pixel becomes a hit.
+    mode (one of :data:`OUTPUT_MODES`); ``threshold`` is the tanh output at which a pixel becomes a hit.
+    ``example`` (the network's call arguments, a calibration batch) gives the mean input of every layer, for
+    the bias correction of rounded weights (:func:`_rounding_shift`).
     """
     if output not in OUTPUT_MODES:
         raise ValueError(f"unknown output-layer mode {output!r}; choose one of {', '.join(OUTPUT_MODES)}")
     folded = fold_batchnorm(net).to(memory_format=torch.channels_last)
     dtype = _LOW.get(precision, torch.float32)
+    means = input_means(folded, example) if example is not None and dtype != torch.float32 else {}
     if output_layer is not None and dtype != torch.float32:
         try:
             layer = folded.get_submodule(output_layer)
         except AttributeError:
             raise ValueError(f"the network has no output layer {output_layer!r}") from None
         if type(layer) is nn.Conv2d and _plain(layer) and layer.padding_mode == "zeros":
-            _replace(folded, output_layer, OutputConv2d(layer, output, dtype, threshold))
+            _replace(folded, output_layer, OutputConv2d(layer, output, dtype, threshold, means.get(output_layer)))
         else:  # a model's own layer (e.g. spectrally normalised): its weight is its business; run it in fp32
             _replace(folded, output_layer, Fp32Output(layer))
     for name, mod in list(folded.named_modules()):
         if not _plain(mod):
             continue
         if type(mod) is nn.Conv2d and mod.padding_mode == "zeros":
-            _replace(folded, name, FastConv2d(mod, dtype))
+            _replace(folded, name, FastConv2d(mod, dtype, input_mean=means.get(name)))
         elif type(mod) is nn.Linear and dtype != torch.float32:
-            _replace(folded, name, FastLinear(mod, dtype))
+            _replace(folded, name, FastLinear(mod, dtype, input_mean=means.get(name)))
         elif type(mod) is nn.BatchNorm2d and mod.track_running_stats and dtype != torch.float32:
             _replace(folded, name, MixedBatchNorm2d(mod, dtype))
     if isinstance(folded, torch.fx.GraphModule):

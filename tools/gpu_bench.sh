@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The GPU device check of the producer: convnet and resnet at fp32/tf32/bf16/fp16 and several batch sizes,
+# The GPU device check of the producer: every GAN of the registry at fp32/tf32/bf16/fp16, today's engine beside the
+# folded one, and several batch sizes,
 # printing JSON. Needs only torch (the bench imports neither pyzmq nor msgpack) and installs nothing:
 # the package is assembled under /tmp and put on PYTHONPATH.
 #   bash tools/gpu_bench.sh [--quick]
