@@ -92,7 +92,7 @@ def test_calibrated_payload_is_a_model_like_any_other(calibrated, tmp_path, pyth
     payload, stdout = calibrated
     sha = payloads.sha256_file(payload)
     assert f"(sha256 {sha}: the model identity)" in stdout
-    assert "ms per frame on one core" in stdout and "library of 256 per sensor" in stdout
+    assert "ms (CPU) per frame on one core" in stdout and "library of 256 per sensor" in stdout
     m = models.load("parametric", checkpoint=payload)
     assert m.identity.checkpoint_sha256 == sha
     a = m.frames(7, [3, 4])

@@ -269,6 +269,8 @@ def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_
         "clusters",
         "hitmaps",
         "correlation",
+        "mean_hit_adc_per_sensor",
+        "profiles",
     ):
         assert (out / f"{png}.png").stat().st_size > 1000
     numbers = json.loads((out / "metrics.json").read_text())

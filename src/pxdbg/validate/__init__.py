@@ -37,6 +37,13 @@ def _source_frames(spec: str, *, events: int | None, checkpoint: str | None, see
     return f"model {m.identity} run on the fly, stream seed {seed}", n, frames()
 
 
+def _label(spec: str, checkpoint: str | None) -> str:
+    """A short name for plots: a file's stem, or the model with its checkpoint file."""
+    if spec.endswith((".npz", ".root")):
+        return Path(spec).stem
+    return f"{spec} ({Path(checkpoint).name})" if checkpoint else spec
+
+
 def validate(
     sample: str,
     reference: str | None = None,
@@ -66,12 +73,12 @@ def validate(
                 progress(label, i + 1, n)
         return desc, metrics
 
-    label = Path(sample).stem if sample.endswith((".npz", ".root")) else sample
+    label = _label(sample, checkpoint)
     s_desc, s_metrics = measure(sample, checkpoint, label, seed)
     if reference is None:
         ref, r_desc = ReferenceFigures(reference_figures()), "the shipped reference figures (10,000 events)"
     else:
-        r_label = Path(reference).stem if reference.endswith((".npz", ".root")) else reference
+        r_label = _label(reference, reference_checkpoint)
         if r_label == label:
             r_label += " (reference)"
         r_desc, ref = measure(reference, reference_checkpoint, r_label, seed + 1)

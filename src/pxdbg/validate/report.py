@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, sensor_name
+from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, N_U, N_V, sensor_name
 from pxdbg.validate.metrics import (
     CLUSTER_CHARGE_BIN,
     MAX_CLUSTER_SIZE,
@@ -16,6 +16,7 @@ from pxdbg.validate.metrics import (
     Check,
     ReferenceFigures,
     SampleMetrics,
+    ks_distance_rows,
 )
 
 
@@ -53,6 +54,15 @@ def plot_all(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, out: 
     ax.set_title("Per-sensor mean occupancy")
     ax.legend(fontsize=8)
     save(fig, "occupancy_per_sensor.png", "Per-sensor mean occupancy")
+
+    fig, ax = plt.subplots(figsize=(11, 4))
+    ax.step(idx, ref.mean_hit_adc_per_sensor(), where="mid", label=ref.name, color="black")
+    ax.plot(idx, sample.mean_hit_adc_per_sensor(), "o", ms=4, label=sample.name, color="tab:red")
+    ax.set_xticks(idx[::2], [sensor_name(i) for i in idx[::2]], rotation=90, fontsize=7)
+    ax.set_ylabel("mean hit charge (ADC)")
+    ax.set_title("Per-sensor mean hit charge (average over images of the image's mean)")
+    ax.legend(fontsize=8)
+    save(fig, "mean_hit_adc_per_sensor.png", "Per-sensor mean hit charge")
 
     # where the sample stands among the published GANs (layer figures from the same reference file)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -127,6 +137,22 @@ def plot_all(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures, out: 
             ax.set_ylabel("u")
             fig.colorbar(im, ax=ax, label="hits per image")
     save(fig, "hitmaps.png", "Hit maps per layer")
+
+    if isinstance(ref, SampleMetrics):
+        # each axis: the sensor whose profile differs most from the reference's
+        fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+        for ax, axis, n in ((axes[0], "u", N_U), (axes[1], "v", N_V)):
+            s_prof, r_prof = getattr(sample, f"profile_{axis}").sum(axis=0), getattr(ref, f"profile_{axis}").sum(axis=0)
+            worst = int(np.argmax(ks_distance_rows(s_prof, r_prof)))
+            x = np.arange(n)
+            ax.step(x, n * _norm(r_prof[worst]), where="mid", color="black", label=ref.name)
+            ax.step(x, n * _norm(s_prof[worst]), where="mid", color="tab:red", label=sample.name)
+            ax.set_xlabel(axis)
+            ax.set_ylabel("hit density (1 = uniform)")
+            ax.set_title(f"sensor {sensor_name(worst)} (index {worst}): profile along {axis}", fontsize=9)
+            ax.legend(fontsize=8)
+        fig.suptitle("Per-sensor hit-density profiles: the sensor farthest from the reference along each axis")
+        save(fig, "profiles.png", "Per-sensor hit-density profiles")
 
     fig, axes = plt.subplots(1, len(samples), figsize=(6 * len(samples), 5), squeeze=False)
     for ax, s in zip(axes[0], samples):
