@@ -113,10 +113,18 @@ def test_calibrated_payload_is_a_model_like_any_other(calibrated, tmp_path, pyth
 
 
 @pytest.mark.slow
-def test_calibration_is_reproducible(truth, tmp_path):
-    small = write_digits(tmp_path / "small.npz", (DigitsFile(truth[0]).frame(i) for i in range(24)))
+def test_calibration_is_reproducible_and_reads_root(truth, tmp_path):
+    """The same events and seed give the same payload, whether they come from a digits file or a ROOT file."""
+    pytest.importorskip("uproot")
+    from pxdbg.rootio import RootDigitsWriter
+
+    source = DigitsFile(truth[0])
+    small = write_digits(tmp_path / "small.npz", (source.frame(i) for i in range(24)))
+    with RootDigitsWriter(tmp_path / "small.root", {"model": "structured-background"}) as w:
+        for i in range(24):
+            w.append(source.frame(i))
     a = calibrate(small, seed=3).model.state_dict()
-    b = calibrate(small, seed=3).model.state_dict()
+    b = calibrate(tmp_path / "small.root", seed=3).model.state_dict()
     assert sorted(a) == sorted(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
