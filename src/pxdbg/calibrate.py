@@ -1,17 +1,20 @@
 """``pxdbg calibrate``: a parametric model learned from a background sample.
 
 One pass over the sample (a digits file or a ROOT file of PXD digits) collects, per sensor: hits per event,
-the hit-charge spectrum, 8-neighbour clusters (their seed pixel, the pixel with the largest charge, on a
-10 x 16 pixel grid; and a uniform random subset of whole clusters, kept with their pixels and charges), then:
+the hit-charge spectrum and hits per cell of a 10 x 16 pixel grid from every event, and from CLUSTER_EVENTS
+events spread over the sample its 8-neighbour clusters (sizes, and a uniform random subset of whole clusters
+kept with their pixels and charges). Then, per sensor:
 
-- **shape library**: per sensor, LIBRARY clusters picked evenly from its subset sorted by (size, charge), so
-  the library's size and charge distributions follow the sample's; each keeps its pixel offsets from the seed
-  and the rank of each pixel's charge (how the charge is shared);
-- **charge spectra**: each sensor's own hit-charge spectrum; the library ranks are spread evenly over it;
-- **hit density**: each sensor's seed-pixel counts per grid cell, smoothed towards a blurred copy of itself
-  (SMOOTHING pseudo-clusters per cell) so sparse cells do not turn into holes;
-- **occupancy**: clusters per event that give each sensor's mean occupancy with these shapes at this density
-  (pixels lost over the edges and overlaps accounted for);
+- **shape library**: LIBRARY clusters picked evenly from the subset sorted by (size, charge), each with its
+  pixel offsets from the seed pixel (the largest charge) and the rank of each pixel's charge (how the charge
+  is shared); reweighted by size until the model's clusters, measured like the sample's, have the sample's
+  sizes (the sample's clusters include merged neighbours, and the model's merge again);
+- **charge spectra**: the sensor's own hit-charge spectrum, with the library ranks spread evenly over it; tilted
+  so that the charge overlapping clusters add brings the mean back to the sample's;
+- **hit density**: the pixel density that gives each grid cell its occupancy once overlaps merge, smoothed
+  towards a blurred copy of itself (SMOOTHING clusters' worth per cell) so sparse cells do not turn into holes;
+- **occupancy**: clusters per event that give that density with these shapes (pixels lost over the edges
+  accounted for);
 - **correlations**: the covariance of log hit counts over events, less the Poisson noise of the cluster count,
   fitted by N_FACTORS common factors (principal-axis factoring) plus a per-sensor term.
 
@@ -74,7 +77,7 @@ class Calibration:
 
 
 class _Collector:
-    """What one pass over the sample keeps: per-event hit counts, spectra, seed-pixel maps, cluster subsets."""
+    """What one pass over the sample keeps: per-event hit counts, spectra, hit grids, cluster sizes and subsets."""
 
     def __init__(self, seed: int) -> None:
         from pxdbg.models import parametric as P
