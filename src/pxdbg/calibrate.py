@@ -207,6 +207,9 @@ def _factor_model(cov: np.ndarray, k: int, iterations: int = 50) -> tuple[np.nda
     scale = np.sqrt(np.where(explained > diag, diag / np.maximum(explained, 1e-300), 1.0))
     loadings *= scale[:, None]
     specific = np.clip(diag - (loadings**2).sum(axis=1), 0.0, None)
+    loadings *= np.where(loadings.sum(axis=0) < 0, -1.0, 1.0)  # a factor's sign is arbitrary: make it mostly rise
+    if loadings.shape[1] < k:  # fewer sensors with hits than factors
+        loadings = np.pad(loadings, ((0, 0), (0, k - loadings.shape[1])))
     return loadings, specific
 
 
