@@ -68,7 +68,7 @@ def test_consumer_array_matches_in_process_generation(farm):
 
 
 def test_load_thirty_concurrent_consumers(farm):
-    consumers, events = 30, 20
+    consumers, events = 30, 40
     pids = {i: farm.producer_pids(i) for i in PRODUCER_NODES}
     rss_before = {pid: farm.rss_mb(pid) for ps in pids.values() for pid in ps}
     job, out = farm.submit_consumers(f"0-{consumers - 1}", events=events, seed=5000)
@@ -109,6 +109,8 @@ def test_load_thirty_concurrent_consumers(farm):
         f"(min/max {min(rates) / max(rates):.2f})"
     )
     print(f"load: first frame after {min(starts):.1f} .. {max(starts):.1f} s")
+    names = ("stragglers_reissued", "duplicates_dropped", "frames_reissued", "producers_quarantined")
+    print("load: consumer counters over all: " + ", ".join(f"{k} {sum(r.counter(k) for r in results)}" for k in names))
     print(f"load: consumer wait p99 median {statistics.median(p99):.1f} ms, worst {max(p99):.1f} ms")
     print(
         "load: producer RSS MB before/peak/after: "
