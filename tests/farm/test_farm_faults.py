@@ -41,8 +41,11 @@ def _lines_after(log: str, start: int, pattern: str) -> bool:
 
 
 def test_partitioned_producer_node_is_dropped_then_used_again(farm):
+    from pxdbg.cli import _ask_status
+
     node, ep = 1, farm.producer_endpoints[0]
     ref = _run(farm, seed=11)
+    sent = {}
 
     def partition(job, out):
         farm.wait_progress(job, 0, 24)
@@ -67,10 +70,15 @@ def test_partitioned_producer_node_is_dropped_then_used_again(farm):
             f"the consumer did not take {ep} back after the heal",
         )
         assert farm.cluster.job_state(job), "the run ended before the heal: nothing left to prove 'used again'"
+        sent["heal"] = _ask_status([ep], 10)[ep]["counters"]["frames_sent"]
 
     got = _run(farm, seed=11, fault=partition)
+    sent["end"] = _ask_status([ep], 10)[ep]["counters"]["frames_sent"]
     _compare("partition of node1 (link down ~5 s, then up)", ref, got)
-    assert got.counter("producer_failures") >= 1
+    drops = sum(got.counter(k) for k in ("producer_failures", "producers_vanished", "producers_quarantined"))
+    assert drops >= 1
+    assert sent["end"] > sent["heal"], f"{ep} sent no frame after the heal: it was not used again"
+    print(f"partition: {ep} sent {sent['end'] - sent['heal']} frames after it was taken back")
 
 
 def test_packet_loss_on_a_producer_link(farm):
