@@ -45,7 +45,7 @@ def _stop(farm, port: int) -> None:
     farm.cluster.slurm(["scancel", "-n", f"odd-{port}"], check=False)
 
 
-def test_model_hang_while_heartbeats_flow_is_quarantined(farm):
+def test_model_hang_while_heartbeats_flow_does_not_hold_the_consumer(farm):
     events, seed = 240, 31
     fast = farm.producer_endpoints[:2]
     ref_job, ref_out = farm.submit_consumers(
