@@ -331,9 +331,10 @@ class Check:
     def line(self) -> str:
         if self.verdict == "n/a":
             return f"{self.metric}: {self.note or 'no reference figure to compare with'}"
+        bound = self.distance_name if "|" in self.distance_name else f"|{self.distance_name}|"
         text = (
             f"{self.verdict} {self.metric}: {self.distance_name} {self.distance:+.4g} "
-            f"(threshold |{self.distance_name}| <= {self.threshold:.4g}"
+            f"(threshold {bound} <= {self.threshold:.4g}"
         )
         if self.chance is not None:
             text += f"; by chance {self.chance:.3g}"
