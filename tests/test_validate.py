@@ -220,6 +220,15 @@ def test_structure_checks_have_teeth(parametric_sample):
     assert "sensor-occupancy correlation matrix" in structure_failures(together)
 
 
+def test_tiny_samples_compare_without_chance_figures(parametric_sample):
+    """Three events a side: halves of one or two events give no correlation, so the floor is the threshold."""
+    frames = parametric_sample[1]
+    checks = {c.metric: c for c in compare(metrics_of(frames[:3]), metrics_of(frames[3:6]))}
+    corr = checks["sensor-occupancy correlation matrix"]
+    assert np.isnan(corr.chance) and corr.threshold == 0.03 and corr.verdict in ("PASS", "FAIL")
+    assert all(c.verdict in ("PASS", "FAIL", "n/a") for c in checks.values())
+
+
 def test_empty_sensor_is_flagged(parametric_sample):
     holed = SampleMetrics(name="sensor 7 empty")
     for f in parametric_sample[1]:
@@ -261,6 +270,7 @@ def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_
     assert "FAIL hit-charge spectrum" in proc.stdout
     report = (out / "report.md").read_text()
     assert "verdict: **FAIL**" in report and "![Hit-charge spectrum](hit_charge.png)" in report
+    assert "| mean \\|difference\\| " in report  # a bar inside a table cell is escaped
     for png in (
         "occupancy_per_sensor",
         "layers",

@@ -289,7 +289,9 @@ def correlation_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean absolute difference of the off-diagonal entries of two correlation matrices."""
     off = ~np.eye(a.shape[0], dtype=bool)
     with np.errstate(invalid="ignore"):
-        return float(np.nanmean(np.abs(a - b)[off]))
+        d = np.abs(a - b)[off]
+    d = d[np.isfinite(d)]  # a sensor without hits in a sample has no correlations
+    return float(d.mean()) if d.size else float("nan")
 
 
 def pattern_correlation(a: np.ndarray, b: np.ndarray) -> float:

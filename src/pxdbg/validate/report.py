@@ -185,8 +185,18 @@ def write_report(
         f"- compared with: {sources.get('reference')}",
         f"- verdict: **{'FAIL' if failed else 'PASS'}** "
         f"({sum(c.verdict == 'PASS' for c in checks)} passed, {len(failed)} failed, "
-        f"{sum(c.verdict == 'n/a' for c in checks)} without reference)",
+        f"{sum(c.verdict == 'n/a' for c in checks)} without a verdict)",
         "",
+        *(
+            [
+                "- checks marked *by chance* are held to what chance allows at these sample sizes: each sample's "
+                "even and odd events are two independent samples of it, and their distances give the distance "
+                "expected between sample and reference; the threshold is a multiple of it, with a floor",
+                "",
+            ]
+            if any(c.chance is not None for c in checks)
+            else []
+        ),
         "| metric | sample | reference | distance | threshold | verdict |",
         "|---|---|---|---|---|---|",
     ]
@@ -196,8 +206,12 @@ def write_report(
             return "" if x is None else f"{x:.5g}"
 
         dist = "" if c.distance is None else f"{c.distance_name} {c.distance:+.4g}"
-        thr = "" if c.threshold is None else f"<= {c.threshold:g}"
-        lines.append(f"| {c.metric} | {fmt(c.value)} | {fmt(c.reference)} | {dist} | {thr} | {c.verdict} |")
+        thr = "" if c.threshold is None else f"<= {c.threshold:.4g}"
+        if c.chance is not None:
+            thr += f" (by chance {c.chance:.3g})"
+        verdict = c.verdict if c.verdict != "n/a" or not c.note else f"n/a: {c.note}"
+        cells = (c.metric, fmt(c.value), fmt(c.reference), dist, thr, verdict)
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     lines.append("")
     for title, name in figs:
         lines += [f"## {title}", "", f"![{title}]({name})", ""]
