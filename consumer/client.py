@@ -4,10 +4,10 @@ A background I/O thread keeps, per consumer, at most ``prefetch`` frames request
 (credit-based flow control, :mod:`pxdbg.consumer.credits`), spread over the producers by their speed; it
 receives, checks and decodes frames into a reorder buffer, heartbeats every producer
 (:mod:`pxdbg.consumer.peers`), asks a second producer for frames outstanding much longer than their
-producer's recent latency (stragglers), re-issues a lost, draining or quarantined producer's frames to the
-others, and follows a dynamic endpoint source (rendezvous directory, DNS name). :meth:`BackgroundClient.next`
-hands out frame ``first_frame``, ``first_frame + 1``, ... in order; when the pipeline is warm it only takes a
-decoded frame from the buffer.
+producer's recent latency and the other producers' (stragglers: hedged requests, within a budget), re-issues a
+lost, draining or quarantined producer's frames to the others, and follows a dynamic endpoint source
+(rendezvous directory, DNS name). :meth:`BackgroundClient.next` hands out frame ``first_frame``,
+``first_frame + 1``, ... in order; when the pipeline is warm it only takes a decoded frame from the buffer.
 
 Robustness (each a test in ``tests/test_consumer_faults.py``): a frame is accepted only from a producer it
 was asked of, for this stream and model, intact (checksum over seed, index, identity and payload); anything
@@ -64,6 +64,9 @@ log = logging.getLogger("pxdbg.consumer")
 STALL_WARNING_S = 10.0
 #: Seconds between two looks for overdue frames.
 HEDGE_CHECK_S = 0.01
+#: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
+#: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
+HEDGE_BURST = 4.0
 
 __all__ = [
     "BackgroundClient",
@@ -126,7 +129,9 @@ class BackgroundClient:
     ``stall_timeout`` (a producer owes frames but delivers none: quarantined), ``frame_timeout`` (the next frame
     does not come: :class:`FrameTimeoutError`), ``quarantine`` (how long a misbehaving producer is left alone
     the first time; doubled each time again). A frame outstanding longer than ``straggler_factor`` times its
-    producer's recent latency (and at least ``straggler_min_s``) is asked of another producer too.
+    producer's recent latency and the other producers' typical latency (and at least ``straggler_min_s``) is
+    asked of another producer too (a hedged request), if one has spare credit and within ``hedge_budget`` (about
+    that fraction of the frames received; 0: no hedging); see :func:`pxdbg.consumer.credits.hedges`.
     """
 
     def __init__(
@@ -148,6 +153,7 @@ class BackgroundClient:
         quarantine: float = 60.0,
         straggler_factor: float = 4.0,
         straggler_min_s: float = 0.05,
+        hedge_budget: float = 0.05,
         max_strikes: int = 3,
         **spec_keywords,
     ) -> None:
@@ -177,6 +183,8 @@ class BackgroundClient:
             raise ConfigError("heartbeat_timeout must exceed twice the heartbeat_interval")
         if not straggler_factor > 1 or not math.isfinite(straggler_factor):
             raise ConfigError(f"straggler_factor must be a number above 1, got {straggler_factor!r}")
+        if isinstance(hedge_budget, bool) or not isinstance(hedge_budget, (int, float)) or not 0 <= hedge_budget <= 1:
+            raise ConfigError(f"hedge_budget must be a fraction of the frames received, 0..1, got {hedge_budget!r}")
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
             raise ConfigError(f"max_strikes must be a positive integer, got {max_strikes!r}")
         self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
@@ -212,6 +220,9 @@ class BackgroundClient:
         self._in_flight = 0
         self._next_hedge = 0.0
         self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
+        # hedging's token bucket; the overdue frames already counted as skipped (each is counted once)
+        self._budget = credits.HedgeBudget(ratio=float(hedge_budget), burst=HEDGE_BURST)
+        self._skipped: dict[str, set[int]] = {"hedges_skipped_budget": set(), "hedges_skipped_busy": set()}
         self._peers: dict[str, Peer] = {}
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
@@ -656,6 +667,9 @@ class BackgroundClient:
             self._overtaken(first, idx)
         elif first is None:
             peer.slow_strikes = 0
+        else:  # the producer first asked delivered before the hedged copy: the copy was work for nothing
+            self.counters["hedges_wasted"] += 1
+        self._budget.earn(1)
         self.counters["frames_received"] += 1
         self.frames_per_producer[peer.endpoint] += 1
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
@@ -667,7 +681,7 @@ class BackgroundClient:
 
     def _overtaken(self, endpoint: str, idx: int) -> None:
         """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
-        self.counters["stragglers_overtaken"] += 1
+        self.counters["hedges_won"] += 1
         peer = self._peers.get(endpoint)
         if peer is None or peer.state != ALIVE:
             return
@@ -776,7 +790,7 @@ class BackgroundClient:
             f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
         )
 
-    def _loads(self, peers: list[Peer]) -> list[credits.PeerLoad]:
+    def _loads(self, peers: list[Peer], now: float = 0.0) -> list[credits.PeerLoad]:
         suspects = set(self._hedged.values())
         return [
             credits.PeerLoad(
@@ -784,12 +798,15 @@ class BackgroundClient:
                 len(p.outstanding),
                 p.seconds_per_frame,
                 1 if (p.endpoint in suspects or p.slow_strikes) else min(self.prefetch, p.cap),
+                p.latency,
+                now - min(p.outstanding.values()) if p.outstanding else 0.0,
             )
             for p in peers
         ]
 
     def _hedge(self, now: float) -> None:
-        """Ask a second producer for the frames of the window overdue at their first one."""
+        """Ask a second producer for the stragglers of the window (:func:`credits.hedges`: overdue at their first
+        producer beyond the others' typical latency, to a producer with spare credit, within the budget)."""
         if now < self._next_hedge:  # a look every few milliseconds is enough (the window may be 4096 frames)
             return
         self._next_hedge = now + HEDGE_CHECK_S
@@ -801,6 +818,8 @@ class BackgroundClient:
             start = self._next
             ready = set(self._ready)
         stop = start + self.prefetch
+        for skipped in self._skipped.values():
+            skipped.difference_update([i for i in skipped if i < start])
         copies: dict[int, list] = {}
         for p in working:
             for idx, sent in p.outstanding.items():
@@ -809,39 +828,42 @@ class BackgroundClient:
         if not copies:
             return
         # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
-        latency = {p.endpoint: (1e-9 if p.state == DRAINING else p.latency) for p in working}
+        draining = [p.endpoint for p in working if p.state == DRAINING]
+        if self._budget.ratio == 0 and not draining:
+            return
+        latency = {p.endpoint: p.latency for p in working}
         # before any producer delivered, guess 1 s per frame; but an idle producer may as well try at once
         idle = any(not p.outstanding for p in alive)
         initial = self.straggler_min_s / self.straggler_factor if idle else 1.0
-        late = credits.overdue(
+        decided = credits.hedges(
             now,
             copies,
             latency,
+            self._loads(alive, now),
+            self._budget.tokens if self._budget.ratio > 0 else 0.0,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
             initial_latency=initial,
+            urgent=draining,
         )
-        if not late:
-            return
-        plan: dict[str, list[int]] = {}
-        for idx in late:
-            holders = {ep for ep, _ in copies[idx]}
-            candidates = [p for p in alive if p.endpoint not in holders]
-            one = credits.plan(idx, 1, None, (), self._loads(candidates))
-            for ep, indices in one.items():
-                plan.setdefault(ep, []).extend(indices)
-                first = min(copies[idx], key=lambda r: r[1])[0]
-                self._hedged[idx] = first
-        for ep, indices in plan.items():
+        for name, late in (("hedges_skipped_budget", decided.over_budget), ("hedges_skipped_busy", decided.no_spare)):
+            fresh = set(late) - self._skipped[name]
+            if fresh:
+                self._skipped[name].update(fresh)
+                self.counters[name] += len(fresh)
+        for ep, indices in decided.asked.items():
             peer = self._peers[ep]
-            if self._try_send(peer, request_message(self.seed, indices), now):
-                for i in indices:
-                    peer.outstanding[i] = now
-                self.counters["stragglers_reissued"] += len(indices)
-                log.info("frame(s) %s overdue; asked %s too", indices, ep)
-            else:
-                for i in indices:
-                    self._hedged.pop(i, None)
+            if not self._try_send(peer, request_message(self.seed, indices), now):
+                continue
+            for i in indices:
+                peer.outstanding[i] = now
+                if decided.first[i] in draining:  # a re-issue the draining producer asked for, not a hedge
+                    self.counters["frames_reissued"] += 1
+                else:
+                    self._hedged[i] = decided.first[i]
+                    self._budget.tokens -= 1
+                    self.counters["hedged"] += 1
+            log.info("frame(s) %s overdue; asked %s too", indices, ep)
 
     def _assign_credits(self, now: float) -> None:
         alive = [p for p in self._peers.values() if p.state == ALIVE]

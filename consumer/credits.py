@@ -1,18 +1,24 @@
-"""Credit planning and straggler detection: pure functions of the consumer's bookkeeping, no sockets.
+"""Credit planning and hedged requests: pure functions of the consumer's bookkeeping, no sockets.
 
 The consumer keeps at most ``prefetch`` frames requested but not consumed (its credit window: frames
 ``start .. start + prefetch - 1``, never past the last frame it will hand out). :func:`plan` gives each frame
 of the window that is neither received nor requested to the producer that would deliver it soonest, judged by
 how many frames each producer already has to deliver and how long it recently took per frame: a producer ten
-times slower than the others gets a frame only where its delivery still comes in time. :func:`overdue` names
-the frames outstanding much longer than their producer's recent latency (stragglers), which the consumer asks
-of a second producer; frames are deterministic, so the first copy wins and the other is dropped.
+times slower than the others gets a frame only where its delivery still comes in time.
+
+:func:`hedges` decides which frames to ask of a second producer (hedged requests, as in Dean and Barroso,
+"The Tail at Scale"): a frame is a straggler when it is outstanding well beyond its producer's recent latency
+*and* beyond the typical latency of the other producers (:func:`overdue`), so a farm that is uniformly slow
+(saturated) hedges nothing; the copy goes only to a producer with spare credit (:func:`has_spare`: not at its
+limit, not behind with what it owes itself); and only within a budget (:class:`HedgeBudget`, a token bucket
+filled by a fraction of the frames received). Frames are deterministic, so the first copy wins and the other
+is dropped.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import median
 
 
@@ -27,6 +33,10 @@ class PeerLoad:
     seconds_per_frame: float | None
     #: most frames it may have outstanding (1 for a producer under suspicion of being slow or mute)
     limit: int
+    #: its recent seconds from request to arrival; None while unknown
+    latency: float | None = None
+    #: age in seconds of the oldest frame it owes (0 when it owes none)
+    oldest_age: float = 0.0
 
 
 def window(start: int, prefetch: int, end: int | None) -> range:
@@ -62,6 +72,11 @@ def plan(start: int, prefetch: int, end: int | None, taken: Iterable[int], peers
     return out
 
 
+def _median(values) -> float | None:
+    known = [v for v in values if v]
+    return median(known) if known else None
+
+
 def overdue(
     now: float,
     copies: dict,
@@ -71,24 +86,119 @@ def overdue(
     min_age: float,
     max_copies: int = 2,
     initial_latency: float = 1.0,
+    urgent: Iterable = (),
 ) -> list[int]:
-    """Frames to ask of another producer, in order.
+    """Stragglers: frames to ask of another producer, in order.
 
     ``copies``: {frame index: [(peer key, requested at), ...]} for the frames of the window not yet received;
-    ``latency``: {peer key: recent seconds from request to arrival, or None}. A frame is overdue when it has
-    fewer than ``max_copies`` requests and its first one is older than ``factor`` times its producer's latency
-    (the other producers' median latency for a producer that delivered nothing yet, ``initial_latency`` when
-    none did), and at least ``min_age``.
+    ``latency``: {peer key: recent seconds from request to arrival, or None}. A frame with fewer than
+    ``max_copies`` requests is overdue when its first request is older than ``min_age`` and than ``factor``
+    times both its producer's latency and the typical (median) latency of the other producers. A producer that
+    delivered nothing yet is judged by the others' latency; ``initial_latency`` stands in when nobody delivered.
+    So a farm that is uniformly slow (every producer saturated) makes no stragglers, while a producer whose
+    latency is far above the others' does. Frames held by an ``urgent`` producer (one that is draining: it may
+    stop before sending them) are overdue after ``min_age`` alone.
     """
-    known = [v for v in latency.values() if v]
-    fallback = median(known) if known else initial_latency
+    urgent = set(urgent)
+    typical = {key: _median(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
         if not requests or len(requests) >= max_copies:
             continue
         key, sent = min(requests, key=lambda r: r[1])
-        lat = latency.get(key) or fallback
-        if now - sent > max(min_age, factor * lat):
+        if key in urgent:
+            limit = min_age
+        else:
+            others = typical.get(key)
+            own = latency.get(key) or others or initial_latency
+            limit = max(min_age, factor * own, factor * (others or own))
+        if now - sent > limit:
             out.append(idx)
+    return out
+
+
+def has_spare(peer: PeerLoad) -> bool:
+    """Whether ``peer`` may take a hedged copy: below its limit, and not behind itself (it owes nothing, or the
+    oldest frame it owes is younger than its own recent latency)."""
+    if peer.outstanding >= peer.limit:
+        return False
+    if peer.outstanding == 0:
+        return True
+    return peer.latency is not None and peer.oldest_age <= peer.latency
+
+
+@dataclass
+class HedgeBudget:
+    """A token bucket: ``ratio`` of a token per frame received, at most ``burst`` tokens (full at the start);
+    one hedged request costs one token. Bounds the extra work hedging asks of the farm to about ``ratio``."""
+
+    ratio: float = 0.05
+    burst: float = 4.0
+    tokens: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.tokens is None:
+            self.tokens = self.burst if self.ratio > 0 else 0.0
+
+    def earn(self, frames: int = 1) -> None:
+        self.tokens = min(self.burst, self.tokens + self.ratio * frames)
+
+
+@dataclass
+class HedgePlan:
+    """What :func:`hedges` decided: {peer key: [frame indices]} to ask, {frame index: the producer it was first
+    asked of}, and the overdue frames left alone because no producer had spare credit or the budget was spent."""
+
+    asked: dict = field(default_factory=dict)
+    first: dict = field(default_factory=dict)
+    no_spare: list = field(default_factory=list)
+    over_budget: list = field(default_factory=list)
+    tokens_spent: int = 0
+
+
+def hedges(
+    now: float,
+    copies: dict,
+    latency: dict,
+    candidates: list[PeerLoad],
+    tokens: float,
+    *,
+    factor: float,
+    min_age: float,
+    initial_latency: float = 1.0,
+    urgent: Iterable = (),
+) -> HedgePlan:
+    """Which stragglers to ask of which other producer now (see :func:`overdue` for ``copies``, ``latency``,
+    ``urgent``). ``candidates``: the producers that may be asked (alive). Each overdue frame goes, like
+    :func:`plan`, to the candidate with the earliest expected delivery among those that do not hold it and
+    have spare credit (:func:`has_spare`, counting what this pass gave them); each costs one of ``tokens``,
+    except a copy of an ``urgent`` producer's frame (a re-issue it asked for by draining, not a hedge)."""
+    urgent = set(urgent)
+    out = HedgePlan()
+    late = overdue(now, copies, latency, factor=factor, min_age=min_age, initial_latency=initial_latency, urgent=urgent)
+    added: dict = {}
+    for idx in late:
+        holders = {key for key, _ in copies[idx]}
+        spare = []
+        for p in candidates:
+            if p.key in holders:
+                continue
+            n = added.get(p.key, 0)
+            q = PeerLoad(p.key, p.outstanding + n, p.seconds_per_frame, p.limit, p.latency, p.oldest_age)
+            if has_spare(q):
+                spare.append(q)
+        if not spare:
+            out.no_spare.append(idx)
+            continue
+        first = min(copies[idx], key=lambda r: r[1])[0]
+        if first not in urgent:
+            if tokens - out.tokens_spent < 1 - 1e-9:
+                out.over_budget.append(idx)
+                continue
+            out.tokens_spent += 1
+        (key,) = plan(idx, 1, None, (), spare)
+        added[key] = added.get(key, 0) + 1
+        out.asked.setdefault(key, []).append(idx)
+        out.first[idx] = first
     return out

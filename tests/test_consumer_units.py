@@ -44,18 +44,89 @@ def test_plan_without_known_speeds_balances_the_load():
     assert sum(loads.values()) == 4 + 6 and max(loads.values()) - min(loads.values()) <= 1, loads
 
 
-def test_overdue_judges_each_frame_by_its_producers_latency():
+def test_overdue_judges_each_frame_by_its_producers_latency_and_the_others():
     copies = {5: [("a", 0.0)], 6: [("b", 0.0)], 7: [("a", 0.9)], 8: [("a", 0.0), ("b", 0.5)], 9: [("new", 0.0)]}
     latency = {"a": 0.1, "b": 0.5, "new": None}
-    got = credits.overdue(1.0, copies, latency, factor=4, min_age=0.05)
-    # 5: 1.0 s at a producer with 0.1 s latency; 6: 1.0 s < 4 x 0.5 s; 7: too young; 8: two copies already;
-    # 9: a producer without history is judged by the others' median latency (0.3 s)
-    assert got == [5]
-    assert credits.overdue(1.5, copies, latency, factor=4, min_age=0.05) == [5, 7, 9]
-    assert credits.overdue(1.0, copies, latency, factor=4, min_age=2.0) == []
+    # a frame must be older than 4x its producer's latency and 4x the others' median latency (a: 0.5 s, the
+    # only other that delivered; b: 0.1 s; new, without history: 0.3 s for both)
+    assert credits.overdue(1.0, copies, latency, factor=4, min_age=0.05) == []
+    # 5: 2.1 s > 4 x 0.5 s; 6: 2.1 s > 4 x 0.5 s (its own) and 4 x 0.1; 7: too young; 8: two copies already;
+    # 9: 2.1 s > 4 x 0.3 s
+    assert credits.overdue(2.1, copies, latency, factor=4, min_age=0.05) == [5, 6, 9]
+    assert credits.overdue(3.0, copies, latency, factor=4, min_age=0.05) == [5, 6, 7, 9]
+    assert credits.overdue(3.0, copies, latency, factor=4, min_age=5.0) == []
     # nobody delivered yet: an initial guess of the latency
     assert credits.overdue(3.0, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == []
     assert credits.overdue(4.5, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == [1]
+    # a draining producer's frames are due after min_age alone
+    assert credits.overdue(0.1, {1: [("b", 0.0)]}, latency, factor=4, min_age=0.05, urgent=["b"]) == [1]
+
+
+def test_a_uniformly_slow_farm_makes_no_stragglers_but_one_far_slower_producer_does():
+    """Saturated: every producer's latency is high and fluctuates; a frame 4x its own producer's recent latency
+    is not 4x the others', so nothing is hedged. One producer 10x (or infinitely) slower than the others is."""
+    busy = {"a": 2.0, "b": 2.4, "c": 1.6}  # seconds: thirty consumers share them
+    copies = {i: [(k, 0.0)] for i, k in enumerate("abc")}
+    assert credits.overdue(7.0, copies, busy, factor=4, min_age=0.05) == []  # 7 s > 4 x 1.6 s, < 4 x 2.0 s
+    assert credits.overdue(9.7, copies, busy, factor=4, min_age=0.05) == [0, 1, 2]  # beyond everybody's
+    slow = {"a": 0.05, "b": 0.05, "slow": None}  # the slow one has not delivered yet
+    assert credits.overdue(0.3, {0: [("slow", 0.0)], 1: [("a", 0.1)]}, slow, factor=4, min_age=0.05) == [0]
+    hung = {"a": 0.05, "b": 0.05, "hung": 0.05}  # its latency was normal until its model hung
+    assert credits.overdue(0.3, {0: [("hung", 0.0)]}, hung, factor=4, min_age=0.05) == [0]
+
+
+def test_a_hedge_goes_only_to_a_producer_with_spare_credit():
+    assert credits.has_spare(PeerLoad("idle", 0, None, 16))
+    assert not credits.has_spare(PeerLoad("full", 1, 0.01, 1))
+    assert credits.has_spare(PeerLoad("keeping up", 3, 0.01, 16, latency=0.05, oldest_age=0.04))
+    assert not credits.has_spare(PeerLoad("behind", 3, 0.01, 16, latency=0.05, oldest_age=0.2))
+    assert not credits.has_spare(PeerLoad("unknown", 3, None, 16, latency=None, oldest_age=0.01))
+    copies = {0: [("slow", 0.0)], 1: [("slow", 0.0)]}
+    latency = {"slow": None, "a": 0.05, "b": 0.05}
+    behind = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 4, 0.01, 16, 0.05, 1.0)]
+    got = credits.hedges(1.0, copies, latency, behind, 10, factor=4, min_age=0.05)
+    assert got.asked == {} and got.no_spare == [0, 1] and got.tokens_spent == 0
+    one = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 0, 0.01, 16, 0.05, 0.0)]
+    got = credits.hedges(1.0, copies, latency, one, 10, factor=4, min_age=0.05)
+    # b takes frame 0; with it, b owes one frame of age 0 (not behind) and takes frame 1 too
+    assert got.asked == {"b": [0, 1]} and got.first == {0: "slow", 1: "slow"} and got.tokens_spent == 2
+    capped = [PeerLoad("b", 0, 0.01, 1, 0.05, 0.0)]
+    got = credits.hedges(1.0, copies, latency, capped, 10, factor=4, min_age=0.05)
+    assert got.asked == {"b": [0]} and got.no_spare == [1]
+    # never to a producer that holds the frame already
+    got = credits.hedges(1.0, {0: [("b", 0.0)]}, {"b": 0.05, "a": 0.05}, capped, 10, factor=4, min_age=0.05)
+    assert got.asked == {} and got.no_spare == [0]
+
+
+def test_hedges_stay_within_the_budget():
+    budget = credits.HedgeBudget(ratio=0.05, burst=4)
+    assert budget.tokens == 4
+    copies = {i: [("hung", 0.0)] for i in range(6)}
+    latency = {"hung": 0.05, "a": 0.05}
+    idle = [PeerLoad("a", 0, 0.01, 16, 0.05, 0.0)]
+    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
+    assert got.asked == {"a": [0, 1, 2, 3]} and got.over_budget == [4, 5] and got.tokens_spent == 4
+    budget.tokens -= got.tokens_spent
+    budget.earn(19)
+    assert budget.tokens == pytest.approx(0.95)
+    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
+    assert got.asked == {} and got.over_budget == list(range(6))
+    budget.earn(1)
+    assert credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05).tokens_spent == 1
+    budget.earn(10**6)
+    assert budget.tokens == 4, "the bucket holds at most burst tokens"
+    assert credits.HedgeBudget(ratio=0.0).tokens == 0
+    # a draining producer's frames are re-issued without a token, ahead of the budget
+    got = credits.hedges(1.0, {0: [("d", 0.9)]}, {"d": 0.05, "a": 0.05}, idle, 0, factor=4, min_age=0.05, urgent=["d"])
+    assert got.asked == {"a": [0]} and got.tokens_spent == 0
+    # over many frames: at most burst + ratio x received hedges, whatever is overdue
+    budget, hedged = credits.HedgeBudget(ratio=0.05, burst=4), 0
+    for received in range(1000):
+        got = credits.hedges(9.0, {received: [("hung", 0.0)]}, latency, idle, budget.tokens, factor=4, min_age=0.05)
+        budget.tokens -= got.tokens_spent
+        hedged += got.tokens_spent
+        budget.earn(1)
+    assert hedged <= 4 + 0.05 * 1000
 
 
 def test_histogram_percentiles_within_a_bucket():

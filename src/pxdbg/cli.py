@@ -321,7 +321,8 @@ def cmd_run(args) -> int:
             start = out.done
             with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed, first_frame=first_frame + start,
                                   prefetch=args.prefetch, connect_timeout=args.connect_timeout,
-                                  frame_timeout=args.frame_timeout, events=args.events - start,
+                                  frame_timeout=args.frame_timeout, stall_timeout=args.stall_timeout,
+                                  events=args.events - start,
                                   transport=security.options_from_args(args)) as client:
                 log.info("stream seed %d%s, model %s, %s%s", seed,
                          " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
@@ -607,6 +608,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds without any producer before failing (default %(default)s)")
     p.add_argument("--frame-timeout", type=_seconds, default=600.0,
                    help="seconds to wait for one frame before failing (default %(default)s)")
+    p.add_argument("--stall-timeout", type=_seconds, default=60.0,
+                   help="seconds a producer may owe frames while delivering none (it answers heartbeats: a hung "
+                        "model) before it is quarantined and its frames asked elsewhere (default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     security.add_client_arguments(p)
