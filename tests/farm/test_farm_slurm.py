@@ -109,7 +109,7 @@ def test_load_thirty_concurrent_consumers(farm):
         f"(min/max {min(rates) / max(rates):.2f})"
     )
     print(f"load: first frame after {min(starts):.1f} .. {max(starts):.1f} s")
-    names = ("stragglers_reissued", "duplicates_dropped", "frames_reissued", "producers_quarantined")
+    names = ("hedged", "hedges_wasted", "hedges_skipped_budget", "duplicates_dropped", "frames_reissued")
     print("load: consumer counters over all: " + ", ".join(f"{k} {sum(r.counter(k) for r in results)}" for k in names))
     print(f"load: consumer wait p99 median {statistics.median(p99):.1f} ms, worst {max(p99):.1f} ms")
     print(
