@@ -1,4 +1,4 @@
-"""The ``pxdbg`` command: generate, produce, run, bench, models, payload.
+"""The ``pxdbg`` command: generate, produce, run, farm, keys, validate, calibrate, bench, models, payload.
 
 torch is imported only by the subcommands that generate in this process (generate, produce, bench), so
 ``pxdbg run --connect ...`` on a simulation node does not pay for it.
@@ -260,7 +260,10 @@ def cmd_produce(args) -> int:
     torch.set_num_threads(threads)
     model = load_spec(spec)
     log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
-    server = ProducerServer(model, args.bind, max_batch=spec.max_batch or 8, parent_pid=args.parent_pid,
+    # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
+    # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
+    max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
+    server = ProducerServer(model, args.bind, max_batch=max_batch, parent_pid=args.parent_pid,
                             max_consumers=args.max_consumers, max_pending=args.max_pending, grace=args.grace,
                             transport_options=security.options_from_args(args))
     for sig in (signal.SIGTERM, signal.SIGINT):
