@@ -27,7 +27,8 @@ from pxdbg.models import common
 LATENT_DIM = 128
 EMBED_DIM = 128
 N_LABELS = common.IMAGES_PER_FRAME
-#: Generator output below this value is set to -1 (no hit): the cut basf2 applies, at about 7 ADC.
+#: Generator output at or below this value is set to -1 (no hit): basf2's cut "below 7 ADC" (-0.26 is 6.78 ADC
+#: before truncation, so the lowest charge kept is 6).
 CUT = -0.26
 #: Channels (in, out) of the six stages of two blocks each; the first block of a stage keeps its width.
 STAGES = ((512, 512), (512, 256), (256, 256), (256, 128), (128, 64), (64, 32))
@@ -54,7 +55,7 @@ class _SpectralNorm:
     def _init_sn(self, num_outputs: int) -> None:
         self.register_buffer("u0", torch.randn(1, num_outputs))
         self.register_buffer("sv0", torch.ones(1))
-        self._sn_cache: tuple[tuple, torch.Tensor] | None = None
+        self._sn_cache: tuple | None = None
 
     def normalised_weight(self) -> torch.Tensor:
         if self.training or torch.is_grad_enabled():
@@ -69,7 +70,8 @@ class _SpectralNorm:
             self.weight.stride(),
         )
         if self._sn_cache is None or self._sn_cache[0] != key:
-            self._sn_cache = (key, self._normalise())
+            # the cache holds the tensors it was computed from, so no other tensor can take their addresses
+            self._sn_cache = (key, self._normalise(), self.weight.detach(), self.u0)
         return self._sn_cache[1]
 
     def _normalise(self) -> torch.Tensor:
