@@ -666,7 +666,8 @@ class BackgroundClient:
         if first is not None and first != peer.endpoint:
             self._overtaken(first, idx)
         elif first is None:
-            peer.slow_strikes = 0
+            if peer.slow_strikes and self._in_time(peer, now - requested_at):
+                peer.slow_strikes = 0
         else:  # the producer first asked delivered before the hedged copy: the copy was work for nothing
             self.counters["hedges_wasted"] += 1
         self._budget.earn(1)
@@ -689,6 +690,12 @@ class BackgroundClient:
             return  # silent altogether: lost, not slow; the heartbeat timeout decides
         peer.slow_strikes += 1
         self._judge_slow(peer, time.monotonic())
+
+    def _in_time(self, peer: Peer, latency: float) -> bool:
+        """Whether a frame that took ``latency`` seconds came in time, judged by the other producers' typical
+        latency (a slow producer that delivers a batch at once has not caught up for that)."""
+        others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
+        return not others or latency <= self.straggler_factor * sorted(others)[len(others) // 2]
 
     def _judge_slow(self, peer: Peer, now: float) -> None:
         """After ``max_strikes`` overtaken frames in a row: far slower than the others, or merely unlucky (a
@@ -747,6 +754,7 @@ class BackgroundClient:
         self.counters["frames_reissued"] += len(lost)
         peer.why = f"lost: {why}"
         peer.last_sent = 0.0
+        peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)
         self._set_state(peer, CONNECTING)
