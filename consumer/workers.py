@@ -39,12 +39,22 @@ class Worker:
         return "\n".join(lines[-n:])
 
 
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 class LocalWorkers:
     """K producer subprocesses on ipc endpoints in a private temporary directory."""
 
     def __init__(self, k: int, spec: ProducerSpec, *, python: str | None = None) -> None:
         if k < 1:
             raise ConfigError("the number of local workers must be at least 1")
+        if spec.threads is None and spec.info.is_gan and spec.device == "cpu":
+            # K GAN producers share this machine's CPUs: each would otherwise take them all (oversubscribed)
+            spec = spec.replace(threads=max(1, _usable_cpus() // k))
         self.spec = spec
         self.dir = Path(tempfile.mkdtemp(prefix="pxdbg-"))
         self.workers: list[Worker] = []
