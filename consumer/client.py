@@ -64,6 +64,8 @@ log = logging.getLogger("pxdbg.consumer")
 STALL_WARNING_S = 10.0
 #: Seconds between two looks for overdue frames.
 HEDGE_CHECK_S = 0.01
+#: The latency assumed before any producer delivered a frame (no hedge is made on a guess before 4x that).
+INITIAL_LATENCY_S = 1.0
 #: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
 #: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
 HEDGE_BURST = 4.0
@@ -695,7 +697,9 @@ class BackgroundClient:
         """Whether a frame that took ``latency`` seconds came in time, judged by the other producers' typical
         latency (a slow producer that delivers a batch at once has not caught up for that)."""
         others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
-        return not others or latency <= self.straggler_factor * sorted(others)[len(others) // 2]
+        if not others:
+            return True
+        return latency <= max(self.straggler_min_s, self.straggler_factor * sorted(others)[len(others) // 2])
 
     def _judge_slow(self, peer: Peer, now: float) -> None:
         """After ``max_strikes`` overtaken frames in a row: far slower than the others, or merely unlucky (a
@@ -799,13 +803,20 @@ class BackgroundClient:
         )
 
     def _loads(self, peers: list[Peer], now: float = 0.0) -> list[credits.PeerLoad]:
+        """What the planner knows of ``peers``. A producer under suspicion of being slow takes one frame at a
+        time; one whose speed is not known yet (it delivered nothing) at most its share of the window among the
+        producers not quarantined, so the producer that welcomes first does not take the whole window."""
         suspects = set(self._hedged.values())
+        usable = sum(p.state != QUARANTINED for p in self._peers.values())
+        share = -(-self.prefetch // max(1, usable))
         return [
             credits.PeerLoad(
                 p.endpoint,
                 len(p.outstanding),
                 p.seconds_per_frame,
-                1 if (p.endpoint in suspects or p.slow_strikes) else min(self.prefetch, p.cap),
+                1
+                if (p.endpoint in suspects or p.slow_strikes)
+                else min(self.prefetch, p.cap, share if p.seconds_per_frame is None else self.prefetch),
                 p.latency,
                 now - min(p.outstanding.values()) if p.outstanding else 0.0,
             )
@@ -840,9 +851,6 @@ class BackgroundClient:
         if self._budget.ratio == 0 and not draining:
             return
         latency = {p.endpoint: p.latency for p in working}
-        # before any producer delivered, guess 1 s per frame; but an idle producer may as well try at once
-        idle = any(not p.outstanding for p in alive)
-        initial = self.straggler_min_s / self.straggler_factor if idle else 1.0
         decided = credits.hedges(
             now,
             copies,
@@ -851,7 +859,7 @@ class BackgroundClient:
             self._budget.tokens if self._budget.ratio > 0 else 0.0,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
-            initial_latency=initial,
+            initial_latency=INITIAL_LATENCY_S,
             urgent=draining,
         )
         for name, late in (("hedges_skipped_budget", decided.over_budget), ("hedges_skipped_busy", decided.no_spare)):

@@ -95,9 +95,10 @@ def overdue(
     ``max_copies`` requests is overdue when its first request is older than ``min_age`` and than ``factor``
     times both its producer's latency and the typical (median) latency of the other producers. A producer that
     delivered nothing yet is judged by the others' latency; ``initial_latency`` stands in when nobody delivered.
-    So a farm that is uniformly slow (every producer saturated) makes no stragglers, while a producer whose
-    latency is far above the others' does. Frames held by an ``urgent`` producer (one that is draining: it may
-    stop before sending them) are overdue after ``min_age`` alone.
+    A producer whose own latency is more than ``factor`` times the others' is a straggler as a whole: its frames
+    are judged by the others' latency alone. So a farm that is uniformly slow (every producer saturated) makes
+    no stragglers, while a producer far slower than the others, or one that hangs, does. Frames held by an
+    ``urgent`` producer (one that is draining: it may stop before sending them) are overdue after ``min_age``.
     """
     urgent = set(urgent)
     typical = {key: _median(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
@@ -112,6 +113,8 @@ def overdue(
         else:
             others = typical.get(key)
             own = latency.get(key) or others or initial_latency
+            if others and own > factor * others:  # far slower than the others: a straggler as a whole
+                own = others
             limit = max(min_age, factor * own, factor * (others or own))
         if now - sent > limit:
             out.append(idx)

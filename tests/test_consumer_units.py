@@ -46,14 +46,13 @@ def test_plan_without_known_speeds_balances_the_load():
 
 def test_overdue_judges_each_frame_by_its_producers_latency_and_the_others():
     copies = {5: [("a", 0.0)], 6: [("b", 0.0)], 7: [("a", 0.9)], 8: [("a", 0.0), ("b", 0.5)], 9: [("new", 0.0)]}
-    latency = {"a": 0.1, "b": 0.5, "new": None}
-    # a frame must be older than 4x its producer's latency and 4x the others' median latency (a: 0.5 s, the
-    # only other that delivered; b: 0.1 s; new, without history: 0.3 s for both)
-    assert credits.overdue(1.0, copies, latency, factor=4, min_age=0.05) == []
-    # 5: 2.1 s > 4 x 0.5 s; 6: 2.1 s > 4 x 0.5 s (its own) and 4 x 0.1; 7: too young; 8: two copies already;
-    # 9: 2.1 s > 4 x 0.3 s
-    assert credits.overdue(2.1, copies, latency, factor=4, min_age=0.05) == [5, 6, 9]
-    assert credits.overdue(3.0, copies, latency, factor=4, min_age=0.05) == [5, 6, 7, 9]
+    latency = {"a": 0.1, "b": 0.3, "new": None}
+    # a frame must be older than 4x its producer's latency and 4x the others' median latency (a: 0.3 s, the
+    # only other that delivered; b: 0.1 s; new, without history: 0.2 s for both)
+    # 5: 1.0 s < 4 x 0.3 s; 6: < 4 x 0.3 s (its own); 7: too young; 8: two copies already; 9: 1.0 s > 4 x 0.2 s
+    assert credits.overdue(1.0, copies, latency, factor=4, min_age=0.05) == [9]
+    assert credits.overdue(1.3, copies, latency, factor=4, min_age=0.05) == [5, 6, 9]
+    assert credits.overdue(2.2, copies, latency, factor=4, min_age=0.05) == [5, 6, 7, 9]
     assert credits.overdue(3.0, copies, latency, factor=4, min_age=5.0) == []
     # nobody delivered yet: an initial guess of the latency
     assert credits.overdue(3.0, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == []
@@ -71,6 +70,13 @@ def test_a_uniformly_slow_farm_makes_no_stragglers_but_one_far_slower_producer_d
     assert credits.overdue(9.7, copies, busy, factor=4, min_age=0.05) == [0, 1, 2]  # beyond everybody's
     slow = {"a": 0.05, "b": 0.05, "slow": None}  # the slow one has not delivered yet
     assert credits.overdue(0.3, {0: [("slow", 0.0)], 1: [("a", 0.1)]}, slow, factor=4, min_age=0.05) == [0]
+    # once it delivered, its own latency (10x the others') does not shelter its frames: it is far slower
+    slow = {"a": 0.05, "b": 0.05, "slow": 0.5}
+    assert credits.overdue(0.3, {0: [("slow", 0.0)]}, slow, factor=4, min_age=0.05) == [0]
+    # one 3x slower is not: its frames are judged by its own latency
+    slow = {"a": 0.05, "b": 0.05, "slow": 0.15}
+    assert credits.overdue(0.3, {0: [("slow", 0.0)]}, slow, factor=4, min_age=0.05) == []
+    assert credits.overdue(0.61, {0: [("slow", 0.0)]}, slow, factor=4, min_age=0.05) == [0]
     hung = {"a": 0.05, "b": 0.05, "hung": 0.05}  # its latency was normal until its model hung
     assert credits.overdue(0.3, {0: [("hung", 0.0)]}, hung, factor=4, min_age=0.05) == [0]
 

@@ -13,7 +13,14 @@ pytestmark = [pytest.mark.farm, pytest.mark.slow]
 
 ODD = REPO / "tests" / "farm" / "odd_producer.py"
 #: What a consumer's hedged requests did (printed with each figure).
-HEDGE_COUNTERS = ("hedged", "hedges_won", "hedges_wasted", "hedges_skipped_budget", "duplicates_dropped")
+HEDGE_COUNTERS = (
+    "hedged",
+    "hedges_won",
+    "hedges_wasted",
+    "hedges_skipped_budget",
+    "duplicates_dropped",
+    "producers_quarantined",
+)
 
 
 def _odd_producer(farm, node: int, port: int, *args: str) -> str:
