@@ -161,9 +161,9 @@ class GanEngine:
         self._pinned: torch.Tensor | None = None
 
     def _calibration_batch(self, net: torch.nn.Module) -> tuple:
-        """Fixed latents (one event for a conditional model, else 2 images) for the bias correction of rounded
+        """Fixed latents (one event for a conditional model, else one image) for the bias correction of rounded
         weights: the same on every run, so an engine's frames stay a function of the checkpoint alone."""
-        n = self.images_per_event if self.conditional else 2
+        n = self.images_per_event if self.conditional else 1
         g = torch.Generator().manual_seed(0)
         device = next(net.parameters()).device
         z = torch.randn(n, self._latent_dim(), generator=g).to(device)

@@ -405,21 +405,6 @@ class BaselineEngine:
         return torch.cat(out)
 
 
-def _time_events(engine, z, device, events: int) -> tuple[float, object]:
-    """Seconds per event (the best of ``events`` timed events, after a warm-up call) and the first event's images."""
-    per_event = z.shape[0] // events
-    engine.images(z[: engine.images_per_call])  # warm-up (and CUDA graph capture)
-    _sync(device)
-    best, first = float("inf"), None
-    for k in range(events):
-        t0 = time.perf_counter()
-        out = engine.images(z[k * per_event : (k + 1) * per_event])
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-        first = out if first is None else first
-    return best, first
-
-
 def bench_producer(args) -> dict:
     """Per GAN model of the registry: today's engine (baseline) beside the folded engine in each precision and
     output-layer mode, s/event, GFLOP per event, achieved TFLOP/s and share of the matrix-product peak probed in
@@ -445,12 +430,12 @@ def bench_producer(args) -> dict:
     threads = recommended_threads(gans[0], device) if not cuda else torch.get_num_threads()
     torch.set_num_threads(threads)
     precisions = ("fp32", "tf32", "bf16", "fp16") if cuda else ("fp32", "bf16")
-    events = 1 if quick else 2
+    rounds = 1 if quick else 3
     name_dev = torch.cuda.get_device_name(device) if cuda else f"{_cpu_name()}, {threads} threads"
     result = {"device": name_dev, "threads": threads, "rows": [], "peak_tflops": {}}
     print(
         f"pxdbg bench --producer on {name_dev}; GAN weights random, output layer set for ~1 % occupancy; "
-        f"best of {events} timed event(s) after a warm-up call"
+        f"one event per configuration, best of {rounds} round(s) after a warm-up call"
     )
     for p in precisions:
         result["peak_tflops"][p] = peak_tflops(device, p)
@@ -459,14 +444,16 @@ def bench_producer(args) -> dict:
         + ", ".join(f"{p} {v:.2f} TFLOP/s" for p, v in result["peak_tflops"].items())
     )
     print(
-        f"{'model':7s} {'configuration':34s} {'img/call':>8s} {'s/event':>8s} {'GFLOP/ev':>8s} {'TFLOP/s':>7s} "
-        f"{'of peak':>7s} {'x today':>7s} {'pix chg':>8s} {'occ chg':>8s} {'adc chg':>8s}"
+        f"{'model':7s} {'configuration':34s} {'img/call':>8s} {'s/event':>8s} {'build s':>7s} {'GFLOP/ev':>8s} "
+        f"{'TFLOP/s':>7s} {'of peak':>7s} {'x today':>7s} {'pix chg':>8s} {'occ chg':>8s} {'adc chg':>8s}"
     )
-    for info in gans:
+    for n_model, info in enumerate(gans):
+        if n_model:  # the peak again between models: the best probe of the run is the peak (a shared machine)
+            for p in precisions:
+                result["peak_tflops"][p] = max(result["peak_tflops"][p], peak_tflops(device, p))
         net = _trained_like(info.name, 0.01).to(device)
         gflop = 2 * macs_per_image(net, info) * info.images_per_event / 1e9
-        rngs = [frame_rng(12345, i) for i in range(events)]
-        z = latents(rngs, dim=info.latent_dim)
+        z = latents([frame_rng(12345, 0)], dim=info.latent_dim)
         per_call = (info.images_per_event if info.conditional else CPU_IMAGES_PER_CALL) if not cuda else 320
         configs = []  # (label, precision, engine factory, images per call, baseline?)
         for p in precisions:
@@ -498,17 +485,29 @@ def bench_producer(args) -> dict:
                         False,
                     )
                 )
-        ref, baseline_s = None, {}
-        for label, p, make, ipc, is_baseline in configs:
-            engine = make(images_per_call=ipc) if not is_baseline else make()
-            dt, imgs = _time_events(engine, z, device, events)
-            del engine
-            if ref is None:  # today's fp32 engine: the exact fp32 maths, the fidelity reference
-                ref = imgs
-            if is_baseline:
-                baseline_s[p] = dt
+        engines, builds = [], []
+        for _label, _p, make, ipc, is_baseline in configs:
+            t0 = time.perf_counter()
+            engine = make() if is_baseline else make(images_per_call=ipc)
+            builds.append(time.perf_counter() - t0)  # folding, casting and calibrating: once per producer
+            engine.images(z[: engine.images_per_call])  # warm-up (and CUDA graph capture)
+            _sync(device)
+            engines.append(engine)
+        best, first = [float("inf")] * len(engines), [None] * len(engines)
+        for _ in range(rounds):  # round robin: a busy spell of the machine hits every configuration alike
+            for i, engine in enumerate(engines):
+                t0 = time.perf_counter()
+                out = engine.images(z)
+                _sync(device)
+                best[i] = min(best[i], time.perf_counter() - t0)
+                first[i] = out if first[i] is None else first[i]
+        del engines
+        ref = first[0]  # today's fp32 engine: the exact fp32 maths, the fidelity reference
+        baseline_s = {p: best[i] for i, (_, p, _, _, is_baseline) in enumerate(configs) if is_baseline}
+        for i, (label, p, _, ipc, _) in enumerate(configs):
+            dt = best[i]
             tflops = gflop / dt / 1e3
-            fid = _fidelity(ref, imgs)
+            fid = _fidelity(ref, first[i])
             row = {
                 "model": info.name,
                 "configuration": label,
@@ -516,6 +515,7 @@ def bench_producer(args) -> dict:
                 "images_per_call": ipc,
                 "threads": threads,
                 "s_per_event": dt,
+                "build_s": builds[i],
                 "gflop_per_event": gflop,
                 "tflops": tflops,
                 "share_of_peak": tflops / result["peak_tflops"][p],
@@ -524,7 +524,7 @@ def bench_producer(args) -> dict:
             }
             result["rows"].append(row)
             print(
-                f"{info.name:7s} {label:34s} {ipc:8d} {dt:8.3f} {gflop:8.0f} {tflops:7.3f} "
+                f"{info.name:7s} {label:34s} {ipc:8d} {dt:8.3f} {builds[i]:7.1f} {gflop:8.0f} {tflops:7.3f} "
                 f"{100 * row['share_of_peak']:6.1f}% {row['speedup_over_today']:6.2f}x "
                 f"{100 * fid['pixels_changed']:7.3f}% {100 * fid['occupancy_rel_change']:+7.2f}% "
                 f"{100 * fid['mean_hit_adc_rel_change']:+7.2f}%",
@@ -534,7 +534,10 @@ def bench_producer(args) -> dict:
             torch.set_num_threads(1)
             try:
                 engine = GanEngine(net, device, "bf16", info=info)
-                dt, _ = _time_events(engine, z[: info.images_per_event], device, 1)
+                engine.images(z[: engine.images_per_call])
+                t0 = time.perf_counter()
+                engine.images(z)
+                dt = time.perf_counter() - t0
             finally:
                 torch.set_num_threads(threads)
             default = next(
@@ -558,4 +561,21 @@ def bench_producer(args) -> dict:
                 f"{info.name:7s} {'folded: bf16, output bf16x2, 1 thread':34s} {engine.images_per_call:8d} "
                 f"{dt:8.3f}  ({threads} threads are {result['rows'][-1]['thread_scaling']:.2f}x faster)"
             )
+    for p in precisions:
+        result["peak_tflops"][p] = max(result["peak_tflops"][p], peak_tflops(device, p))
+    print(
+        "\npractical peak, best probe of the run: "
+        + ", ".join(f"{p} {v:.2f} TFLOP/s" for p, v in result["peak_tflops"].items())
+        + "; against it (the column above used the probes made so far):"
+    )
+    for row in result["rows"]:
+        if "tflops" in row:
+            row["share_of_peak"] = row["tflops"] / result["peak_tflops"][row["precision"]]
+            if row["configuration"].startswith("today") or row["images_per_call"] == (
+                320 if cuda else (40 if registry.get(row["model"]).conditional else CPU_IMAGES_PER_CALL)
+            ):
+                print(
+                    f"{row['model']:7s} {row['configuration']:34s} {row['s_per_event']:8.3f} s/event "
+                    f"{100 * row['share_of_peak']:6.1f}% of peak, {row['speedup_over_today']:5.2f}x today's engine"
+                )
     return result
