@@ -474,6 +474,7 @@ class BackgroundClient:
                 log.info("producer %s: quarantine over; trying it again", peer.endpoint)
                 peer.reset_socket(self._ctx, self.transport)
                 peer.strikes = peer.slow_strikes = 0
+                peer.judged_slow_at = 0.0
                 peer.last_sent = 0.0
                 self._set_state(peer, CONNECTING)
             else:
@@ -670,6 +671,7 @@ class BackgroundClient:
         elif first is None:
             if peer.slow_strikes and self._in_time(peer, now - requested_at):
                 peer.slow_strikes = 0
+                peer.judged_slow_at = 0.0
         else:  # the producer first asked delivered before the hedged copy: the copy was work for nothing
             self.counters["hedges_wasted"] += 1
         self._budget.earn(1)
@@ -701,11 +703,16 @@ class BackgroundClient:
             return True
         return latency <= max(self.straggler_min_s, self.straggler_factor * sorted(others)[len(others) // 2])
 
+    def _others_usable(self, peer: Peer) -> bool:
+        """Whether another producer is taking frames now: "far slower than the others" needs others."""
+        return any(p is not peer and p.state == ALIVE for p in self._peers.values())
+
     def _judge_slow(self, peer: Peer, now: float) -> None:
         """After ``max_strikes`` overtaken frames in a row: far slower than the others, or merely unlucky (a
         descheduled moment)? Quarantined when its latency, or the age of what it owes, is well above theirs;
         judged again on every pass until it delivers a frame in time (which clears its strikes)."""
-        if peer.slow_strikes < self.max_strikes:
+        if peer.slow_strikes < self.max_strikes or not self._others_usable(peer):
+            peer.judged_slow_at = 0.0
             return
         others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
         if others:
@@ -713,6 +720,14 @@ class BackgroundClient:
             own = max(peer.latency if peer.latency is not None else 0.0, peer.busy_for(now))
             if own <= self.straggler_factor * typical:
                 return
+        # Slow, or cut off (a partition, a stopped process)? Only a producer that answers a heartbeat after
+        # this verdict is slow; one that does not is left to the heartbeat timeout: lost, and taken back as
+        # soon as it answers again, instead of quarantined for a minute.
+        if not peer.judged_slow_at:
+            peer.judged_slow_at = now
+            return
+        if peer.last_recv <= peer.judged_slow_at:
+            return
         self._quarantine(
             peer,
             f"far slower than the others: {peer.slow_strikes} frames in a row came first from another "
@@ -758,6 +773,7 @@ class BackgroundClient:
         self.counters["frames_reissued"] += len(lost)
         peer.why = f"lost: {why}"
         peer.last_sent = 0.0
+        peer.judged_slow_at = 0.0
         peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)

@@ -45,6 +45,7 @@ class Peer:
     seconds_per_frame: float | None = None  # seconds per delivered frame while busy, recent average
     strikes: int = 0  # bad messages since its welcome
     slow_strikes: int = 0  # frames in a row that another producer delivered first after it was overdue
+    judged_slow_at: float = 0.0  # when its strikes were last found enough to call it slow (0: not yet)
     quarantines: int = 0
     quarantined_until: float = 0.0
     why: str = ""  # what it did, for the run's failure message
