@@ -5,7 +5,8 @@
 2. producer overhead: sparsify + encode + send (over a real zmq socket) as a share of the GAN model time
    for one frame, with random weights (every pixel hit: the dense fallback) and with a last-layer bias set
    for ~1 % occupancy (a trained generator's sparsity);
-3. wire: bytes per digit and per frame for parametric frames, against the dense 7.68 MB;
+3. wire: bytes per digit and per frame for parametric frames, against the dense 7.68 MB, and for each wire codec
+   the bytes per digit and the CPU time it adds per frame on each side; what CURVE costs per frame;
 4. consumer cost per event when warm (p50 / p99 of ``next()``) with local parametric producers;
 5. throughput with 1 and 2 local producers.
 """
@@ -159,7 +160,10 @@ def bench_wire() -> dict:
         for i, f in enumerate(frames)
     ]
     digits = sum(f.n_digits for f in frames)
+    from pxdbg.shared import codecs
+
     return {
+        "codecs": codecs.measure(frames, repeat=5),
         "bytes_per_digit": sum(sizes) / digits,
         "bytes_per_frame": float(np.mean(sizes)),
         "dense_bytes_per_frame": FRAME_PIXELS,
@@ -227,7 +231,7 @@ def run(args) -> dict:
     print("\n-- generation in this process (random-weight GANs, fp32, one event of 40 images) --")
     print(
         f"parametric     {1e3 * g['parametric_s_per_frame_1core']:8.2f} ms per frame on 1 core "
-        f"(target <= 20 ms), {g['parametric_digits_per_frame']:.0f} digits per frame"
+        f"(target <= 15 ms), {g['parametric_digits_per_frame']:.0f} digits per frame"
     )
     for name in ("convnet", "resnet"):
         print(
@@ -246,9 +250,26 @@ def run(args) -> dict:
     w = result["wire"] = bench_wire()
     print("\n-- wire (parametric frames) --")
     print(
-        f"{w['bytes_per_digit']:.3f} bytes per digit (target <= 4.0), {w['bytes_per_frame'] / 1e3:.1f} kB per "
+        f"{w['bytes_per_digit']:.3f} bytes per digit uncompressed, {w['bytes_per_frame'] / 1e3:.1f} kB per "
         f"frame against {w['dense_bytes_per_frame'] / 1e6:.2f} MB dense ({w['dense_over_wire']:.1f} x smaller)"
     )
+    for row in w["codecs"]:
+        print(
+            f"codec {row['codec']:5s} {row['bytes_per_digit']:5.2f} bytes per digit"
+            f"{' (target <= 2.5)' if row['codec'] != 'none' else ''}, CPU per frame: "
+            f"encode {row['encode_ms']:5.2f} ms (+{row['added_encode_ms']:.2f}), decode {row['decode_ms']:5.2f} ms "
+            f"(+{row['added_decode_ms']:.2f}) (target <= 1 ms added)"
+        )
+
+    from pxdbg import curve_cost
+
+    v = result["curve"] = curve_cost.measure(frames=100 if quick else 400)
+    print("\n-- CURVE (authentication and encryption) per frame, tcp loopback, 8 requests in flight --")
+    for name, r in v.items():
+        print(
+            f"{name:24s} plaintext {1e3 * r['plaintext_s']:7.3f} ms, CURVE {1e3 * r['curve_s']:7.3f} ms: "
+            f"+{1e3 * r['extra_s']:.3f} ms ({r['ratio']:.2f} x; {r['curve_mb_per_s']:.0f} MB/s with CURVE)"
+        )
 
     c = result["consumer"] = bench_consumer(quick)
     ratio = g["convnet_s_per_event"] / (c["wait_ms_p50"] / 1e3)

@@ -1,6 +1,7 @@
 """What CURVE costs per frame: one producer socket and one consumer socket on the loopback, plaintext and CURVE.
 
-Run: ``python tools/curve_cost.py [--frames N] [--json]``. A ROUTER (set up by ``security.apply_server``) answers
+Run: ``python -m pxdbg.curve_cost [--frames N] [--json]`` (``pxdbg bench`` prints the same figures).
+A ROUTER (set up by ``security.apply_server``) answers
 requests with frames of a fixed size; a DEALER (``security.apply_client``) keeps ``window`` requests in flight,
 as a consumer's credit window does, and times ``frames`` replies. Both set-ups run in the same process, one after
 the other and then again in reverse order, and the median of the per-frame times is taken for each. Frame sizes:
