@@ -25,6 +25,7 @@ def toy_signal(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def overlay(signal: dict[str, np.ndarray], background) -> dict[str, np.ndarray]:
     """Merge background digits into signal digits: same pixel -> charges add; else appended."""
+
     def key(s, u, v):
         return (s.astype(np.int64) * N_U + u) * N_V + v
 
@@ -56,8 +57,10 @@ def main() -> None:
             signal = toy_signal(rng)
             frame = background.next()
             merged = overlay(signal, frame)
-            print(f"event {event}: {signal['charge'].size} signal + {frame.n_digits} background digits "
-                  f"-> {merged['charge'].size} digits")
+            print(
+                f"event {event}: {signal['charge'].size} signal + {frame.n_digits} background digits "
+                f"-> {merged['charge'].size} digits"
+            )
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.
     if not_finite:
         raise CheckpointError(
             f"checkpoint {source} holds NaN or infinite values in {len(not_finite)} tensor(s): "
-            f"{', '.join(not_finite[:5])}{' ...' if len(not_finite) > 5 else ''}; it cannot generate background")
+            f"{', '.join(not_finite[:5])}{' ...' if len(not_finite) > 5 else ''}; it cannot generate background"
+        )
     net.load_state_dict(state_dict, strict=True)
 
 
@@ -113,9 +114,18 @@ class BackgroundModel:
     depend on the batch it was generated in.
     """
 
-    def __init__(self, name: str, net: torch.nn.Module, checkpoint_sha256: str,
-                 checkpoint_path: Path | None, device: torch.device, precision: str = "fp32", *,
-                 images_per_call: int | None = None, cuda_graphs: bool | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        net: torch.nn.Module,
+        checkpoint_sha256: str,
+        checkpoint_path: Path | None,
+        device: torch.device,
+        precision: str = "fp32",
+        *,
+        images_per_call: int | None = None,
+        cuda_graphs: bool | None = None,
+    ) -> None:
         self.name = name
         self.info = registry.get(name)
         self.module = model_module(name)
@@ -125,8 +135,9 @@ class BackgroundModel:
         self.identity = ModelIdentity(name, checkpoint_sha256, precision)
         self.engine = None
         if self.is_gan:
-            self.engine = GanEngine(net, device, precision, info=self.info,
-                                    images_per_call=images_per_call, cuda_graphs=cuda_graphs)
+            self.engine = GanEngine(
+                net, device, precision, info=self.info, images_per_call=images_per_call, cuda_graphs=cuda_graphs
+            )
         elif precision != "fp32":
             raise ConfigError(f"the {name} model has no precision setting; use fp32")
 
@@ -169,10 +180,17 @@ class BackgroundModel:
         return self.engine.sparsify(self.dense_frames_for(keys))
 
 
-def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: str | None = None,
-         device: str | torch.device = "cpu", stores: list[str | os.PathLike] | None = None,
-         precision: str = "fp32", images_per_call: int | None = None,
-         cuda_graphs: bool | None = None) -> BackgroundModel:
+def load(
+    name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    globaltag: str | None = None,
+    device: str | torch.device = "cpu",
+    stores: list[str | os.PathLike] | None = None,
+    precision: str = "fp32",
+    images_per_call: int | None = None,
+    cuda_graphs: bool | None = None,
+) -> BackgroundModel:
     """A model ready for inference.
 
     ``checkpoint`` is a path to a plain state_dict (read with ``weights_only=True``); ``None`` takes the
@@ -195,8 +213,9 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, *, globaltag: s
     net = module.Model()
     _load_state(net, name, state_dict, str(path))
     net = net.to(device).eval().requires_grad_(False)
-    return BackgroundModel(name, net, digest, path, device, precision, images_per_call=images_per_call,
-                           cuda_graphs=cuda_graphs)
+    return BackgroundModel(
+        name, net, digest, path, device, precision, images_per_call=images_per_call, cuda_graphs=cuda_graphs
+    )
 
 
 def load_spec(spec, *, check_sample: bool = True, **engine_options) -> BackgroundModel:
@@ -206,12 +225,19 @@ def load_spec(spec, *, check_sample: bool = True, **engine_options) -> Backgroun
     loaded: a mismatch is a :class:`CheckpointError`, never a silent substitution. ``check_sample`` generates
     one frame (the producer's warm-up) and refuses a checkpoint whose frames are empty.
     """
-    model = load(spec.model, spec.checkpoint, globaltag=spec.globaltag, device=spec.device,
-                 precision=spec.precision, **engine_options)
+    model = load(
+        spec.model,
+        spec.checkpoint,
+        globaltag=spec.globaltag,
+        device=spec.device,
+        precision=spec.precision,
+        **engine_options,
+    )
     if spec.checkpoint_sha256 is not None and model.identity.checkpoint_sha256 != spec.checkpoint_sha256:
         raise CheckpointError(
             f"checkpoint {model.checkpoint_path} has sha256 {model.identity.checkpoint_sha256}, but "
-            f"{spec.checkpoint_sha256} was asked for; give the checkpoint that was asked for, or drop the checksum")
+            f"{spec.checkpoint_sha256} was asked for; give the checkpoint that was asked for, or drop the checksum"
+        )
     if check_sample:
         check_sample_frame(model)
     return model
@@ -222,8 +248,10 @@ def check_sample_frame(model: BackgroundModel) -> None:
     all-zero network) or charges outside 1..255 ADC."""
     (frame,) = model.frames(seed=0, indices=[0])
     if frame.n_digits == 0:
-        raise CheckpointError(f"checkpoint {model.checkpoint_path} generates empty frames (a sample frame has no "
-                              f"hit); it is not a trained {model.name} background model")
+        raise CheckpointError(
+            f"checkpoint {model.checkpoint_path} generates empty frames (a sample frame has no "
+            f"hit); it is not a trained {model.name} background model"
+        )
     if int(frame.charge.min()) < 1:
         raise CheckpointError(f"checkpoint {model.checkpoint_path} generates hits of charge 0 ADC")
 

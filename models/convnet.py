@@ -21,7 +21,11 @@ class Model(nn.Module):
         super().__init__()
         self.fc = nn.Linear(LATENT_DIM, 512 * 8 * 24)
         self.features = nn.Sequential(
-            *_stage(512, 512), *_stage(512, 256), *_stage(256, 128), *_stage(128, 64), *_stage(64, 32),
+            *_stage(512, 512),
+            *_stage(512, 256),
+            *_stage(256, 128),
+            *_stage(128, 64),
+            *_stage(64, 32),
             nn.Conv2d(32, 1, 5, 1, 2),
         )
 

@@ -107,7 +107,8 @@ class DigitsWriter(AtomicWriter):
             if self._spool.exists() and not resume:
                 raise DigitsFileError(
                     f"{self._spool} holds the events of an interrupted run writing {self.path}; continue it with "
-                    f"--resume (DigitsWriter(..., resume=True)), or delete that directory to start over")
+                    f"--resume (DigitsWriter(..., resume=True)), or delete that directory to start over"
+                )
             if resume and self._spool.exists():
                 self._recover()
             elif resume and self.path.exists():
@@ -125,8 +126,11 @@ class DigitsWriter(AtomicWriter):
 
     # -- resuming -----------------------------------------------------------------------------------------
     def _check_resumable(self, theirs: dict, where: Path) -> None:
-        wrong = [f"{k}: {theirs.get(k)!r} there, {self.meta.get(k)!r} now" for k in self.RESUME_KEYS
-                 if k in self.meta and theirs.get(k) != self.meta.get(k)]
+        wrong = [
+            f"{k}: {theirs.get(k)!r} there, {self.meta.get(k)!r} now"
+            for k in self.RESUME_KEYS
+            if k in self.meta and theirs.get(k) != self.meta.get(k)
+        ]
         if wrong:
             raise DigitsFileError(f"cannot resume {where}: it is another stream ({'; '.join(wrong)})")
 
@@ -140,8 +144,10 @@ class DigitsWriter(AtomicWriter):
         raw = (self._spool / "counts").read_bytes() if (self._spool / "counts").exists() else b""
         counts = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
-        sizes = {name: (self._spool / name).stat().st_size // np.dtype(dt).itemsize if (self._spool / name).exists()
-                 else 0 for name, dt in _COLUMNS}
+        sizes = {
+            name: (self._spool / name).stat().st_size // np.dtype(dt).itemsize if (self._spool / name).exists() else 0
+            for name, dt in _COLUMNS
+        }
         n = int(np.searchsorted(offsets, min(sizes.values()), side="right")) - 1  # events fully on disk
         for name, dt in _COLUMNS:
             with open(self._spool / name, "ab") as f:
@@ -202,7 +208,8 @@ class DigitsWriter(AtomicWriter):
             raise DigitsFileError(
                 f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB, "
                 f"{free / 1e6:.1f} MB are free. Its {self.n_events} events are kept in {self._spool}; free "
-                f"some space and run the same command with --resume to finish it")
+                f"some space and run the same command with --resume to finish it"
+            )
         self._closed = True
         self.meta["complete"] = bool(complete)
         tmp = self.path.with_name(self.path.name + ".part")

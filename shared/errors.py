@@ -29,4 +29,5 @@ def require(module: str, extra: str, feature: str):
     except ImportError as exc:
         raise MissingDependencyError(
             f"{feature} needs the Python package {module.split('.')[0]!r}, which is not installed; "
-            f"install it with: pip install 'pxdbg[{extra}]'") from exc
+            f"install it with: pip install 'pxdbg[{extra}]'"
+        ) from exc

@@ -50,18 +50,14 @@ class SparseFrame:
             return NotImplemented
         return all(
             np.array_equal(a, b)
-            for a, b in zip(
-                (self.sensor, self.u, self.v, self.charge), (other.sensor, other.u, other.v, other.charge)
-            )
+            for a, b in zip((self.sensor, self.u, self.v, self.charge), (other.sensor, other.u, other.v, other.charge))
         )
 
     __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def empty(cls) -> SparseFrame:
-        return cls(
-            np.empty(0, SENSOR_DTYPE), np.empty(0, U_DTYPE), np.empty(0, V_DTYPE), np.empty(0, CHARGE_DTYPE)
-        )
+        return cls(np.empty(0, SENSOR_DTYPE), np.empty(0, U_DTYPE), np.empty(0, V_DTYPE), np.empty(0, CHARGE_DTYPE))
 
     @classmethod
     def from_dense(cls, dense: np.ndarray) -> SparseFrame:

@@ -93,8 +93,9 @@ def read_index(store: Path) -> dict:
     return index
 
 
-def find(model: str, globaltag: str | None = None, stores: list[str | os.PathLike] | None = None,
-         verify: bool = True) -> Payload:
+def find(
+    model: str, globaltag: str | None = None, stores: list[str | os.PathLike] | None = None, verify: bool = True
+) -> Payload:
     """Locate the default payload of ``model`` under ``globaltag``; check its sha256 when ``verify``."""
     globaltag = globaltag or DEFAULT_GLOBALTAG
     name = payload_name(model)
@@ -104,13 +105,17 @@ def find(model: str, globaltag: str | None = None, stores: list[str | os.PathLik
         if entry is None:
             continue
         if not isinstance(entry, dict) or not all(isinstance(entry.get(k), str) for k in ("file", "sha256")):
-            raise PayloadError(f"the payload index {store / INDEX_NAME} has a malformed entry for {name} in global "
-                               f"tag {globaltag} (it needs 'file' and 'sha256'); re-register the payload with "
-                               f"'pxdbg payload add PATH --model {model} --store {store}'")
+            raise PayloadError(
+                f"the payload index {store / INDEX_NAME} has a malformed entry for {name} in global "
+                f"tag {globaltag} (it needs 'file' and 'sha256'); re-register the payload with "
+                f"'pxdbg payload add PATH --model {model} --store {store}'"
+            )
         path = store / entry["file"]
         if not path.is_file():
-            raise PayloadError(f"payload {name} in global tag {globaltag} names {path}, which does not exist; "
-                               f"re-register it with 'pxdbg payload add --store {store} ...'")
+            raise PayloadError(
+                f"payload {name} in global tag {globaltag} names {path}, which does not exist; "
+                f"re-register it with 'pxdbg payload add --store {store} ...'"
+            )
         if verify:
             actual = sha256_file(path)
             if actual != entry["sha256"]:
@@ -125,15 +130,18 @@ def find(model: str, globaltag: str | None = None, stores: list[str | os.PathLik
     from pxdbg.shared import registry
 
     if model in registry.REGISTRY and not registry.get(model).public_checkpoint:
-        hint = (f" There are no public weights for {model}: the Belle II default checkpoints live in the "
-                f"conditions database. If you hold a checkpoint (a plain state_dict), pass it as "
-                f"checkpoint=PATH (--checkpoint PATH) or register it once with "
-                f"'pxdbg payload add PATH --model {model}'.")
+        hint = (
+            f" There are no public weights for {model}: the Belle II default checkpoints live in the "
+            f"conditions database. If you hold a checkpoint (a plain state_dict), pass it as "
+            f"checkpoint=PATH (--checkpoint PATH) or register it once with "
+            f"'pxdbg payload add PATH --model {model}'."
+        )
     raise PayloadError(f"no payload {name} in global tag {globaltag!r} in the payload stores [{where}].{hint}")
 
 
-def add(path: str | os.PathLike, model: str, globaltag: str | None = None,
-        store: str | os.PathLike | None = None) -> Payload:
+def add(
+    path: str | os.PathLike, model: str, globaltag: str | None = None, store: str | os.PathLike | None = None
+) -> Payload:
     """Copy a checkpoint into ``store`` (default: the first of ``PXDBG_PAYLOADS``, else the user store) and
     register it as the default payload of ``model`` under ``globaltag``."""
     src = Path(path)

@@ -59,17 +59,36 @@ REGISTRY: dict[str, ModelInfo] = {
     info.name: info
     for info in (
         ModelInfo(
-            "convnet", GAN, "the published convolutional WGAN-GP generator", latent_dim=96,
-            output_layer="features.20", parameters=20_444_865),
+            "convnet",
+            GAN,
+            "the published convolutional WGAN-GP generator",
+            latent_dim=96,
+            output_layer="features.20",
+            parameters=20_444_865,
+        ),
         ModelInfo(
-            "resnet", GAN, "the published residual WGAN-GP generator", latent_dim=96, output_layer="conv",
-            parameters=6_648_097),
+            "resnet",
+            GAN,
+            "the published residual WGAN-GP generator",
+            latent_dim=96,
+            output_layer="conv",
+            parameters=6_648_097,
+        ),
         ModelInfo(
-            "ieagan", GAN, "basf2's class-conditional IEA-GAN generator (draws each sensor as itself)",
-            latent_dim=128, conditional=True, output_layer="output_layer.2", parameters=11_676_449),
+            "ieagan",
+            GAN,
+            "basf2's class-conditional IEA-GAN generator (draws each sensor as itself)",
+            latent_dim=128,
+            conditional=True,
+            output_layer="output_layer.2",
+            parameters=11_676_449,
+        ),
         ModelInfo(
-            "parametric", SPARSE, "a fast parametric model calibrated to simulated Belle II background",
-            public_checkpoint=True),
+            "parametric",
+            SPARSE,
+            "a fast parametric model calibrated to simulated Belle II background",
+            public_checkpoint=True,
+        ),
     )
 }
 

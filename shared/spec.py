@@ -89,14 +89,19 @@ class ProducerSpec:
             except payloads.PayloadError as exc:
                 raise payloads.PayloadError(
                     f"{exc} For a producer farm, name the farm's checkpoint by its sha256 instead "
-                    f"(checkpoint_sha256=..., --checkpoint-sha256 ...).") from None
+                    f"(checkpoint_sha256=..., --checkpoint-sha256 ...)."
+                ) from None
         return ModelIdentity(self.model, digest, self.precision)
 
     def produce_argv(self) -> list[str]:
         """The ``pxdbg produce`` options that recreate this spec (local workers start producers with them)."""
         argv = ["--model", self.model, "--precision", self.precision, "--device", self.device]
-        for name, flag in (("checkpoint", "--checkpoint"), ("globaltag", "--globaltag"),
-                           ("max_batch", "--max-batch"), ("threads", "--threads")):
+        for name, flag in (
+            ("checkpoint", "--checkpoint"),
+            ("globaltag", "--globaltag"),
+            ("max_batch", "--max-batch"),
+            ("threads", "--threads"),
+        ):
             value = getattr(self, name)
             if value is not None:
                 argv += [flag, str(value)]
@@ -104,16 +109,25 @@ class ProducerSpec:
 
     # -- command line ---------------------------------------------------------------------------------
     @staticmethod
-    def add_arguments(parser: argparse.ArgumentParser, *, compute: bool = True, farm: bool = False,
-                      prefix_help: str = "") -> None:
+    def add_arguments(
+        parser: argparse.ArgumentParser, *, compute: bool = True, farm: bool = False, prefix_help: str = ""
+    ) -> None:
         """The spec's options. ``compute`` adds how the model runs (device, batch, threads); ``farm`` adds
         ``--checkpoint-sha256`` for consumers of a farm that do not hold the checkpoint file."""
-        parser.add_argument("--model", default=registry.DEFAULT_MODEL, choices=registry.names(),
-                            help="generator model (default %(default)s)")
+        parser.add_argument(
+            "--model",
+            default=registry.DEFAULT_MODEL,
+            choices=registry.names(),
+            help="generator model (default %(default)s)",
+        )
         parser.add_argument("--checkpoint", help="a plain state_dict file (default: the model's payload)")
         parser.add_argument("--globaltag", help=f"payload global tag (default {payloads.DEFAULT_GLOBALTAG})")
-        parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                            help="GAN arithmetic: fp32 (default, exact), bf16 (CPU, GPU), fp16 and tf32 (GPU)")
+        parser.add_argument(
+            "--precision",
+            default="fp32",
+            choices=PRECISIONS,
+            help="GAN arithmetic: fp32 (default, exact), bf16 (CPU, GPU), fp16 and tf32 (GPU)",
+        )
         if farm:
             parser.add_argument("--checkpoint-sha256", help="the farm's checkpoint, by checksum")
         if compute:

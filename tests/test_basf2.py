@@ -444,15 +444,34 @@ def test_module_farm_mode_with_curve_keys(basf2, bgfile, tmp_path, python_env):
         port = s.getsockname()[1]
     endpoint = f"tcp://127.0.0.1:{port}"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pxdbg", "produce", "--bind", endpoint, "--curve-server-secret", str(server_secret),
-         "--curve-allow-dir", str(allow)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=python_env)
+        [
+            sys.executable,
+            "-m",
+            "pxdbg",
+            "produce",
+            "--bind",
+            endpoint,
+            "--curve-server-secret",
+            str(server_secret),
+            "--curve-allow-dir",
+            str(allow),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=python_env,
+    )
     try:
         with pytest.raises(ConfigError, match="CURVE keys are for a producer farm"):
             PXDBackgroundGenerator(model="parametric", seed=3, workers=1, curve_client_secret=str(client_secret))
-        module = PXDBackgroundGenerator(model="parametric", seed=3, endpoints=[endpoint], prefetch=2,
-                                        curve_client_secret=str(client_secret),
-                                        curve_server_public=str(server_public))
+        module = PXDBackgroundGenerator(
+            model="parametric",
+            seed=3,
+            endpoints=[endpoint],
+            prefetch=2,
+            curve_client_secret=str(client_secret),
+            curve_server_public=str(server_public),
+        )
         got = run_path(basf2, module, bgfile, events=3)
     finally:
         proc.terminate()

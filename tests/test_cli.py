@@ -27,8 +27,25 @@ def test_generate_and_run_write_the_same_digits(tmp_path):
     gen = tmp_path / "gen.npz"
     piped = tmp_path / "run.npz"
     run("generate", "--events", "12", "--seed", "-77", "--first-frame", "5", "--out", str(gen), "-q")
-    proc = run("run", "--workers", "2", "--events", "12", "--seed", "-77", "--first-frame", "5", "--prefetch", "4",
-               "--out", str(piped), "--json", "-q", "--work-ms", "2")
+    proc = run(
+        "run",
+        "--workers",
+        "2",
+        "--events",
+        "12",
+        "--seed",
+        "-77",
+        "--first-frame",
+        "5",
+        "--prefetch",
+        "4",
+        "--out",
+        str(piped),
+        "--json",
+        "-q",
+        "--work-ms",
+        "2",
+    )
     summary = json.loads(proc.stdout)
     assert summary["events"] == 12 and summary["max_in_flight"] <= 4
     assert summary["wire_bytes_per_digit"] < 4.0
@@ -47,8 +64,18 @@ def test_run_prints_a_summary_and_a_random_seed_is_reported(tmp_path):
 
 
 def test_run_without_producers_fails_clearly(tmp_path):
-    proc = run("run", "--connect", f"ipc://{tmp_path}/none.sock", "--events", "3", "--connect-timeout", "1",
-               "--out", str(tmp_path / "x.npz"), check=False)
+    proc = run(
+        "run",
+        "--connect",
+        f"ipc://{tmp_path}/none.sock",
+        "--events",
+        "3",
+        "--connect-timeout",
+        "1",
+        "--out",
+        str(tmp_path / "x.npz"),
+        check=False,
+    )
     assert proc.returncode == 1
     assert "no producer answered" in proc.stderr
     assert not (tmp_path / "x.npz").exists(), "no partial output file"

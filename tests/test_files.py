@@ -91,8 +91,22 @@ def test_a_stopped_generate_keeps_a_valid_partial_file_and_resume_completes_it(t
 @pytest.mark.slow
 def test_a_killed_run_leaves_a_spool_that_resume_recovers(tmp_path, reference):
     out = tmp_path / "run.npz"
-    args = ["run", "--workers", "1", "--events", "300", "--seed", "41", "--first-frame", "3", "--prefetch", "4",
-            "--out", str(out), "-q"]
+    args = [
+        "run",
+        "--workers",
+        "1",
+        "--events",
+        "300",
+        "--seed",
+        "41",
+        "--first-frame",
+        "3",
+        "--prefetch",
+        "4",
+        "--out",
+        str(out),
+        "-q",
+    ]
     proc = start_and_wait_for_events(args, out, 30)
     proc.kill()  # no handler runs: the spool is all there is
     proc.communicate(timeout=30)
@@ -102,8 +116,21 @@ def test_a_killed_run_leaves_a_spool_that_resume_recovers(tmp_path, reference):
     assert again.returncode == 2 and "interrupted run" in again.stderr and "--resume" in again.stderr
     assert "Traceback" not in again.stderr
 
-    wrong = pxdbg("run", "--workers", "1", "--events", "300", "--seed", "42", "--first-frame", "3", "--out", str(out),
-                  "--resume", check=False)
+    wrong = pxdbg(
+        "run",
+        "--workers",
+        "1",
+        "--events",
+        "300",
+        "--seed",
+        "42",
+        "--first-frame",
+        "3",
+        "--out",
+        str(out),
+        "--resume",
+        check=False,
+    )
     assert wrong.returncode == 2 and "another stream" in wrong.stderr
 
     pxdbg("run", "--workers", "1", "--events", "300", "--out", str(out), "--resume", "-q")
@@ -131,8 +158,10 @@ def test_writer_recovery_takes_only_whole_events(tmp_path, frame_factory):
     frames = [frame_factory(rng, 0.001)[0] for _ in range(4)]
     out = tmp_path / "w.npz"
     meta = {"model": "m", "checkpoint_sha256": "0" * 64, "precision": "fp32", "seed": 1, "first_frame": 0}
-    np.savez(tmp_path / "frames.npz", **{f"{k}{i}": getattr(f, k) for i, f in enumerate(frames[:3])
-                                         for k in ("sensor", "u", "v", "charge")})
+    np.savez(
+        tmp_path / "frames.npz",
+        **{f"{k}{i}": getattr(f, k) for i, f in enumerate(frames[:3]) for k in ("sensor", "u", "v", "charge")},
+    )
     # a process that writes three events and dies without any clean-up, as under SIGKILL
     code = (
         "import json, os, sys, numpy as np\n"
@@ -142,9 +171,11 @@ def test_writer_recovery_takes_only_whole_events(tmp_path, frame_factory):
         "w = DigitsWriter(sys.argv[1], json.loads(sys.argv[3]))\n"
         "for i in range(3):\n"
         "    w.append(SparseFrame(*(d[f'{k}{i}'] for k in ('sensor', 'u', 'v', 'charge'))))\n"
-        "os._exit(0)\n")
-    subprocess.run([sys.executable, "-c", code, str(out), str(tmp_path / "frames.npz"), json.dumps(meta)],
-                   timeout=60, check=True)
+        "os._exit(0)\n"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code, str(out), str(tmp_path / "frames.npz"), json.dumps(meta)], timeout=60, check=True
+    )
     with open(spool_of(out) / "v", "ab") as torn:  # and a torn fourth event: bytes of one column only
         torn.write(b"\x01\x02\x03")
     with pytest.raises(DigitsFileError, match="interrupted run"):
@@ -161,8 +192,9 @@ def test_writer_recovery_takes_only_whole_events(tmp_path, frame_factory):
 
 def _tmpfs(path: Path, size: str):
     path.mkdir()
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True, timeout=30
+    )
     if proc.returncode != 0:
         if os.environ.get("CI") == "true":
             pytest.fail(f"cannot mount a small tmpfs for the disk-full test: {proc.stderr.strip()}")
@@ -175,8 +207,9 @@ def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, ref
     _tmpfs(disk, "2m")
     try:
         out = disk / "full.npz"
-        proc = pxdbg("generate", "--events", "300", "--seed", "41", "--first-frame", "3", "--out", str(out), "-q",
-                     check=False)
+        proc = pxdbg(
+            "generate", "--events", "300", "--seed", "41", "--first-frame", "3", "--out", str(out), "-q", check=False
+        )
         assert proc.returncode == 2, proc.stderr
         assert "Traceback" not in proc.stderr
         message = [line for line in proc.stderr.splitlines() if line.startswith("pxdbg generate:")]
@@ -201,8 +234,18 @@ def test_checkpoints_with_nan_values_are_refused(tmp_path):
     state["conv.weight"][0, 0, 0, 0] = float("inf")
     bad = tmp_path / "inf-resnet.pt"
     torch.save(state, bad)
-    proc = pxdbg("generate", "--model", "resnet", "--checkpoint", str(bad), "--events", "1", "--out",
-                 str(tmp_path / "x.npz"), check=False)
+    proc = pxdbg(
+        "generate",
+        "--model",
+        "resnet",
+        "--checkpoint",
+        str(bad),
+        "--events",
+        "1",
+        "--out",
+        str(tmp_path / "x.npz"),
+        check=False,
+    )
     assert proc.returncode == 2 and "conv.weight" in proc.stderr and "Traceback" not in proc.stderr
 
 
@@ -221,14 +264,19 @@ def test_a_checkpoint_that_generates_nothing_is_refused(tmp_path):
 def test_a_text_file_or_a_damaged_store_entry_is_one_clear_line(tmp_path):
     text = tmp_path / "notes.pt"
     text.write_text("hello world\n")
-    proc = pxdbg("generate", "--checkpoint", str(text), "--events", "1", "--out", str(tmp_path / "x.npz"),
-                 check=False)
+    proc = pxdbg("generate", "--checkpoint", str(text), "--events", "1", "--out", str(tmp_path / "x.npz"), check=False)
     assert proc.returncode == 2 and "not a PyTorch file" in proc.stderr and "Traceback" not in proc.stderr
 
     store = tmp_path / "store"
     store.mkdir()
-    (store / "index.json").write_text(json.dumps({"format": "pxdbg-payloads-1", "globaltags": {
-        "PXDBackgroundGenerator": {"PXDBackgroundGenerator_parametric": {"sha256": "0" * 64}}}}))
+    (store / "index.json").write_text(
+        json.dumps(
+            {
+                "format": "pxdbg-payloads-1",
+                "globaltags": {"PXDBackgroundGenerator": {"PXDBackgroundGenerator_parametric": {"sha256": "0" * 64}}},
+            }
+        )
+    )
     env = {**os.environ, payloads.ENV_VAR: str(store)}
     proc = pxdbg("generate", "--events", "1", "--out", str(tmp_path / "y.npz"), env=env, check=False)
     assert proc.returncode == 2 and "malformed entry" in proc.stderr and "Traceback" not in proc.stderr

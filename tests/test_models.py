@@ -18,8 +18,11 @@ from pxdbg.shared.frame import SparseFrame
 CONVNET_KEYS = (
     ["fc.weight", "fc.bias"]
     + [f"features.{i}.{p}" for i in (0, 4, 8, 12, 16, 20) for p in ("weight", "bias")]
-    + [f"features.{i}.{p}" for i in (1, 5, 9, 13, 17)
-       for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    + [
+        f"features.{i}.{p}"
+        for i in (1, 5, 9, 13, 17)
+        for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+    ]
 )
 BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 RESNET_KEYS = (
@@ -45,8 +48,9 @@ def _randomised(net: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 def _bn(x, sd, p):
-    return F.batch_norm(x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"],
-                        False, 0.0, 1e-5)
+    return F.batch_norm(
+        x, sd[p + ".running_mean"], sd[p + ".running_var"], sd[p + ".weight"], sd[p + ".bias"], False, 0.0, 1e-5
+    )
 
 
 def _up(x):
@@ -74,10 +78,13 @@ def reference_resnet(sd, z):
     return torch.tanh(F.conv2d(x, sd["conv.weight"], sd["conv.bias"], padding=1))
 
 
-@pytest.mark.parametrize(("module", "keys", "n_params", "reference"), [
-    (convnet, CONVNET_KEYS, 20_444_865, reference_convnet),
-    (resnet, RESNET_KEYS, 6_648_097, reference_resnet),
-])
+@pytest.mark.parametrize(
+    ("module", "keys", "n_params", "reference"),
+    [
+        (convnet, CONVNET_KEYS, 20_444_865, reference_convnet),
+        (resnet, RESNET_KEYS, 6_648_097, reference_resnet),
+    ],
+)
 def test_upstream_architecture(module, keys, n_params, reference):
     net = _randomised(module.Model())
     sd = net.state_dict()

@@ -46,8 +46,8 @@ def generate(model: Model) -> torch.Tensor:
 '''
 
 # The recipe, step 2: one registry entry.
-TOY_ENTRY = '''        ModelInfo("toy", GAN, "a tiny generator for the registry test", latent_dim=96, output_layer="conv"),
-'''
+TOY_ENTRY = """        ModelInfo("toy", GAN, "a tiny generator", latent_dim=96, output_layer="conv"),
+"""
 
 
 def test_every_registered_model_has_its_module_and_a_consistent_entry():
@@ -78,8 +78,10 @@ def test_unknown_model_is_one_clear_error():
 
 
 def test_the_registry_imports_no_torch():
-    code = ("import sys; from pxdbg.shared import registry, spec; "
-            "assert 'torch' not in sys.modules, 'torch imported'; print(len(registry.names()))")
+    code = (
+        "import sys; from pxdbg.shared import registry, spec; "
+        "assert 'torch' not in sys.modules, 'torch imported'; print(len(registry.names()))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert int(out.stdout) >= 3
 
@@ -108,25 +110,74 @@ def test_a_model_added_by_the_recipe_alone_runs_through_generate_and_a_local_pro
     env = {**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1"}
 
     def pxdbg(*args):
-        proc = subprocess.run([sys.executable, "-m", "pxdbg", *args], capture_output=True, text=True, env=env,
-                              timeout=240, cwd=tmp_path)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pxdbg", *args], capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path
+        )
         assert proc.returncode == 0, f"pxdbg {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
-    where = subprocess.run([sys.executable, "-c", "import pxdbg.models.toy as t; print(t.__file__)"], env=env,
-                           capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+    where = subprocess.run(
+        [sys.executable, "-c", "import pxdbg.models.toy as t; print(t.__file__)"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert Path(where).is_relative_to(root), f"the assembled copy is not the one imported: {where}"
     ckpt = tmp_path / "toy.pt"
-    subprocess.run([sys.executable, "-c", "import sys, torch; from pxdbg.models import toy; torch.manual_seed(3); "
-                    "torch.save(toy.Model().state_dict(), sys.argv[1])", str(ckpt)],
-                   env=env, timeout=120, check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys, torch; from pxdbg.models import toy; torch.manual_seed(3); "
+            "torch.save(toy.Model().state_dict(), sys.argv[1])",
+            str(ckpt),
+        ],
+        env=env,
+        timeout=120,
+        check=True,
+    )
 
     assert "toy" in pxdbg("models").stdout
     gen, piped = tmp_path / "gen.npz", tmp_path / "run.npz"
-    pxdbg("generate", "--model", "toy", "--checkpoint", str(ckpt), "--events", "3", "--seed", "11",
-          "--out", str(gen), "-q", "--threads", "1")
-    summary = json.loads(pxdbg("run", "--workers", "1", "--model", "toy", "--checkpoint", str(ckpt), "--events", "3",
-                               "--seed", "11", "--threads", "1", "--out", str(piped), "--json", "-q").stdout)
+    pxdbg(
+        "generate",
+        "--model",
+        "toy",
+        "--checkpoint",
+        str(ckpt),
+        "--events",
+        "3",
+        "--seed",
+        "11",
+        "--out",
+        str(gen),
+        "-q",
+        "--threads",
+        "1",
+    )
+    summary = json.loads(
+        pxdbg(
+            "run",
+            "--workers",
+            "1",
+            "--model",
+            "toy",
+            "--checkpoint",
+            str(ckpt),
+            "--events",
+            "3",
+            "--seed",
+            "11",
+            "--threads",
+            "1",
+            "--out",
+            str(piped),
+            "--json",
+            "-q",
+        ).stdout
+    )
     assert summary["model"].startswith("toy:")
     a, b = DigitsFile(gen), DigitsFile(piped)
     assert a.n_events == b.n_events == 3

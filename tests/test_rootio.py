@@ -19,10 +19,46 @@ pytestmark = pytest.mark.timeout(180)
 def files(tmp_path_factory):
     d = tmp_path_factory.mktemp("rootio")
     for suffix in ("npz", "root"):
-        subprocess.run([sys.executable, "-m", "pxdbg", "generate", "--events", "130", "--seed", "8",
-                        "--first-frame", "2", "--out", str(d / f"g.{suffix}"), "-q"], check=True, timeout=150)
-    subprocess.run([sys.executable, "-m", "pxdbg", "run", "--workers", "1", "--events", "5", "--seed", "8",
-                    "--first-frame", "2", "--out", str(d / "r.root"), "-q"], check=True, timeout=150)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pxdbg",
+                "generate",
+                "--events",
+                "130",
+                "--seed",
+                "8",
+                "--first-frame",
+                "2",
+                "--out",
+                str(d / f"g.{suffix}"),
+                "-q",
+            ],
+            check=True,
+            timeout=150,
+        )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pxdbg",
+            "run",
+            "--workers",
+            "1",
+            "--events",
+            "5",
+            "--seed",
+            "8",
+            "--first-frame",
+            "2",
+            "--out",
+            str(d / "r.root"),
+            "-q",
+        ],
+        check=True,
+        timeout=150,
+    )
     return d
 
 
@@ -36,8 +72,12 @@ def test_root_file_reads_back_in_root(files):
         tree.GetEntry(i)
         frame = npz.frame(i)
         assert tree.frame == i + 2
-        for branch, want in (("vxd_id", VXD_IDS[frame.sensor]), ("u", frame.u), ("v", frame.v),
-                             ("charge", frame.charge)):
+        for branch, want in (
+            ("vxd_id", VXD_IDS[frame.sensor]),
+            ("u", frame.u),
+            ("v", frame.v),
+            ("charge", frame.charge),
+        ):
             got = np.asarray(list(getattr(tree, branch)), dtype=np.int64)
             np.testing.assert_array_equal(got, want.astype(np.int64))
     meta = json.loads(str(f.Get("meta").GetString()))
@@ -61,6 +101,10 @@ def test_root_file_reads_back_in_uproot_and_matches_run(files):
 
 
 def test_unknown_output_suffix_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "pxdbg", "generate", "--events", "1", "--out",
-                           str(tmp_path / "x.hdf5")], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pxdbg", "generate", "--events", "1", "--out", str(tmp_path / "x.hdf5")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and ".npz or .root" in proc.stderr

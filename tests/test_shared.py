@@ -53,17 +53,18 @@ def test_sparse_dense_round_trip(frame_factory):
 
 
 def test_from_pixels_adds_repeated_pixels_and_clips():
-    f = SparseFrame.from_pixels(np.array([3, 0, 3]), np.array([5, 1, 5]), np.array([700, 2, 700]),
-                                np.array([200, 9, 100]))
+    f = SparseFrame.from_pixels(
+        np.array([3, 0, 3]), np.array([5, 1, 5]), np.array([700, 2, 700]), np.array([200, 9, 100])
+    )
     assert f.sensor.tolist() == [0, 3] and f.v.tolist() == [2, 700] and f.charge.tolist() == [9, 255]
     with pytest.raises(FrameError, match="more than once"):
-        SparseFrame.from_pixels(np.array([1, 1]), np.array([1, 1]), np.array([1, 1]), np.array([1, 1]),
-                                merge="error")
+        SparseFrame.from_pixels(np.array([1, 1]), np.array([1, 1]), np.array([1, 1]), np.array([1, 1]), merge="error")
 
 
 def test_validate_rejects_bad_frames():
-    ok = SparseFrame(np.array([0, 0], np.uint8), np.array([0, 0], np.uint8), np.array([1, 2], np.uint16),
-                     np.array([5, 6], np.uint8))
+    ok = SparseFrame(
+        np.array([0, 0], np.uint8), np.array([0, 0], np.uint8), np.array([1, 2], np.uint16), np.array([5, 6], np.uint8)
+    )
     ok.validate()
     with pytest.raises(FrameError, match="canonical"):
         SparseFrame(ok.sensor, ok.u, ok.v[::-1].copy(), ok.charge).validate()
@@ -136,8 +137,15 @@ def test_digits_file_errors(tmp_path):
     with pytest.raises(DigitsFileError, match="missing"):
         DigitsFile(other)
     inconsistent = tmp_path / "inc.npz"
-    np.savez(inconsistent, offsets=np.array([0, 5], np.int64), sensor=np.zeros(4, np.uint8),
-             u=np.zeros(4, np.uint8), v=np.zeros(4, np.uint16), charge=np.ones(4, np.uint8), meta=np.array("{}"))
+    np.savez(
+        inconsistent,
+        offsets=np.array([0, 5], np.int64),
+        sensor=np.zeros(4, np.uint8),
+        u=np.zeros(4, np.uint8),
+        v=np.zeros(4, np.uint16),
+        charge=np.ones(4, np.uint8),
+        meta=np.array("{}"),
+    )
     with pytest.raises(DigitsFileError, match="offsets\\[-1\\]=5"):
         DigitsFile(inconsistent)
     with pytest.raises(DigitsFileError, match=".npz"):
@@ -146,6 +154,8 @@ def test_digits_file_errors(tmp_path):
 
 
 def test_shared_and_consumer_do_not_import_torch():
-    code = ("import sys; import pxdbg.shared.protocol, pxdbg.shared.digitsfile, pxdbg.shared.payloads, "
-            "pxdbg.consumer, pxdbg.cli; assert 'torch' not in sys.modules, 'torch was imported'")
+    code = (
+        "import sys; import pxdbg.shared.protocol, pxdbg.shared.digitsfile, pxdbg.shared.payloads, "
+        "pxdbg.consumer, pxdbg.cli; assert 'torch' not in sys.modules, 'torch was imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -214,8 +214,9 @@ def _module_class():
             self.precision, self.compat_rng = precision, bool(compat_rng)
             self.curve = dict(curve_client_secret=curve_client_secret, curve_server_public=curve_server_public)
             if any(self.curve.values()) and endpoints is None:
-                raise ConfigError("CURVE keys are for a producer farm (`endpoints`); local workers talk over a "
-                                  "private ipc directory")
+                raise ConfigError(
+                    "CURVE keys are for a producer farm (`endpoints`); local workers talk over a private ipc directory"
+                )
             basf2.conditions.append_globaltag(globaltag)
             self._client = None
             self._model = None
@@ -307,7 +308,11 @@ def _module_class():
 
                     transport = TransportOptions(**{k: v for k, v in self.curve.items() if v is not None})
                 self._client = BackgroundClient(
-                    **source, spec=spec, transport=transport, seed=self.seed, first_frame=self.first_frame,
+                    **source,
+                    spec=spec,
+                    transport=transport,
+                    seed=self.seed,
+                    first_frame=self.first_frame,
                     prefetch=self.prefetch,
                 )
                 identity = self._client.identity

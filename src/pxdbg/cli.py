@@ -75,8 +75,10 @@ def cmd_models(args) -> int:
             p = payloads.find(info.name, args.globaltag, verify=False)
             where = f"payload {p.name} [{p.globaltag}] -> {p.path}"
         except payloads.PayloadError:
-            where = (f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
-                     f"give --checkpoint or run 'pxdbg payload add PATH --model {info.name}'")
+            where = (
+                f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
+                f"give --checkpoint or run 'pxdbg payload add PATH --model {info.name}'"
+            )
         print(f"{info.name:11s} {where}\n{'':11s} ({info.kind}: {info.summary})")
     print("payload stores searched, in order: " + ", ".join(str(s) for s in payloads.search_path()))
     return 0
@@ -111,8 +113,14 @@ def cmd_generate(args) -> int:
     model = load_spec(ProducerSpec.from_args(args))
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": first_frame}
     with _interruptible(), _output(args, meta) as out:
-        log.info("generating %d events with %s on %s, stream seed %d%s", args.events - out.done, model.identity,
-                 model.device, seed, " (random: pass --seed to reproduce)" if random_seed else "")
+        log.info(
+            "generating %d events with %s on %s, stream seed %d%s",
+            args.events - out.done,
+            model.identity,
+            model.device,
+            seed,
+            " (random: pass --seed to reproduce)" if random_seed else "",
+        )
         progress = Progress(args.events, enabled=not args.quiet)
         t0 = time.perf_counter()
         start = out.done
@@ -126,8 +134,10 @@ def cmd_generate(args) -> int:
         return out.stopped
     dt = time.perf_counter() - t0
     made = args.events - start
-    print(f"wrote {args.events} events to {args.out} in {dt:.1f} s ({made / dt:.2f} events/s"
-          f"{f', {start} of them resumed' if start else ''}); model {model.identity}, stream seed {seed}")
+    print(
+        f"wrote {args.events} events to {args.out} in {dt:.1f} s ({made / dt:.2f} events/s"
+        f"{f', {start} of them resumed' if start else ''}); model {model.identity}, stream seed {seed}"
+    )
     return 0
 
 
@@ -263,9 +273,16 @@ def cmd_produce(args) -> int:
     # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
     # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
     max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
-    server = ProducerServer(model, args.bind, max_batch=max_batch, parent_pid=args.parent_pid,
-                            max_consumers=args.max_consumers, max_pending=args.max_pending, grace=args.grace,
-                            transport_options=security.options_from_args(args))
+    server = ProducerServer(
+        model,
+        args.bind,
+        max_batch=max_batch,
+        parent_pid=args.parent_pid,
+        max_consumers=args.max_consumers,
+        max_pending=args.max_pending,
+        grace=args.grace,
+        transport_options=security.options_from_args(args),
+    )
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.shutdown())  # drain; a second signal stops at once
     signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_lists())
@@ -322,15 +339,26 @@ def cmd_run(args) -> int:
     try:
         with _interruptible(), _output(args, meta) as out:
             start = out.done
-            with BackgroundClient(**source, **dataclasses.asdict(spec), seed=seed, first_frame=first_frame + start,
-                                  prefetch=args.prefetch, connect_timeout=args.connect_timeout,
-                                  frame_timeout=args.frame_timeout, stall_timeout=args.stall_timeout,
-                                  events=args.events - start,
-                                  transport=security.options_from_args(args)) as client:
-                log.info("stream seed %d%s, model %s, %s%s", seed,
-                         " (random: pass --seed to reproduce)" if random_seed else "", client.identity,
-                         f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}",
-                         f"; resuming at event {start}" if start else "")
+            with BackgroundClient(
+                **source,
+                **dataclasses.asdict(spec),
+                seed=seed,
+                first_frame=first_frame + start,
+                prefetch=args.prefetch,
+                connect_timeout=args.connect_timeout,
+                frame_timeout=args.frame_timeout,
+                stall_timeout=args.stall_timeout,
+                events=args.events - start,
+                transport=security.options_from_args(args),
+            ) as client:
+                log.info(
+                    "stream seed %d%s, model %s, %s%s",
+                    seed,
+                    " (random: pass --seed to reproduce)" if random_seed else "",
+                    client.identity,
+                    f"{args.workers} local producer(s)" if args.workers else f"producers {args.connect}",
+                    f"; resuming at event {start}" if start else "",
+                )
                 progress = Progress(args.events, enabled=not args.quiet)
                 digits = 0
                 first_frame_s = None
@@ -343,8 +371,9 @@ def cmd_run(args) -> int:
                     if args.work_ms:
                         _spend_cpu(args.work_ms)
                     progress.update(out.done, lambda: f"wait p50 {1e3 * client.stats.wait_percentile(50):.3f} ms")
-                summary = _run_summary(args, client, seed, args.events - start, digits, first_frame_s,
-                                       time.perf_counter() - t_start)
+                summary = _run_summary(
+                    args, client, seed, args.events - start, digits, first_frame_s, time.perf_counter() - t_start
+                )
     except PipelineError as exc:
         print(f"pxdbg run: {exc}", file=sys.stderr)
         return 1
@@ -357,16 +386,24 @@ def cmd_run(args) -> int:
         from pxdbg.shared.geometry import FRAME_PIXELS
 
         s = summary
-        print(f"events          {s['events']} in {s['wall_s']:.2f} s: {s['frames_per_s']:.1f} frames/s "
-              f"(first frame after {s['first_frame_s']:.2f} s)")
+        print(
+            f"events          {s['events']} in {s['wall_s']:.2f} s: {s['frames_per_s']:.1f} frames/s "
+            f"(first frame after {s['first_frame_s']:.2f} s)"
+        )
         print(f"model           {s['model']}, stream seed {seed}")
-        print(f"consumer wait   p50 {s['wait_ms_p50']:.3f} ms, p99 {s['wait_ms_p99']:.3f} ms per event once warm; "
-              f"{s['wait_ms_total'] / 1e3:.2f} s in all")
-        print(f"wire            {s['wire_bytes_per_frame'] / 1e3:.1f} kB per frame "
-              f"({s['wire_bytes_per_digit']:.2f} bytes per digit, {s['digits_per_frame']:.0f} digits per frame; "
-              f"dense would be {FRAME_PIXELS / 1e6:.2f} MB, {BYTES_PER_DIGIT} bytes per digit in memory)")
-        print(f"pipeline        at most {s['max_in_flight']} frames in flight (prefetch {args.prefetch}); "
-              f"{', '.join(f'{k} {v}' for k, v in sorted(s['counters'].items())) or 'no events'}")
+        print(
+            f"consumer wait   p50 {s['wait_ms_p50']:.3f} ms, p99 {s['wait_ms_p99']:.3f} ms per event once warm; "
+            f"{s['wait_ms_total'] / 1e3:.2f} s in all"
+        )
+        print(
+            f"wire            {s['wire_bytes_per_frame'] / 1e3:.1f} kB per frame "
+            f"({s['wire_bytes_per_digit']:.2f} bytes per digit, {s['digits_per_frame']:.0f} digits per frame; "
+            f"dense would be {FRAME_PIXELS / 1e6:.2f} MB, {BYTES_PER_DIGIT} bytes per digit in memory)"
+        )
+        print(
+            f"pipeline        at most {s['max_in_flight']} frames in flight (prefetch {args.prefetch}); "
+            f"{', '.join(f'{k} {v}' for k, v in sorted(s['counters'].items())) or 'no events'}"
+        )
         if args.out:
             print(f"wrote           {args.out}")
     return 0
@@ -408,14 +445,24 @@ def cmd_validate(args) -> int:
         bar.update(done)
 
     seed, _ = _seed(args.seed if args.seed is not None else "1")
-    checks, report = validate(args.sample, args.reference, args.out, events=args.events,
-                              checkpoint=args.checkpoint, reference_checkpoint=args.reference_checkpoint,
-                              seed=seed, device=args.device, progress=progress)
+    checks, report = validate(
+        args.sample,
+        args.reference,
+        args.out,
+        events=args.events,
+        checkpoint=args.checkpoint,
+        reference_checkpoint=args.reference_checkpoint,
+        seed=seed,
+        device=args.device,
+        progress=progress,
+    )
     for c in checks:
         print(c.line())
     failed = sum(c.verdict == "FAIL" for c in checks)
-    print(f"{'FAIL' if failed else 'PASS'}: {failed} of {sum(c.verdict != 'n/a' for c in checks)} checks failed; "
-          f"report {report}, plots and metrics.json beside it")
+    print(
+        f"{'FAIL' if failed else 'PASS'}: {failed} of {sum(c.verdict != 'n/a' for c in checks)} checks failed; "
+        f"report {report}, plots and metrics.json beside it"
+    )
     return 1 if failed and args.strict else 0
 
 
@@ -438,8 +485,10 @@ def cmd_calibrate(args) -> int:
     for line in summary_lines(result.summary):
         print(line)
     print(f"wrote           {args.out} (sha256 {sha}: the model identity)")
-    print(f"use it          --model parametric --checkpoint {args.out}, or register it as the default payload: "
-          f"pxdbg payload add {args.out} --model parametric")
+    print(
+        f"use it          --model parametric --checkpoint {args.out}, or register it as the default payload: "
+        f"pxdbg payload add {args.out} --model parametric"
+    )
     return 0
 
 
@@ -504,14 +553,25 @@ def cmd_farm_status(args) -> int:
         else:
             rate = sent / max(snap.get("uptime_s", 0.0), 1e-9)
         up = int(snap.get("uptime_s", 0))
-        rows.append((ep, str(snap.get("identity")), str(snap.get("device")), str(snap.get("consumers")),
-                     f"{rate:.1f}", str(snap.get("pending")), f"{up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}"))
+        rows.append(
+            (
+                ep,
+                str(snap.get("identity")),
+                str(snap.get("device")),
+                str(snap.get("consumers")),
+                f"{rate:.1f}",
+                str(snap.get("pending")),
+                f"{up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     silent = len(endpoints) - len(first)
-    print(f"{len(first)} of {len(endpoints)} producer(s) answered through {source}"
-          f"{f'; {silent} silent for {args.timeout:g} s' if silent else ''}")
+    print(
+        f"{len(first)} of {len(endpoints)} producer(s) answered through {source}"
+        f"{f'; {silent} silent for {args.timeout:g} s' if silent else ''}"
+    )
     return 0 if first else 1
 
 
@@ -578,20 +638,36 @@ def build_parser() -> argparse.ArgumentParser:
     ProducerSpec.add_arguments(p)
     p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
     p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
-    p.add_argument("--max-consumers", type=_positive, default=256,
-                   help="most consumers served at once; others get an error saying so (default %(default)s)")
-    p.add_argument("--max-pending", type=_positive, default=4096,
-                   help="most frames one consumer may ask for and not yet have (default %(default)s)")
-    p.add_argument("--grace", type=float, default=10.0,
-                   help="seconds a SIGTERM may take to finish the batches in progress (default %(default)s)")
+    p.add_argument(
+        "--max-consumers",
+        type=_positive,
+        default=256,
+        help="most consumers served at once; others get an error saying so (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-pending",
+        type=_positive,
+        default=4096,
+        help="most frames one consumer may ask for and not yet have (default %(default)s)",
+    )
+    p.add_argument(
+        "--grace",
+        type=float,
+        default=10.0,
+        help="seconds a SIGTERM may take to finish the batches in progress (default %(default)s)",
+    )
     p.add_argument(
         "--register",
         metavar="DIR",
         help="register each tcp endpoint in this rendezvous directory (consumers: --connect dir:DIR)",
     )
     security.add_server_arguments(p)
-    p.add_argument("--metrics-port", type=int, metavar="PORT",
-                   help="serve Prometheus /metrics, /healthz and /readyz on this port (needs pxdbg[metrics])")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus /metrics, /healthz and /readyz on this port (needs pxdbg[metrics])",
+    )
     p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port (default %(default)s)")
     p.set_defaults(func=cmd_produce)
 
@@ -607,13 +683,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
-    p.add_argument("--connect-timeout", type=_seconds, default=60.0,
-                   help="seconds without any producer before failing (default %(default)s)")
-    p.add_argument("--frame-timeout", type=_seconds, default=600.0,
-                   help="seconds to wait for one frame before failing (default %(default)s)")
-    p.add_argument("--stall-timeout", type=_seconds, default=60.0,
-                   help="seconds a producer may owe frames while delivering none (it answers heartbeats: a hung "
-                        "model) before it is quarantined and its frames asked elsewhere (default %(default)s)")
+    p.add_argument(
+        "--connect-timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds without any producer before failing (default %(default)s)",
+    )
+    p.add_argument(
+        "--frame-timeout",
+        type=_seconds,
+        default=600.0,
+        help="seconds to wait for one frame before failing (default %(default)s)",
+    )
+    p.add_argument(
+        "--stall-timeout",
+        type=_seconds,
+        default=60.0,
+        help="seconds a producer may owe frames while delivering none (it answers heartbeats: a hung "
+        "model) before it is quarantined and its frames asked elsewhere (default %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true")
     security.add_client_arguments(p)
@@ -652,14 +740,21 @@ def build_parser() -> argparse.ArgumentParser:
     fs = fsub.add_parser("status", help="a table of the producers an endpoint string reaches, asked over the protocol")
     fs.add_argument("endpoints", help="tcp://host:port, dir:/rendezvous, dns://name:port, ... (comma-separated)")
     fs.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each answer (default %(default)s)")
-    fs.add_argument("--interval", type=float, default=1.0,
-                    help="seconds between two looks, for frames/s (default %(default)s; 0: average since start)")
+    fs.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        help="seconds between two looks, for frames/s (default %(default)s; 0: average since start)",
+    )
     fs.set_defaults(func=cmd_farm_status)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")
-    p.add_argument("--producer", action="store_true",
-                   help="producer speed per model, precision and batch size, with the fidelity cost against fp32")
+    p.add_argument(
+        "--producer",
+        action="store_true",
+        help="producer speed per model, precision and batch size, with the fidelity cost against fp32",
+    )
     p.add_argument("--device", default="cpu", help="device for --producer (cpu or cuda)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
@@ -668,8 +763,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s",
+        stream=sys.stderr,
+    )
     try:
         return args.func(args)
     except PxdbgError as exc:  # a user error: one line; anything else is a bug and keeps its traceback

@@ -35,8 +35,10 @@ class RootDigitsWriter(AtomicWriter):
         if self.path.suffix != ".root":
             raise DigitsFileError(f"a ROOT output file name ends in .root, got {self.path.name!r}")
         if resume:
-            raise DigitsFileError(f"--resume continues .npz outputs only; for {self.path.name} start a new file at "
-                                  f"the next frame with --first-frame (its frames are numbered in the tree)")
+            raise DigitsFileError(
+                f"--resume continues .npz outputs only; for {self.path.name} start a new file at "
+                f"the next frame with --first-frame (its frames are numbered in the tree)"
+            )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._tmp = self.path.with_name(self.path.name + ".part")
         self._file = uproot.recreate(self._tmp)
@@ -62,16 +64,25 @@ class RootDigitsWriter(AtomicWriter):
             return ak.unflatten(np.concatenate(parts), counts)
 
         data = {
-            "frame": np.arange(self._first + self.n_events, self._first + self.n_events + len(self._pending),
-                               dtype=np.int64),
+            "frame": np.arange(
+                self._first + self.n_events, self._first + self.n_events + len(self._pending), dtype=np.int64
+            ),
             "vxd_id": jagged([VXD_IDS[f.sensor] for f in self._pending]),
             "u": jagged([f.u for f in self._pending]),
             "v": jagged([f.v for f in self._pending]),
             "charge": jagged([f.charge for f in self._pending]),
         }
         if self._tree is None:  # mktree: a TTree (a plain assignment makes an RNTuple in recent uproot)
-            self._tree = self._file.mktree(TREE, {"frame": "int64", "vxd_id": "var * uint16", "u": "var * uint8",
-                                                  "v": "var * uint16", "charge": "var * uint8"})
+            self._tree = self._file.mktree(
+                TREE,
+                {
+                    "frame": "int64",
+                    "vxd_id": "var * uint16",
+                    "u": "var * uint8",
+                    "v": "var * uint16",
+                    "charge": "var * uint8",
+                },
+            )
         self._tree.extend(data)
         self.n_events += len(self._pending)
         self._pending = []
