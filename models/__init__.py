@@ -1,8 +1,9 @@
-"""Generator models: the registry, checkpoint loading, and batched per-frame generation.
+"""Generator models: checkpoint loading and checks, and batched per-frame generation.
 
 Each model lives in its own module ``pxdbg.models.<name>`` with a ``Model`` class (a ``torch.nn.Module``)
 and a ``generate(model)`` function returning one frame as a (40, 250, 768) uint8 tensor (the seed's
-contract). :func:`load` turns a name and a checkpoint into a :class:`BackgroundModel` ready for inference,
+contract), plus its entry in the torch-free registry :mod:`pxdbg.shared.registry`.
+:func:`load` turns a name and a checkpoint into a :class:`BackgroundModel` ready for inference,
 whose :meth:`BackgroundModel.frames` generates frames from per-frame random streams.
 """
 
