@@ -34,10 +34,12 @@ class DigitsFileError(PxdbgError, ValueError):
     """A digits file is missing, malformed or inconsistent."""
 
 
-def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, source: Path | None) -> None:
+def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, source: Path | None) -> int:
+    """Write one column as ``<name>.npy`` (stored, not compressed); return where its data starts in the file."""
     header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": (n,)}
     with zf.open(name + ".npy", "w", force_zip64=True) as member:
         np.lib.format.write_array_header_1_0(member, header)
+        start = zf.fp.tell()
         if source is not None:  # exactly n items: an append cut short by a signal may have left a tail
             left = n * np.dtype(dtype).itemsize
             with open(source, "rb") as raw:
@@ -47,6 +49,7 @@ def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, s
                         raise DigitsFileError(f"spool file {source} is shorter than its {n} entries")
                     member.write(block)
                     left -= len(block)
+    return start
 
 
 class AtomicWriter(abc.ABC):
@@ -141,6 +144,7 @@ class DigitsWriter(AtomicWriter):
         except (OSError, ValueError) as exc:
             raise DigitsFileError(f"cannot resume from {self._spool}: its meta.json is unreadable ({exc})") from None
         self._check_resumable(theirs, self._spool)
+        self._restore_moved()
         raw = (self._spool / "counts").read_bytes() if (self._spool / "counts").exists() else b""
         counts = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.int64)
         offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -156,6 +160,31 @@ class DigitsWriter(AtomicWriter):
             f.truncate(8 * n)
         self._offsets = offsets[: n + 1].tolist()
         log.info("resuming %s from its spool: %d events recovered", self.path, n)
+
+    def _restore_moved(self) -> None:
+        """An assembly that failed half-way (a full disk): copy the columns it had moved back from its ``.part``."""
+        note = self._spool / "moved.json"
+        if not note.exists():
+            return
+        moved = json.loads(note.read_text())
+        part = self.path.parent / moved["part"]
+        with open(part, "rb") as src:
+            for name, (start, nbytes) in moved["columns"].items():
+                if (self._spool / name).exists():
+                    continue  # deleted only after it was noted: a column noted but still here is whole
+                src.seek(start)
+                with open(self._spool / f"{name}.part", "wb") as dst:
+                    left = nbytes
+                    while left:
+                        block = src.read(min(left, 1 << 20))
+                        if not block:
+                            raise DigitsFileError(f"{part} is shorter than the columns noted in {note}")
+                        dst.write(block)
+                        left -= len(block)
+                os.replace(self._spool / f"{name}.part", self._spool / name)
+        note.unlink()
+        part.unlink()
+        log.info("put back the columns a failed assembly of %s had moved", self.path)
 
     def _unpack_partial(self) -> None:
         old = DigitsFile(self.path)
@@ -195,24 +224,28 @@ class DigitsWriter(AtomicWriter):
     def close(self, complete: bool = True) -> Path:
         """Assemble the ``.npz`` and remove the spool. Returns the path written.
 
-        ``complete=False`` marks the file as the partial output of an interrupted run (resumable).
+        ``complete=False`` marks the file as the partial output of an interrupted run (resumable). The columns
+        move into the file one at a time: each is deleted from the spool once it is safely in the ``.part``
+        file (synced, and its place noted in ``moved.json``), so the disk needs room for one column more than
+        the output, not twice the output; a failure on the way leaves both, and ``resume`` puts them back.
         """
         if self._closed:
             return self.path
         n = self._offsets[-1]
-        need = n * sum(np.dtype(dt).itemsize for _, dt in _COLUMNS) + 8 * len(self._offsets) + (1 << 20)
+        need = n * max(np.dtype(dt).itemsize for _, dt in _COLUMNS) + 8 * len(self._offsets) + (1 << 20)
         free = shutil.disk_usage(self.path.parent).free
         if free < need:  # say so before writing anything: the spool stays, nothing is lost
             for f in (*self._files.values(), self._counts):
                 f.flush()
             raise DigitsFileError(
-                f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB, "
+                f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB more, "
                 f"{free / 1e6:.1f} MB are free. Its {self.n_events} events are kept in {self._spool}; free "
                 f"some space and run the same command with --resume to finish it"
             )
         self._closed = True
         self.meta["complete"] = bool(complete)
         tmp = self.path.with_name(self.path.name + ".part")
+        moved: dict[str, list[int]] = {}
         try:
             for f in (*self._files.values(), self._counts):
                 f.close()
@@ -223,11 +256,23 @@ class DigitsWriter(AtomicWriter):
                 with zf.open("meta.npy", "w") as member:
                     np.lib.format.write_array(member, np.array(json.dumps(self.meta, sort_keys=True)))
                 for name, dtype in _COLUMNS:
-                    _write_npy_member(zf, name, dtype, n, self._spool / name)
+                    start = _write_npy_member(zf, name, dtype, n, self._spool / name)
+                    zf.fp.flush()
+                    os.fsync(zf.fp.fileno())
+                    moved[name] = [start, n * np.dtype(dtype).itemsize]
+                    note = self._spool / "moved.json.part"
+                    note.write_text(json.dumps({"part": tmp.name, "columns": moved}))
+                    os.replace(note, self._spool / "moved.json")
+                    (self._spool / name).unlink()
             os.replace(tmp, self.path)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise _with_path(exc, self.path) from None
+            if not moved:
+                tmp.unlink(missing_ok=True)
+            kept = f"{self._spool} and {tmp}" if moved else str(self._spool)
+            raise DigitsFileError(
+                f"{exc.strerror or exc} while writing {self.path}; its {self.n_events} events are kept in {kept}: "
+                f"free some space and run the same command with --resume to finish it"
+            ) from None
         shutil.rmtree(self._spool, ignore_errors=True)
         return self.path
 

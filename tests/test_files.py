@@ -280,3 +280,64 @@ def test_a_text_file_or_a_damaged_store_entry_is_one_clear_line(tmp_path):
     env = {**os.environ, payloads.ENV_VAR: str(store)}
     proc = pxdbg("generate", "--events", "1", "--out", str(tmp_path / "y.npz"), env=env, check=False)
     assert proc.returncode == 2 and "malformed entry" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _frames(n: int):
+    from pxdbg.models import load
+
+    return load("parametric").frames(77, range(n))
+
+
+def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_path, monkeypatch):
+    """The columns move into the .npz one at a time and leave the spool; a failure half-way (a full disk) must
+    not lose the ones already moved."""
+    import errno
+
+    from pxdbg.shared import digitsfile
+
+    frames = _frames(3)
+    meta = {"model": "parametric", "checkpoint_sha256": "0" * 64, "precision": "fp32", "seed": 77, "first_frame": 0}
+    out = tmp_path / "cut.npz"
+    w = DigitsWriter(out, meta)
+    for f in frames:
+        w.append(f)
+    real, calls = digitsfile._write_npy_member, []
+
+    def full_at_the_third_column(zf, name, dtype, n, source):
+        calls.append(name)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(zf, name, dtype, n, source)
+
+    monkeypatch.setattr(digitsfile, "_write_npy_member", full_at_the_third_column)
+    with pytest.raises(DigitsFileError, match=r"No space left on device while writing .*cut\.npz.*--resume"):
+        w.close()
+    monkeypatch.setattr(digitsfile, "_write_npy_member", real)
+    spool = spool_of(out)
+    moved = json.loads((spool / "moved.json").read_text())["columns"]
+    assert sorted(moved) == sorted(calls[:2]) and not any((spool / c).exists() for c in moved)
+    assert not out.exists() and (tmp_path / "cut.npz.part").exists()
+
+    r = DigitsWriter(out, meta, resume=True)
+    assert r.n_events == 3 and not (tmp_path / "cut.npz.part").exists()
+    r.close()
+    back = DigitsFile(out)
+    assert back.n_events == 3 and all(a == b for a, b in zip(back, frames)) and not spool.exists()
+
+
+@pytest.mark.slow
+def test_writing_the_output_needs_one_column_more_not_twice_the_disk(tmp_path):
+    frames = _frames(20)
+    size = sum(f.n_digits for f in frames) * 5  # sensor, u, charge 1 byte, v 2 bytes per digit
+    disk = tmp_path / "small"
+    _tmpfs(disk, f"{int(1.6 * size / 1024)}k")  # the output and its largest column fit; twice the output not
+    try:
+        out = disk / "tight.npz"
+        with DigitsWriter(out, {"seed": 77}) as w:
+            for f in frames:
+                w.append(f)
+        back = DigitsFile(out)
+        assert back.n_events == 20 and all(a == b for a, b in zip(back, frames))
+        print(f"output {out.stat().st_size / 1e6:.2f} MB written on a {1.6 * size / 1e6:.2f} MB disk")
+    finally:
+        subprocess.run(["umount", str(disk)], timeout=30, check=False)
