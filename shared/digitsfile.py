@@ -221,6 +221,12 @@ class DigitsWriter(AtomicWriter):
             raise _with_path(exc, self.path) from None
         self._offsets.append(self._offsets[-1] + frame.n_digits)
 
+    def sync(self) -> None:
+        """Make what was appended durable (fsync the spool), e.g. before deleting the source of those events."""
+        for f in (*self._files.values(), self._counts):
+            f.flush()
+            os.fsync(f.fileno())
+
     def close(self, complete: bool = True) -> Path:
         """Assemble the ``.npz`` and remove the spool. Returns the path written.
 
@@ -371,3 +377,47 @@ def interrupted_meta(path: str | os.PathLike) -> dict | None:
     except (OSError, ValueError) as exc:
         raise DigitsFileError(f"cannot read the interrupted output {path}: {exc}") from None
     return None
+
+
+def join(out: str | os.PathLike, parts: list[str | os.PathLike], *, remove_parts: bool = False) -> DigitsFile:
+    """Write the digits files ``parts`` of one stream (consecutive frames, in any order) as one file ``out``.
+
+    They must agree on model, checkpoint, precision and stream seed, and their frames must follow each other
+    without gap or overlap. ``remove_parts`` deletes each part once its events are safely in the new file's
+    spool, so joining needs room for the largest part and one column more, not twice the output. The output
+    is complete when every part is.
+    """
+    files = sorted((DigitsFile(p) for p in parts), key=lambda f: int(f.meta.get("first_frame", 0)))
+    if not files:
+        raise DigitsFileError("join needs at least one part")
+    first = files[0]
+    keys = ("model", "checkpoint_sha256", "precision", "seed")
+    for f in files[1:]:
+        wrong = [f"{k} {f.meta.get(k)!r} vs {first.meta.get(k)!r}" for k in keys if f.meta.get(k) != first.meta.get(k)]
+        if wrong:
+            raise DigitsFileError(f"{f.path} is not of the stream of {first.path}: {'; '.join(wrong)}")
+    expected = int(first.meta.get("first_frame", 0))
+    for f in files:
+        start = int(f.meta.get("first_frame", 0))
+        if start != expected:
+            what = "a gap" if start > expected else "an overlap"
+            raise DigitsFileError(f"{f.path} starts at frame {start}, but frame {expected} comes next: {what}")
+        expected += f.n_events
+    if Path(out).resolve() in {f.path.resolve() for f in files}:
+        raise DigitsFileError(f"the output {out} is one of the parts; name a new file")
+    meta = {k: v for k, v in first.meta.items() if k not in ("complete", "pxdbg_version")}
+    complete = all(f.meta.get("complete", True) for f in files)
+    writer = DigitsWriter(out, meta)
+    try:
+        for f in files:
+            for frame in f:
+                writer.append(frame)
+            if remove_parts:
+                writer.sync()
+                f.path.unlink()
+    except BaseException:
+        if not remove_parts:
+            writer.abort()  # the parts are all still there
+        raise
+    writer.close(complete=complete)
+    return DigitsFile(out)

@@ -341,3 +341,28 @@ def test_writing_the_output_needs_one_column_more_not_twice_the_disk(tmp_path):
         print(f"output {out.stat().st_size / 1e6:.2f} MB written on a {1.6 * size / 1e6:.2f} MB disk")
     finally:
         subprocess.run(["umount", str(disk)], timeout=30, check=False)
+
+
+def test_join_assembles_the_parts_of_one_stream(tmp_path):
+    ref, parts = tmp_path / "ref.npz", []
+    pxdbg("generate", "--events", "24", "--seed", "5", "--first-frame", "2", "--out", str(ref), "-q")
+    for first in (2, 10, 18):  # the parts of a chunked consumer job
+        part = tmp_path / f"part-{first}.npz"
+        pxdbg("generate", "--events", "8", "--seed", "5", "--first-frame", str(first), "--out", str(part), "-q")
+        parts.append(part)
+    other = tmp_path / "other.npz"
+    pxdbg("generate", "--events", "8", "--seed", "6", "--first-frame", "26", "--out", str(other), "-q")
+
+    gap = pxdbg("join", str(tmp_path / "x.npz"), str(parts[0]), str(parts[2]), check=False)
+    assert gap.returncode == 2 and "frame 10 comes next: a gap" in gap.stderr and "Traceback" not in gap.stderr
+    mixed = pxdbg("join", str(tmp_path / "x.npz"), *map(str, parts), str(other), check=False)
+    assert mixed.returncode == 2 and "not of the stream" in mixed.stderr
+    assert not (tmp_path / "x.npz").exists() and all(p.exists() for p in parts), "a refused join touches nothing"
+
+    out = tmp_path / "joined.npz"
+    done = pxdbg("join", str(out), str(parts[2]), str(parts[0]), str(parts[1]), "--remove-parts")
+    assert "wrote 24 events" in done.stdout
+    joined = DigitsFile(out)
+    assert joined.meta["first_frame"] == 2 and joined.meta["complete"] is True
+    assert frames_equal(joined, DigitsFile(ref))
+    assert not any(p.exists() for p in parts), "--remove-parts deletes each part once it is in the output"

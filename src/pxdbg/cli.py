@@ -467,6 +467,18 @@ def cmd_validate(args) -> int:
 
 
 # -- calibrate -----------------------------------------------------------------------------------------
+def cmd_join(args) -> int:
+    from pxdbg.shared.digitsfile import join
+
+    joined = join(args.out, args.parts, remove_parts=args.remove_parts)
+    print(
+        f"wrote {joined.n_events} events of stream {joined.meta.get('seed')} (frames "
+        f"{joined.meta.get('first_frame', 0)}..) to {args.out} from {len(args.parts)} part(s)"
+        f"{'' if joined.meta.get('complete', True) else '; a part was partial, so is the output'}"
+    )
+    return 0
+
+
 def cmd_calibrate(args) -> int:
     from pxdbg.calibrate import calibrate, speed, summary_lines
 
@@ -726,6 +738,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="exit with status 1 when a check fails")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("join", help="join digits files of one stream (consecutive frames) into one file")
+    p.add_argument("out", help="the joined .npz")
+    p.add_argument("parts", nargs="+", help="the parts (.npz), in any order")
+    p.add_argument(
+        "--remove-parts",
+        action="store_true",
+        help="delete each part once its events are in the output's spool (needs far less disk)",
+    )
+    p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("calibrate", help="learn a parametric model (payload) from a background sample")
     p.add_argument("sample", help="a background sample: digits file (.npz) or ROOT file (.root) of PXD digits")
