@@ -41,15 +41,19 @@ def _write_npy_member(zf: zipfile.ZipFile, name: str, dtype: np.dtype, n: int, s
         np.lib.format.write_array_header_1_0(member, header)
         start = zf.fp.tell()
         if source is not None:  # exactly n items: an append cut short by a signal may have left a tail
-            left = n * np.dtype(dtype).itemsize
             with open(source, "rb") as raw:
-                while left:
-                    block = raw.read(min(left, 1 << 20))
-                    if not block:
-                        raise DigitsFileError(f"spool file {source} is shorter than its {n} entries")
-                    member.write(block)
-                    left -= len(block)
+                _copy(raw, member, n * np.dtype(dtype).itemsize, f"spool file {source} is shorter than its {n} entries")
     return start
+
+
+def _copy(src, dst, nbytes: int, short: str) -> None:
+    """Copy exactly ``nbytes`` from ``src``'s position to ``dst``, in blocks; ``short`` is the error if it ends."""
+    while nbytes:
+        block = src.read(min(nbytes, 1 << 20))
+        if not block:
+            raise DigitsFileError(short)
+        dst.write(block)
+        nbytes -= len(block)
 
 
 class AtomicWriter(abc.ABC):
@@ -174,13 +178,7 @@ class DigitsWriter(AtomicWriter):
                     continue  # deleted only after it was noted: a column noted but still here is whole
                 src.seek(start)
                 with open(self._spool / f"{name}.part", "wb") as dst:
-                    left = nbytes
-                    while left:
-                        block = src.read(min(left, 1 << 20))
-                        if not block:
-                            raise DigitsFileError(f"{part} is shorter than the columns noted in {note}")
-                        dst.write(block)
-                        left -= len(block)
+                    _copy(src, dst, nbytes, f"{part} is shorter than the columns noted in {note}")
                 os.replace(self._spool / f"{name}.part", self._spool / name)
         note.unlink()
         part.unlink()
