@@ -190,6 +190,11 @@ def test_writer_recovery_takes_only_whole_events(tmp_path, frame_factory):
     assert back.n_events == 4 and all(x == y for x, y in zip(back, frames))
 
 
+def _unmount(path: Path) -> None:
+    """Unmount a test's tmpfs; lazily, so a file a failed test left open cannot keep it mounted."""
+    subprocess.run(["umount", "-l", str(path)], timeout=30, check=False)
+
+
 def _tmpfs(path: Path, size: str):
     path.mkdir()
     proc = subprocess.run(
@@ -216,7 +221,7 @@ def test_a_full_disk_is_one_line_naming_the_file_and_loses_nothing(tmp_path, ref
         assert len(message) == 1 and str(out) in message[0] and "No space left" in message[0]
         assert not out.exists() or DigitsFile(out).meta["complete"] is False
     finally:
-        subprocess.run(["umount", str(disk)], timeout=30, check=False)
+        _unmount(disk)
 
 
 def test_checkpoints_with_nan_values_are_refused(tmp_path):
@@ -340,7 +345,7 @@ def test_writing_the_output_needs_one_column_more_not_twice_the_disk(tmp_path):
         assert back.n_events == 20 and all(a == b for a, b in zip(back, frames))
         print(f"output {out.stat().st_size / 1e6:.2f} MB written on a {1.6 * size / 1e6:.2f} MB disk")
     finally:
-        subprocess.run(["umount", str(disk)], timeout=30, check=False)
+        _unmount(disk)
 
 
 def test_join_assembles_the_parts_of_one_stream(tmp_path):
