@@ -65,16 +65,23 @@ def test_folding_gives_the_unfolded_outputs_and_leaves_the_checkpoint_module_alo
     assert all("forward" not in vars(m) for m in net.modules())
 
 
-@pytest.mark.parametrize("k", [1, 3, 5])
-def test_subpixel_convolution_equals_convolution_of_the_upsampled_input(k):
+@pytest.mark.parametrize("phases", [True, False])
+@pytest.mark.parametrize("k", [1, 3, 5, 7])
+def test_subpixel_convolution_equals_convolution_of_the_upsampled_input(k, phases):
     g = torch.Generator().manual_seed(10)
     conv = nn.Conv2d(6, 4, k, padding=k // 2)
     x = torch.randn(2, 6, 7, 9, generator=g)
-    with torch.inference_mode():
-        ref = conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
-        out = SubpixelConv2d(conv)(x)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    layer = SubpixelConv2d(conv, phases=phases)
+    # the phase form serves kernels 3, 7, ... (p = k // 2 odd), where each output phase reads a smaller window
+    assert (layer.phases is not None) == (phases and k in (3, 7))
+    if layer.phases is not None:
+        assert all(c.kernel_size == (k // 2 + 1,) * 2 for c in layer.phases)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        with torch.inference_mode():
+            ref = conv(nn.functional.interpolate(x, scale_factor=2, mode="nearest"))
+            out = layer(x.contiguous(memory_format=fmt))
+        assert out.shape == ref.shape
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("module", [convnet, resnet])
