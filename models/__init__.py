@@ -19,6 +19,15 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+
+# torch's CPU allocator puts tensors of 2 MB and more on transparent huge pages. A GAN's activations (50 MB and
+# more per call at 256 x 768) are fresh allocations on every call; on 4 kB pages each costs ~12,000 page faults,
+# and the element-wise passes between convolutions ran 3x slower (see the README, "Producer speed"). torch reads
+# the switch at its first large allocation, so it is set here, before any model is built; a value the user set
+# (THP_MEM_ALLOC_ENABLE=0 switches it off) is kept. Without kernel support (transparent_hugepage "never") it
+# changes nothing.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 import torch
 
 from pxdbg.models.engine import GanEngine
