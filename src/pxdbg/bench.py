@@ -426,10 +426,591 @@ class BaselineEngine:
         return torch.cat(out)
 
 
+# -- per-layer roofline (pxdbg bench --producer --roofline) --------------------------------------------------------
+def memory_bandwidth_gbs(device, mib: int = 256) -> float:
+    """Practical memory bandwidth, GB/s: the best of a few copies of a ``mib`` MiB tensor (bytes read plus bytes
+    written per second), with the intra-op threads torch has now."""
+    import torch
+
+    n = mib * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)  # first touch: page faults and allocation outside the timing
+    _sync(device)
+    reps = 10 if device.type == "cuda" else 1
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            dst.copy_(src)
+        _sync(device)
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n * 4 / best / 1e9
+
+
+_LAYER = "pxdbg.layer:"  # the prefix of the profiler scopes that name a module
+_DTYPE_BYTES = {
+    "float": 4,
+    "double": 8,
+    "c10::Half": 2,
+    "c10::BFloat16": 2,
+    "long int": 8,
+    "long": 8,
+    "int": 4,
+    "short int": 2,
+    "short": 2,
+    "signed char": 1,
+    "unsigned char": 1,
+    "bool": 1,
+    "c10::Float8_e4m3fn": 1,
+    "c10::Float8_e5m2": 1,
+}
+_DTYPE_PRECISION = {"float": "fp32", "c10::BFloat16": "bf16", "c10::Half": "fp16", "double": "fp32"}
+# ops that move no data (views, shape changes, allocations): timed, not put on the roofline
+_NO_TRAFFIC = {
+    "aten::view",
+    "aten::reshape",
+    "aten::_reshape_alias",
+    "aten::_unsafe_view",
+    "aten::permute",
+    "aten::slice",
+    "aten::select",
+    "aten::as_strided",
+    "aten::expand",
+    "aten::expand_as",
+    "aten::view_as",
+    "aten::t",
+    "aten::transpose",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::flatten",
+    "aten::unflatten",
+    "aten::narrow",
+    "aten::split",
+    "aten::chunk",
+    "aten::unbind",
+    "aten::detach",
+    "aten::alias",
+    "aten::lift_fresh",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::new_empty",
+    "aten::new_empty_strided",
+    "aten::resize_",
+    "aten::set_",
+}
+_REDUCTIONS = {"sum", "mean", "amax", "amin", "max", "min", "norm", "linalg_vector_norm", "var", "std", "all", "any"}
+_NORMS = {"batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training", "layer_norm", "group_norm"}
+_MOVES = {"pixel_shuffle", "pixel_unshuffle", "clone", "contiguous", "to", "_to_copy", "copy_", "cat", "stack", "pad"}
+# where a convolution's stride, padding and dilation are among its arguments, by operator (bias and an extra tensor
+# shift them): (stride, padding, dilation); the rest are taken as conv2d
+_CONV_ARGS = {
+    "convolution": (3, 4, 5),
+    "_convolution": (3, 4, 5),
+    "convolution_overrideable": (3, 4, 5),
+    "mkldnn_convolution": (4, 3, 5),
+    "_convolution_pointwise": (4, 3, 5),
+    "cudnn_convolution": (3, 2, 4),
+    "cudnn_convolution_add_relu": (5, 6, 7),
+}
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def _tensors(shapes, dtypes) -> list:
+    """(shape, element bytes, dtype) of an op's tensor arguments with at least one dimension."""
+    return [
+        (list(s), _DTYPE_BYTES[d], d)
+        for s, d in zip(shapes, dtypes)
+        if isinstance(s, list) and s and all(isinstance(v, int) for v in s) and d in _DTYPE_BYTES
+    ]
+
+
+def _innermost(ev):
+    """The innermost event of the same operator under ``ev`` (autocast wraps an op around its cast arguments)."""
+    while True:
+        same = [c for c in ev.cpu_children if c.name == ev.name]
+        if not same:
+            return ev
+        ev = same[-1]
+
+
+def _descendant(ev, name: str):
+    for c in ev.cpu_children:
+        if c.name == name:
+            return c
+        found = _descendant(c, name)
+        if found is not None:
+            return found
+    return None
+
+
+def _pair(value, rank: int, default: int) -> list:
+    if isinstance(value, (list, tuple)) and value:
+        return [int(v) for v in value] * (rank if len(value) == 1 else 1)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [int(value)] * rank
+    return [default] * rank
+
+
+def _conv_cost(op: str, args, concrete, overload: str) -> tuple[int, list]:
+    """FLOP and output shape of a convolution from its argument shapes and values."""
+    x, w = args[0][0], args[1][0]
+    if "binary" in overload and len(args) > 2:  # (x, other, weight, ...)
+        w = args[2][0]
+    rank = len(x) - 2
+    transposed = "transpose" in op or (
+        op in ("convolution", "_convolution") and len(concrete) > 6 and concrete[6] is True
+    )
+    if "transpose" in op:
+        i_stride, i_pad, i_dil = 3, 4, 7
+    else:
+        i_stride, i_pad, i_dil = _CONV_ARGS.get(op, (3, 4, 5))
+    if "binary" in overload:
+        i_stride, i_pad, i_dil = i_stride + 1, i_pad + 1, i_dil + 1
+
+    def arg(i):
+        return concrete[i] if i < len(concrete) else None
+
+    stride, dil = _pair(arg(i_stride), rank, 1), _pair(arg(i_dil), rank, 1)
+    kernel = w[2:]
+    pad_value = arg(i_pad)
+    if isinstance(pad_value, str):  # conv2d(padding="same" | "valid")
+        pad = [d * (k - 1) // 2 if pad_value == "same" else 0 for k, d in zip(kernel, dil)]
+    else:
+        pad = _pair(pad_value, rank, 0)
+    if transposed:
+        groups = max(1, x[1] // w[0]) if w[0] else 1
+        out_channels = w[1] * groups
+        spatial = [(i - 1) * s - 2 * p + d * (k - 1) + 1 for i, s, p, d, k in zip(x[2:], stride, pad, dil, kernel)]
+        flop = 2 * _numel(x) * w[1] * _numel(kernel)
+    else:
+        groups = max(1, x[1] // w[1]) if w[1] else 1
+        out_channels = w[0]
+        spatial = [(i + 2 * p - d * (k - 1) - 1) // s + 1 for i, s, p, d, k in zip(x[2:], stride, pad, dil, kernel)]
+        flop = 2 * x[0] * out_channels * _numel(spatial) * (x[1] // groups) * _numel(kernel)
+    return flop, [x[0], out_channels, *spatial]
+
+
+def _broadcast(shapes: list) -> list:
+    rank = max(len(s) for s in shapes)
+    out = [1] * rank
+    for s in shapes:
+        for i, v in enumerate(s):
+            j = rank - len(s) + i
+            out[j] = max(out[j], v)
+    return out
+
+
+def op_cost(ev) -> dict:
+    """FLOP, bytes moved (tensor arguments and the output, each once: a lower bound on the traffic) and the
+    arithmetic's dtype of one profiled top-level operator event."""
+    inner = _innermost(ev)
+    full = ev.name
+    op = full.split("::", 1)[-1]
+    args = _tensors(ev.input_shapes, ev.input_dtypes)
+    inner_args = _tensors(inner.input_shapes, inner.input_dtypes) or args
+    concrete = list(getattr(inner, "concrete_inputs", None) or [])
+    dtype = inner_args[0][2] if inner_args else "float"
+    flop, out_shape, out_dtype, kind = 0, None, dtype, "elementwise"
+    read = sum(_numel(s) * b for s, b, _ in args)
+    if full in _NO_TRAFFIC or (op in ("to", "contiguous", "type_as") and not ev.cpu_children):
+        return {"flop": 0, "bytes": 0, "dtype": dtype, "kind": "view", "out_shape": args[0][0] if args else []}
+    if "conv" in op and len(inner_args) >= 2:
+        kind = "conv"
+        flop, out_shape = _conv_cost(op, inner_args, concrete, getattr(inner, "overload_name", "") or "")
+    elif op.startswith("upsample") and args:
+        kind = "move"
+        x = args[0][0]
+        size = concrete[1] if len(concrete) > 1 and isinstance(concrete[1], list) and concrete[1] else None
+        if size is None:
+            scales = next((c for c in reversed(concrete) if isinstance(c, list) and c), [1.0] * (len(x) - 2))
+            size = [int(i * s) for i, s in zip(x[2:], scales)]
+        out_shape = [*x[:2], *size]
+    elif ("linear" in op or op in ("addmm", "mm", "matmul", "bmm", "baddbmm")) and len(inner_args) >= 2:
+        kind = "matmul"
+        if "linear" in op:
+            a, w = inner_args[0][0], inner_args[1][0]
+            out_shape, k = [*a[:-1], w[0]], a[-1]
+        else:
+            a, b = (
+                (inner_args[1][0], inner_args[2][0])
+                if op in ("addmm", "baddbmm")
+                else (inner_args[0][0], inner_args[1][0])
+            )
+            batch = _broadcast([a[:-2], b[:-2]]) if len(a) > 2 and len(b) > 2 else (a[:-2] or b[:-2])
+            out_shape, k = [*batch, a[-2] if len(a) > 1 else 1, b[-1]], a[-1]
+        flop = 2 * _numel(out_shape) * k
+    elif op in _MOVES or op.endswith("_like") or op in ("fill_", "zero_"):
+        kind = "move"
+        if op.endswith("_like") or op in ("fill_", "zero_"):  # writes only
+            read, out_shape = 0, args[0][0] if args else []
+        elif op == "copy_" and len(args) >= 2:  # (dst, src): reads src, writes dst
+            read, out_shape, out_dtype = _numel(args[1][0]) * args[1][1], args[0][0], args[0][2]
+        elif op in ("cat", "stack"):
+            out_shape = [sum(_numel(s) for s, _, _ in args)]
+        elif op in ("to", "_to_copy", "contiguous", "clone", "pixel_shuffle", "pixel_unshuffle") and args:
+            copy = _descendant(ev, "aten::copy_")
+            out_dtype = copy.input_dtypes[0] if copy is not None and copy.input_dtypes[0] in _DTYPE_BYTES else dtype
+            out_shape = args[0][0]
+        elif args:
+            out_shape = _broadcast([s for s, _, _ in args])
+    elif op.rstrip("_") in _REDUCTIONS and args:
+        kind = "reduction"
+        flop, out_shape = _numel(args[0][0]), []
+    elif op in _NORMS and args:
+        out_shape = args[0][0]
+        flop = 2 * _numel(out_shape)
+    elif op == "embedding" and len(args) >= 2:
+        kind = "move"
+        w, idx = args[0], args[1]
+        read, out_shape, out_dtype = _numel(idx[0]) * idx[1] + _numel(idx[0]) * w[0][1] * w[1], [*idx[0], w[0][1]], w[2]
+    elif args:
+        out_shape = _broadcast([s for s, _, _ in args])
+        flop = _numel(out_shape)
+    if out_shape is None:
+        out_shape = []
+    written = _numel(out_shape) * _DTYPE_BYTES.get(out_dtype, 4) if out_shape else 0
+    return {
+        "flop": flop,
+        "bytes": read + written,
+        "dtype": dtype,
+        "kind": kind,
+        "out_shape": out_shape,
+        "out_bytes": written,
+    }
+
+
+def _profile_ops(call, device) -> list:
+    """One profiled ``call()``: its top-level operators in order, as (event, innermost module path or None,
+    module path last entered before it, seconds)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities, record_shapes=True) as prof:
+        call()
+        _sync(device)
+    events = sorted(prof.events(), key=lambda e: (e.time_range.start, -e.time_range.end))
+    cpu = torch.autograd.DeviceType.CPU
+    ops, last_module = [], None
+    for ev in events:
+        if ev.device_type != cpu or "::" not in ev.name or ev.name.startswith(_LAYER):
+            continue
+        parent, inner, outer, top = ev.cpu_parent, None, None, True
+        while parent is not None:
+            if "::" in parent.name and not parent.name.startswith(_LAYER):
+                top = False  # an operator inside another operator
+                break
+            if parent.name.startswith(_LAYER):
+                inner = inner or parent.name[len(_LAYER) :]
+                outer = parent.name[len(_LAYER) :]
+            parent = parent.cpu_parent
+        if not top:
+            continue
+        if device.type == "cuda":
+            seconds = (getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)) / 1e6
+        else:
+            seconds = ev.cpu_time_total / 1e6
+        ops.append((ev, inner, last_module, seconds))
+        if outer is not None:
+            last_module = outer
+    return ops
+
+
+def _labelled(net):
+    """Profiler scopes named by module path around every submodule's forward; returns the hook handles."""
+    from torch.autograd.profiler import record_function
+
+    stack, handles = [], []
+
+    def enter(name):
+        def hook(mod, inp):
+            scope = record_function(_LAYER + name)
+            scope.__enter__()
+            stack.append(scope)
+
+        return hook
+
+    def leave(mod, inp, out):
+        if stack:
+            stack.pop().__exit__(None, None, None)
+
+    for name, mod in net.named_modules():
+        if name:
+            handles.append(mod.register_forward_pre_hook(enter(name)))
+            handles.append(mod.register_forward_hook(leave))
+    return handles, stack
+
+
+def _forward(engine, z):
+    """The engine's inference network called once on ``z``, under the engine's own context."""
+    import torch
+
+    with torch.inference_mode(), engine.precision_flags(), engine._autocast():
+        if engine.conditional:
+            labels = getattr(engine, "_labels", None)
+            if labels is None or labels.shape[0] != z.shape[0]:
+                labels = torch.arange(z.shape[0], device=z.device) % engine.images_per_event
+            return engine.fast_net(z, labels)
+        return engine.fast_net(z)
+
+
+def _call_latents(engine, z, device):
+    """The latents of one call: the first ``images_per_call`` of ``z``, or fixed random ones for None."""
+    import torch
+
+    if z is None:
+        z = torch.randn(engine.images_per_call, engine._latent_dim(), generator=torch.Generator().manual_seed(0))
+    return z[: engine.images_per_call].to(device)
+
+
+def forward_seconds(engine, z, device, rounds: int = 3) -> float:
+    """Wall time of one forward call of the engine's inference network, best of ``rounds`` after a warm-up."""
+    z = _call_latents(engine, z, device)
+    _forward(engine, z)
+    _sync(device)
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        _forward(engine, z)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _group_key(module):
+    import re
+
+    return re.sub(r"([._])\d+$", r"\1*", module) if module else module
+
+
+def roofline(engine, z, device, peak_tflops, bandwidth_gbs: float, calls: int = 2) -> list[dict]:
+    """Per layer of ``engine.fast_net``: one forward call of ``engine.images_per_call`` latents ``z`` (None:
+    random) under the engine's context, profiled ``calls`` times after a warm-up; per top-level operator the
+    best time, FLOP, bytes moved (a lower bound), arithmetic intensity, its roof min(peak, intensity x
+    bandwidth) and which side of the ridge point it sits on. ``peak_tflops``: one figure or a dict by precision
+    (fp32, tf32, bf16, fp16), then each operator gets the peak of its arithmetic's dtype. Identical operators
+    of one layer (same shapes; module paths that differ only in a last index, e.g. the phases of a sub-pixel
+    convolution) share a row; operators that move no data (views, allocations) are summed in one row."""
+    net = engine.fast_net
+    z = _call_latents(engine, z, device)
+    bw = bandwidth_gbs * 1e9
+
+    def peak_of(dtype: str) -> float:
+        if not isinstance(peak_tflops, dict):
+            return peak_tflops * 1e12
+        p = _DTYPE_PRECISION.get(dtype, "fp32")
+        if p == "fp32" and getattr(engine, "precision", None) == "tf32" and "tf32" in peak_tflops:
+            p = "tf32"
+        return peak_tflops.get(p, peak_tflops.get("fp32", max(peak_tflops.values()))) * 1e12
+
+    _forward(engine, z)  # warm-up (kernel choice, caches)
+    _sync(device)
+    handles, stack = _labelled(net)
+    try:
+        runs = [_profile_ops(lambda: _forward(engine, z), device) for _ in range(calls)]
+    finally:
+        for h in handles:
+            h.remove()
+        while stack:
+            stack.pop().__exit__(None, None, None)
+    ops = runs[0]
+    same = all(len(r) == len(ops) and all(a[0].name == b[0].name for a, b in zip(r, ops)) for r in runs[1:])
+    best = [min(r[i][3] for r in runs) if same else op[3] for i, op in enumerate(ops)]
+
+    rows, index, other = [], {}, None
+    for (ev, module, after, _), seconds in zip(ops, best):
+        cost = op_cost(ev)
+        op = ev.name
+        if cost["kind"] == "view":
+            if other is None:
+                other = {"layer": "(views, allocations)", "module": None, "op": "views", "calls": 0, "seconds": 0.0}
+                other.update(flop=0, bytes=0, dtype="", kind="view", input_shapes=[], output_shape=[], output_bytes=0)
+                other["modules"] = set()
+            other["calls"] += 1
+            other["seconds"] += seconds
+            other["modules"].add(module)
+            continue
+        short = op.split("::", 1)[-1].lstrip("_")
+        if cost["kind"] == "conv":
+            short = "conv"
+        elif cost["kind"] == "matmul":
+            short = "linear" if "linear" in short else short
+        elif short.startswith("upsample"):
+            short = "upsample"
+        after_text = f" (after {after})" if after else ""
+        layer = f"{_group_key(module)} {short}" if module is not None else f"{short}{after_text}"
+        shapes = [s for s in ev.input_shapes if isinstance(s, list) and s]
+        key = (layer, op, str(shapes))
+        if key in index:
+            row = index[key]
+            row["calls"] += 1
+            row["seconds"] += seconds
+            row["flop"] += cost["flop"]
+            row["bytes"] += cost["bytes"]
+            row["modules"].add(module)
+            continue
+        row = {"layer": layer, "module": module, "op": op, "calls": 1, "seconds": seconds, "input_shapes": shapes}
+        row.update(flop=cost["flop"], bytes=cost["bytes"], dtype=cost["dtype"], kind=cost["kind"])
+        row.update(output_shape=cost["out_shape"], output_bytes=cost["out_bytes"], modules={module})
+        index[key] = row
+        rows.append(row)
+    for row in rows:  # a starred path only where a row gathers several modules
+        if len(row["modules"]) == 1 and row["module"] is not None:
+            row["layer"] = f"{row['module']} {row['layer'].split(' ', 1)[1]}"
+        row["modules"] = sorted(m for m in row["modules"] if m is not None)
+    if other is not None:
+        other["modules"] = sorted(m for m in other["modules"] if m is not None)
+        rows.append(other)
+    for row in rows:
+        _on_roof(row, peak_of(row["dtype"]), bw)
+    return rows
+
+
+def _on_roof(row: dict, peak: float, bw: float) -> None:
+    """A row's place on the roofline from its seconds (or time_ms), FLOP and bytes; peak FLOP/s, bw bytes/s."""
+    seconds = row.pop("seconds") if "seconds" in row else row["time_ms"] / 1e3
+    flop, nbytes = row["flop"], row["bytes"]
+    intensity = flop / nbytes if nbytes else 0.0
+    roof_s = max(flop / peak, nbytes / bw)
+    row.update(
+        time_ms=seconds * 1e3,
+        intensity=intensity,
+        ridge=peak / bw,
+        peak_tflops=peak / 1e12,
+        roof_tflops=min(peak, intensity * bw) / 1e12 if flop else 0.0,
+        achieved_tflops=flop / seconds / 1e12 if seconds > 0 else 0.0,
+        achieved_gbs=nbytes / seconds / 1e9 if seconds > 0 else 0.0,
+        roof_ms=roof_s * 1e3,
+        share_of_roof=roof_s / seconds if seconds > 0 else float("nan"),
+        bound="-" if row["kind"] == "view" else ("memory" if intensity < peak / bw else "compute"),
+    )
+
+
+def compact(rows: list, limit: int = 60) -> list:
+    """The rows to print: ``rows`` when at most ``limit``, else each run of consecutive operators other than
+    convolutions and matrix products merged into one row (named by its first module and its operators)."""
+    if len(rows) <= limit:
+        return rows
+    out = []
+    for row in rows:
+        prev = out[-1] if out else None
+        small = row["kind"] not in ("conv", "matmul", "view")
+        if small and prev is not None and prev.get("_run"):
+            names = prev["_ops"]
+            short = row["layer"].split(" ")[1] if row["module"] is not None else row["layer"].split(" ")[0]
+            if short not in names:
+                names.append(short)
+            head, ops = prev["_head"], "+".join(names)
+            prev["layer"] = f"{head} {ops}" if prev["module"] is not None else f"{ops} {head}".rstrip()
+            prev["calls"] += row["calls"]
+            prev["time_ms"] += row["time_ms"]
+            prev["flop"] += row["flop"]
+            prev["bytes"] += row["bytes"]
+            prev["output_bytes"] = 0
+            prev["modules"] = sorted(set(prev["modules"]) | set(row["modules"]))
+            _on_roof(prev, prev["peak_tflops"] * 1e12, prev["peak_tflops"] * 1e12 / prev["ridge"])
+            continue
+        row = dict(row)
+        if small:  # a module's operator: "path op"; one between modules: "op (after path)"
+            first, _, rest = row["layer"].partition(" ")
+            head, op = (first, rest) if row["module"] is not None else (rest, first)
+            row.update(_run=True, _head=head, _ops=[op])
+        out.append(row)
+    for row in out:
+        for key in ("_run", "_head", "_ops"):
+            row.pop(key, None)
+    return out
+
+
+def roofline_summary(rows: list, bandwidth_gbs: float, forward_s: float | None = None) -> dict:
+    """Time shares and totals of a ``roofline`` table: the memory-bound operators' time, what they would take
+    at the measured bandwidth, and the network's time at its roofs against the measured one."""
+    total = sum(r["time_ms"] for r in rows)
+    memory = [r for r in rows if r["bound"] == "memory"]
+    mem_ms = sum(r["time_ms"] for r in memory)
+    return {
+        "ops_ms": total,
+        "forward_ms": forward_s * 1e3 if forward_s is not None else None,
+        "memory_bound_ms": mem_ms,
+        "memory_bound_share": mem_ms / total if total else 0.0,
+        "memory_bound_at_bandwidth_ms": sum(r["bytes"] for r in memory) / (bandwidth_gbs * 1e9) * 1e3,
+        "compute_bound_ms": sum(r["time_ms"] for r in rows if r["bound"] == "compute"),
+        "overhead_ms": sum(r["time_ms"] for r in rows if r["bound"] == "-"),
+        "roof_ms": sum(r["roof_ms"] for r in rows),
+        "gflop": sum(r["flop"] for r in rows) / 1e9,
+        "gbytes": sum(r["bytes"] for r in rows) / 1e9,
+    }
+
+
+def print_roofline(rows: list, summary: dict, title: str, print=print) -> None:
+    """The table (long ones compacted: runs of elementwise operators merged) and the summary line."""
+    print(f"\n-- roofline: {title} --")
+    rows = compact(rows)
+    print(
+        f"{'layer / operator':48s} {'calls':>5s} {'ms':>8s} {'GFLOP':>7s} {'MB':>7s} {'FLOP/B':>7s} "
+        f"{'TFLOP/s':>7s} {'GB/s':>6s} {'of roof':>7s} bound"
+    )
+    for r in rows:
+        intensity = "-" if r["bound"] == "-" else f"{r['intensity']:7.1f}"
+        share = "-" if r["bound"] == "-" else f"{100 * r['share_of_roof']:6.1f}%"
+        print(
+            f"{r['layer'][:48]:48s} {r['calls']:5d} {r['time_ms']:8.2f} {r['flop'] / 1e9:7.3f} {r['bytes'] / 1e6:7.1f} "
+            f"{intensity:>7s} {r['achieved_tflops']:7.3f} {r['achieved_gbs']:6.1f} {share:>7s} {r['bound']}"
+        )
+    s = summary
+    fwd = f", {s['forward_ms']:.1f} ms unprofiled" if s.get("forward_ms") is not None else ""
+    print(
+        f"memory-bound operators: {100 * s['memory_bound_share']:.0f}% of the time ({s['memory_bound_ms']:.1f} ms; "
+        f"{s['memory_bound_at_bandwidth_ms']:.1f} ms at the measured bandwidth); whole network at its roofs "
+        f"{s['roof_ms']:.1f} ms vs {s['ops_ms']:.1f} ms measured{fwd} ({100 * s['roof_ms'] / s['ops_ms']:.0f}% of roof)"
+    )
+
+
+def _bench_roofline(result: dict, net, info, device, z, per_call: int, print) -> None:
+    """``bench_producer``'s roofline of one model: its default reduced-precision engine and its fp32 engine."""
+    from pxdbg.models.engine import GanEngine
+
+    bw = result["memory_bandwidth_gbs"] = max(result["memory_bandwidth_gbs"], memory_bandwidth_gbs(device))
+    result["roofline"][info.name], result["roofline_summary"][info.name] = [], {}
+    for p in ("fp16" if device.type == "cuda" else "bf16", "fp32"):
+        engine = GanEngine(net, device, p, info=info, images_per_call=per_call)
+        zz = z[:per_call] if z.shape[0] >= per_call else None
+        rows = roofline(engine, zz, device, result["peak_tflops"], bw)
+        fwd = forward_seconds(engine, zz, device)
+        summary = roofline_summary(rows, bw, fwd)
+        summary.update(bandwidth_gbs=bw, peak_tflops=result["peak_tflops"].get(p), images_per_call=per_call)
+        peak = result["peak_tflops"].get(p, 0.0)
+        print_roofline(
+            rows,
+            summary,
+            f"{info.name} {p} engine, {per_call} images per call, one forward call (best of 2 profiled); "
+            f"peak {peak:.2f} TFLOP/s, {bw:.1f} GB/s, ridge {peak * 1e3 / bw:.0f} FLOP/B",
+            print=print,
+        )
+        for row in rows:
+            row.update(model=info.name, precision=p, images_per_call=per_call)
+        result["roofline"][info.name] += rows
+        result["roofline_summary"][info.name][p] = summary
+        del engine
+
+
 def bench_producer(args) -> dict:
     """Per GAN model of the registry: today's engine (baseline) beside the folded engine in each precision and
     output-layer mode, s/event, GFLOP per event, achieved TFLOP/s and share of the matrix-product peak probed in
-    this run, the speed-up over the baseline, and the fidelity against the exact fp32 run on the same latents."""
+    this run, the speed-up over the baseline, and the fidelity against the exact fp32 run on the same latents.
+
+    With ``args.roofline``: per model, the per-layer roofline of the default reduced-precision engine and the fp32
+    engine (one forward call), against the peak and a memory bandwidth probed in this run."""
     import builtins
     import functools
     import sys
@@ -447,6 +1028,7 @@ def bench_producer(args) -> dict:
     if cuda and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for, but torch sees no CUDA device here")
     quick = args.quick
+    roof = getattr(args, "roofline", False)
     gans = [registry.get(n) for n in registry.names() if registry.get(n).is_gan]
     threads = recommended_threads(gans[0], device) if not cuda else torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -460,9 +1042,15 @@ def bench_producer(args) -> dict:
     )
     for p in precisions:
         result["peak_tflops"][p] = peak_tflops(device, p)
+    bandwidth = ""
+    if roof:
+        result["memory_bandwidth_gbs"] = memory_bandwidth_gbs(device)
+        result["roofline"], result["roofline_summary"] = {}, {}
+        bandwidth = f"; memory bandwidth (copy, this run) {result['memory_bandwidth_gbs']:.1f} GB/s"
     print(
         "practical peak (matrix product, this run): "
         + ", ".join(f"{p} {v:.2f} TFLOP/s" for p, v in result["peak_tflops"].items())
+        + bandwidth
     )
     print(
         f"{'model':7s} {'configuration':34s} {'img/call':>8s} {'s/event':>8s} {'build s':>7s} {'GFLOP/ev':>8s} "
@@ -582,6 +1170,8 @@ def bench_producer(args) -> dict:
                 f"{info.name:7s} {'folded: bf16, output bf16x2, 1 thread':34s} {engine.images_per_call:8d} "
                 f"{dt:8.3f}  ({threads} threads are {result['rows'][-1]['thread_scaling']:.2f}x faster)"
             )
+        if roof:
+            _bench_roofline(result, net, info, device, z, per_call, print)
     for p in precisions:
         result["peak_tflops"][p] = max(result["peak_tflops"][p], peak_tflops(device, p))
     print(

@@ -591,7 +591,7 @@ def cmd_farm_status(args) -> int:
 def cmd_bench(args) -> int:
     from pxdbg import bench
 
-    result = bench.bench_producer(args) if args.producer else bench.run(args)
+    result = bench.bench_producer(args) if args.producer or args.roofline else bench.run(args)
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -778,6 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="producer speed per model, precision and batch size, with the fidelity cost against fp32",
     )
     p.add_argument("--device", default="cpu", help="device for --producer (cpu or cuda)")
+    p.add_argument(
+        "--roofline",
+        action="store_true",
+        help="with --producer (implied): per-layer roofline of each model's default reduced-precision and fp32 "
+        "engines, against the matrix-product peak and a memory bandwidth probed in the run (works with --quick)",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
     return parser
