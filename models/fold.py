@@ -53,6 +53,22 @@ def _traceable(net: nn.Module) -> bool:
     return True
 
 
+def _inference_layers(net: nn.Module) -> int:
+    """Replace each module of ``net`` that has an ``inference_layer()`` method (a model's own layer: a
+    spectrally normalised convolution, a batch norm with its own parameter names) by what the method returns,
+    its eval-mode equivalent, as far as possible in plain torch layers that the engine folds and casts. The
+    model's module defines the equivalence and its tests check it; the number replaced."""
+    replaced: list[str] = []
+    for name, mod in list(net.named_modules()):
+        if not name or any(name.startswith(p + ".") for p in replaced):
+            continue
+        make = getattr(mod, "inference_layer", None)
+        if callable(make):
+            _replace(net, name, make())
+            replaced.append(name)
+    return len(replaced)
+
+
 def fold_batchnorm(net: nn.Module) -> nn.Module:
     """A copy of ``net`` (eval mode) with each batch norm that follows a convolution folded into it.
 
@@ -63,6 +79,7 @@ def fold_batchnorm(net: nn.Module) -> nn.Module:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     net = copy.deepcopy(net).eval()
+    _inference_layers(net)
     if not _traceable(net):
         log.debug("batch norm not folded: the network has layers of its own or computes weights in hooks")
         return net
@@ -292,7 +309,9 @@ class OutputConv2d(nn.Module):
 
 
 class Fp32Output(nn.Module):
-    """Runs a model's own output layer in fp32 (autocast off), on an input of any floating dtype."""
+    """Runs a layer in fp32 (autocast off, its parameters not cast), on an input of any floating dtype: a model's
+    own output layer, or a part whose error would be systematic and is cheap to keep exact (a model returns
+    one from ``inference_layer()``, e.g. ieagan's label-embedding encoder, which conditions every layer)."""
 
     def __init__(self, layer: nn.Module) -> None:
         super().__init__()
@@ -555,8 +574,9 @@ def inference_network(
             _replace(folded, output_layer, OutputConv2d(layer, output, dtype, threshold, means.get(output_layer)))
         else:  # a model's own layer (e.g. spectrally normalised): its weight is its business; run it in fp32
             _replace(folded, output_layer, Fp32Output(layer))
+    kept = [name for name, mod in folded.named_modules() if isinstance(mod, Fp32Output)]
     for name, mod in list(folded.named_modules()):
-        if not _plain(mod):
+        if not _plain(mod) or any(name.startswith(k + ".") for k in kept):  # an Fp32Output's layers stay fp32
             continue
         if type(mod) is nn.Conv2d and mod.padding_mode == "zeros":
             _replace(folded, name, FastConv2d(mod, dtype, input_mean=means.get(name)))

@@ -88,6 +88,17 @@ class _SpectralNorm:
             return self.weight / sigma
 
 
+def _eval_weight(layer: _SpectralNorm) -> torch.Tensor:
+    """The weight a spectrally normalised layer uses in eval mode (u0 not updated), in fp32."""
+    with torch.no_grad(), torch.autocast(layer.weight.device.type, enabled=False):
+        training = layer.training
+        layer.training = False
+        try:
+            return layer._normalise().detach().float()
+        finally:
+            layer.training = training
+
+
 class SNConv2d(nn.Conv2d, _SpectralNorm):
     def __init__(self, cin: int, cout: int, kernel_size: int = 3, padding: int = 1) -> None:
         nn.Conv2d.__init__(self, cin, cout, kernel_size, padding=padding)
@@ -95,6 +106,14 @@ class SNConv2d(nn.Conv2d, _SpectralNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.normalised_weight(), self.bias, self.stride, self.padding)
+
+    def inference_layer(self) -> nn.Conv2d:
+        """The eval-mode layer as a plain Conv2d holding the normalised weight (what an engine runs)."""
+        conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, padding=self.padding)
+        with torch.no_grad():
+            conv.weight.copy_(_eval_weight(self))
+            conv.bias.copy_(self.bias)
+        return conv.to(self.weight.device).eval().requires_grad_(False)
 
 
 class SNLinear(nn.Linear, _SpectralNorm):
@@ -104,6 +123,15 @@ class SNLinear(nn.Linear, _SpectralNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.normalised_weight(), self.bias)
+
+    def inference_layer(self) -> nn.Linear:
+        """The eval-mode layer as a plain Linear holding the normalised weight (what an engine runs)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(_eval_weight(self))
+            if self.bias is not None:
+                linear.bias.copy_(self.bias)
+        return linear.to(self.weight.device).eval().requires_grad_(False)
 
 
 class BatchNorm(nn.Module):
@@ -118,6 +146,16 @@ class BatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.batch_norm(x, self.stored_mean, self.stored_var, self.gain, self.bias, self.training, 0.1, BN_EPS)
+
+    def inference_layer(self) -> nn.BatchNorm2d:
+        """The eval-mode layer as a plain BatchNorm2d (what an engine runs)."""
+        bn = nn.BatchNorm2d(self.gain.shape[0], eps=BN_EPS)
+        with torch.no_grad():
+            bn.weight.copy_(self.gain)
+            bn.bias.copy_(self.bias)
+            bn.running_mean.copy_(self.stored_mean)
+            bn.running_var.copy_(self.stored_var)
+        return bn.to(self.gain.device).eval().requires_grad_(False)
 
 
 class ConditionalBatchNorm(nn.Module):
@@ -141,6 +179,35 @@ class ConditionalBatchNorm(nn.Module):
         scale = gain * torch.rsqrt(self.stored_var + BN_EPS)
         shift = bias - self.stored_mean * scale
         return torch.addcmul(shift.to(x.dtype).view(n, -1, 1, 1), x, scale.to(x.dtype).view(n, -1, 1, 1))
+
+    def inference_layer(self) -> ConditionalBatchNormInference:
+        """The eval-mode layer with its two normalised gain/bias weights held in fp32 (what an engine runs)."""
+        return ConditionalBatchNormInference(self)
+
+
+class ConditionalBatchNormInference(nn.Module):
+    """Eval-mode conditional batch norm for an engine: the per-image scale and shift are computed from c in fp32
+    and applied to an activation of any dtype in fp32 arithmetic, rounded once to the activation's dtype.
+
+    In a bf16 engine a scale and shift rounded to bf16 would be a systematic error, the same for every pixel of
+    an image's channel, which the following convolution adds up coherently; rounding the result is noise.
+    """
+
+    def __init__(self, bn: ConditionalBatchNorm) -> None:
+        super().__init__()
+        self.register_buffer("gain_weight", _eval_weight(bn.gain).clone())
+        self.register_buffer("bias_weight", _eval_weight(bn.bias).clone())
+        self.register_buffer("inv_std", torch.rsqrt(bn.stored_var.detach().float() + BN_EPS))
+        self.register_buffer("mean", bn.stored_mean.detach().float().clone())
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        n = c.shape[0]
+        with torch.autocast(x.device.type, enabled=False):
+            c = c.float()
+            scale = (1 + F.linear(c, self.gain_weight)) * self.inv_std
+            shift = F.linear(c, self.bias_weight) - self.mean * scale
+            y = torch.addcmul(shift.view(n, -1, 1, 1), x, scale.view(n, -1, 1, 1))
+        return y.to(x.dtype)
 
 
 class MultiheadAttention(nn.Module):
@@ -182,6 +249,13 @@ class RelationalReasoning(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList([EncoderBlock(dim, heads, feedforward)])
         self.norm = nn.LayerNorm(dim)
+
+    def inference_layer(self) -> nn.Module:
+        """Kept in fp32 by an engine: its output conditions every batch norm of the image, so its rounding
+        would be a systematic error per image, and it costs ~0.1 % of the event's arithmetic."""
+        from pxdbg.models.fold import Fp32Output
+
+        return Fp32Output(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:

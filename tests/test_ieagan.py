@@ -186,6 +186,64 @@ def test_conditional_batch_norm_uses_stored_statistics_and_one_plus_linear_gain(
         torch.testing.assert_close(bn(x, c)[1:], bn(x[1:], c[1:]))  # per image: no batch statistics
 
 
+def test_inference_layers_compute_the_eval_layers_and_leave_the_module_alone():
+    """What an engine runs instead of ieagan's own layers: plain Conv2d/Linear/BatchNorm2d holding the eval-mode
+    weights, conditional batch norm with fp32 scale and shift; the same outputs, the module unchanged."""
+    torch.manual_seed(3)
+    conv, lin = ieagan.SNConv2d(4, 5).eval(), ieagan.SNLinear(16, 6).eval()
+    bn = ieagan.BatchNorm(5).eval()
+    cbn = ieagan.ConditionalBatchNorm(5, cond_dim=7).eval()
+    with torch.no_grad():
+        for t in (bn.stored_mean, cbn.stored_mean, bn.bias):
+            t.copy_(torch.randn(5))
+        for t in (bn.stored_var, cbn.stored_var, bn.gain):
+            t.copy_(0.5 + torch.rand(5))
+    before = {id(m): {k: v.clone() for k, v in m.state_dict().items()} for m in (conv, lin, bn, cbn)}
+    x, v, c = torch.randn(2, 4, 6, 7), torch.randn(3, 16), torch.randn(2, 7)
+    h = torch.randn(2, 5, 6, 7)
+    with torch.no_grad():
+        plain_conv, plain_lin, plain_bn = conv.inference_layer(), lin.inference_layer(), bn.inference_layer()
+        assert type(plain_conv) is torch.nn.Conv2d and type(plain_lin) is torch.nn.Linear
+        assert type(plain_bn) is torch.nn.BatchNorm2d
+        torch.testing.assert_close(plain_conv(x), conv(x), rtol=0, atol=1e-6)
+        torch.testing.assert_close(plain_lin(v), lin(v), rtol=0, atol=1e-6)
+        torch.testing.assert_close(plain_bn(h), bn(h), rtol=0, atol=1e-6)
+        fast = cbn.inference_layer()
+        torch.testing.assert_close(fast(h, c), cbn(h, c), rtol=0, atol=1e-5)
+        # on a bf16 activation: scale and shift applied in fp32, the result rounded once
+        hb = h.to(torch.bfloat16)
+        want = cbn(hb.float(), c).to(torch.bfloat16)
+        assert fast(hb, c).dtype == torch.bfloat16 and torch.equal(fast(hb, c), want)
+    for m in (conv, lin, bn, cbn):
+        after = m.state_dict()
+        assert all(torch.equal(after[k], t) for k, t in before[id(m)].items())
+
+
+def test_the_engine_runs_plain_layers_and_gives_the_modules_outputs():
+    """fp32: the engine's network (inference layers, folded where possible) within 1e-5 of the module; bf16: no
+    spectrally normalised or own batch-norm layer is left to autocast, the label encoder stays fp32."""
+    from pxdbg.models.engine import GanEngine
+    from pxdbg.models.fold import FastConv2d, Fp32Output
+
+    torch.set_num_threads(2)
+    net = randomised(4)
+    info = registry.get("ieagan")
+    z = torch.randn(40, ieagan.LATENT_DIM, generator=torch.Generator().manual_seed(5))
+    y = ieagan.labels(1)
+    fp32 = GanEngine(net, torch.device("cpu"), "fp32", info=info)
+    with torch.inference_mode():
+        ref, out = net(z, y), fp32.fast_net(z, y)
+    assert ref.std() > 1e-3
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    bf16 = GanEngine(net, torch.device("cpu"), "bf16", info=info)
+    kinds = {type(m) for m in bf16.fast_net.modules()}
+    assert not kinds & {ieagan.SNConv2d, ieagan.SNLinear, ieagan.BatchNorm, ieagan.ConditionalBatchNorm}
+    assert sum(isinstance(m, FastConv2d) and m.weight.dtype == torch.bfloat16 for m in bf16.fast_net.modules()) > 40
+    assert isinstance(bf16.fast_net.RR_G, Fp32Output)
+    assert all(p.dtype == torch.float32 for p in bf16.fast_net.RR_G.parameters())
+    assert all(type(m) is not ieagan.SNConv2d or m.weight.dtype == torch.float32 for m in net.modules())
+
+
 def reference_forward(sd: dict[str, torch.Tensor], z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """basf2's Generator.forward in eval mode on a bare state_dict, the N images as one sequence (y.unsqueeze(0))."""
     n = z.shape[0]
