@@ -1004,6 +1004,18 @@ def _bench_roofline(result: dict, net, info, device, z, per_call: int, print) ->
         del engine
 
 
+def _allocator() -> str:
+    """How torch's CPU allocator places large tensors in this process (today's engine rows run under it too):
+    ``THP_MEM_ALLOC_ENABLE`` (pxdbg.models sets 1 unless the user set it) and the kernel's huge-page mode."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            kernel = next((w.strip("[]") for w in f.read().split() if w.startswith("[")), "unknown")
+    except OSError:
+        kernel = "not available"
+    on = os.environ.get("THP_MEM_ALLOC_ENABLE", "0") == "1"
+    return f"large tensors on huge pages: {'on' if on else 'off'} (THP_MEM_ALLOC_ENABLE, kernel mode {kernel})"
+
+
 def bench_producer(args) -> dict:
     """Per GAN model of the registry: today's engine (baseline) beside the folded engine in each precision and
     output-layer mode, s/event, GFLOP per event, achieved TFLOP/s and share of the matrix-product peak probed in
@@ -1035,10 +1047,10 @@ def bench_producer(args) -> dict:
     precisions = ("fp32", "tf32", "bf16", "fp16") if cuda else ("fp32", "bf16")
     rounds = 1 if quick else 3
     name_dev = torch.cuda.get_device_name(device) if cuda else f"{_cpu_name()}, {threads} threads"
-    result = {"device": name_dev, "threads": threads, "rows": [], "peak_tflops": {}}
+    result = {"device": name_dev, "threads": threads, "rows": [], "peak_tflops": {}, "allocator": _allocator()}
     print(
         f"pxdbg bench --producer on {name_dev}; GAN weights random, output layer set for ~1 % occupancy; "
-        f"one event per configuration, best of {rounds} round(s) after a warm-up call"
+        f"one event per configuration, best of {rounds} round(s) after a warm-up call; {result['allocator']}"
     )
     for p in precisions:
         result["peak_tflops"][p] = peak_tflops(device, p)
