@@ -53,7 +53,7 @@ def test_bf16_runs_in_channels_last_and_stays_close_to_fp32(ckpt):
     bf16 = models.load("resnet", ckpt, precision="bf16", images_per_call=4)
     # the engines run their own folded copies in channels_last, bf16 with weights cast once
     assert fp32.engine.fast_net.get_submodule("conv").weight.is_contiguous(memory_format=torch.channels_last)
-    assert bf16.engine.fast_net.get_submodule("blocks.0.conv1.conv").weight.dtype == torch.bfloat16
+    assert bf16.engine.fast_net.get_submodule("blocks.0.conv1.phases.0").weight.dtype == torch.bfloat16
     assert fp32.net.conv.weight.dtype == bf16.net.conv.weight.dtype == torch.float32
     z = torch.randn(4, 96, generator=torch.Generator().manual_seed(3))
     a, b = fp32.engine.images(z), bf16.engine.images(z)
