@@ -34,6 +34,7 @@ _CODE = r"""
 #include <sstream>
 #include <stdexcept>
 #include <utility>
+#include <climits>
 
 namespace Belle2 {
 // ClassDef's Class() and IsA() of a class interpreted inside a namespace look the class up by its unqualified
@@ -468,6 +469,56 @@ class BackgroundInfo : public TObject {
   EMethod m_method = c_Unknown;
   std::string m_extensionName;
   ClassDef(BackgroundInfo, 4)
+};
+
+// framework/dataobjects/include/EventMetaData.h (ClassDef version 4), framework/dataobjects/src/EventMetaData.cc
+class EventMetaData : public TObject {
+ public:
+  explicit EventMetaData(unsigned int event = 1, int run = 0, int experiment = 0):
+    m_event(event), m_run(run), m_subrun(0), m_experiment(experiment), m_production(0), m_time(0),
+    m_generatedWeight(1.0), m_errorFlag(0) {}
+  ~EventMetaData() {}
+  enum EventErrorFlag { c_B2LinkPacketCRCError = 0x1, c_B2LinkEventCRCError = 0x2 };
+  void setEvent(unsigned int event) { m_event = event; }
+  void setRun(int run) { m_run = run; }
+  void setSubrun(int subrun) { m_subrun = subrun; }
+  void setExperiment(int experiment) { m_experiment = experiment; }
+  void setProduction(int production) { m_production = production; }
+  void setTime(unsigned long long int time) { m_time = time; }
+  // EventMetaData.cc: end of data is every number at its maximum
+  void setEndOfData() { m_event = UINT_MAX; m_run = INT_MAX; m_experiment = INT_MAX; }
+  bool isEndOfData() const { return m_event == UINT_MAX && m_run == INT_MAX && m_experiment == INT_MAX; }
+  void setEndOfRun(unsigned int experimentNumber, unsigned int runNumber) {
+    m_event = UINT_MAX; m_experiment = experimentNumber; m_run = runNumber;
+  }
+  bool isEndOfRun() const { return !isEndOfData() && m_event == UINT_MAX; }
+  void setParentLfn(const std::string& parent) { m_parentLfn = parent; }
+  void setGeneratedWeight(double weight) { m_generatedWeight = weight; }
+  void setErrorFlag(unsigned int errorFlag) { m_errorFlag = errorFlag; }
+  unsigned int getErrorFlag() const { return m_errorFlag; }
+  unsigned int getEvent() const { return m_event; }
+  int getRun() const { return m_run; }
+  int getSubrun() const { return m_subrun; }
+  int getExperiment() const { return m_experiment; }
+  int getProduction() const { return m_production; }
+  unsigned long long int getTime() const { return m_time; }
+  const std::string& getParentLfn() const { return m_parentLfn; }
+  double getGeneratedWeight() const { return m_generatedWeight; }
+  bool operator==(const EventMetaData& o) const {
+    return m_event == o.getEvent() && m_run == o.getRun() && m_experiment == o.getExperiment();
+  }
+  bool operator!=(const EventMetaData& o) const { return !(*this == o); }
+ private:
+  unsigned int m_event;
+  int m_run;
+  int m_subrun;
+  int m_experiment;  // valid values: [0, 1023]
+  int m_production;
+  unsigned long long int m_time;  // ns since epoch
+  std::string m_parentLfn;
+  double m_generatedWeight;
+  unsigned int m_errorFlag;
+  ClassDef(EventMetaData, 4)
 };
 
 // framework/database/include/DBStoreEntry.h
