@@ -100,7 +100,7 @@ def test_generated_digits_reach_the_overlay(basf2, bgfile, monkeypatch, mode):
     assert not any(tuple(d[:3]) == (8480, 249, 767) for d in want[0].tolist())
     monkeypatch.setattr(basf2, "SIGNAL_DIGITS", signal)
     extra = {"workers": 1, "prefetch": 2} if mode == "workers" else {}
-    module = PXDBackgroundGenerator(model="parametric", seed=77, first_frame=4, **extra)
+    module = PXDBackgroundGenerator(model="parametric", seed=77, keying="position", first_frame=4, **extra)
     got = run_path(basf2, module, bgfile, events=3)
     assert_generated_digits_reach_the_overlay(basf2, got, want)
     assert got[0]["PXDDigits"][1][3] == (65530 + int(want[0][-1][3])) % 65536  # PXDDigit's unsigned short charge
@@ -112,7 +112,7 @@ def test_module_farm_mode(basf2, bgfile, tmp_path):
 
     with producers(tmp_path) as p:
         ep = p.start("farm")
-        module = PXDBackgroundGenerator(model="parametric", seed=-5, endpoints=[ep], prefetch=3)
+        module = PXDBackgroundGenerator(model="parametric", seed=-5, endpoints=[ep], prefetch=3, keying="position")
         got = run_path(basf2, module, bgfile, events=4)
     assert_generated_digits_reach_the_overlay(basf2, got, expected(-5, 4))
 
@@ -121,7 +121,7 @@ def test_seed_and_first_frame_logged_once_each_event_at_debug(basf2, bgfile):
     from pxdbg.background_generator import PXDBackgroundGenerator
 
     basf2.set_random_seed("run-4711")
-    module = PXDBackgroundGenerator(model="parametric", first_frame=2)  # checkpoint: the conditions payload
+    module = PXDBackgroundGenerator(model="parametric", keying="position", first_frame=2)  # the conditions payload
     assert "PXDBackgroundGenerator" in basf2.conditions.globaltags
     got = run_path(basf2, module, bgfile, events=3)
     seed = seed_from_framework_seed("run-4711")
@@ -191,10 +191,10 @@ def test_in_process_checkpoint_sha256_must_match(basf2, bgfile, tmp_path):
     ckpt = payloads.find("parametric").path
     right = payloads.sha256_file(ckpt)
     wrong = ("0" if right[0] != "0" else "1") + right[1:]
-    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=wrong, seed=3)
+    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=wrong, seed=3, keying="position")
     with pytest.raises(PxdbgError, match=f"has sha256 {right}, but {wrong} was asked for"):
         run_path(basf2, module, bgfile, events=1)
-    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=right, seed=3)
+    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=right, seed=3, keying="position")
     assert_generated_digits_reach_the_overlay(basf2, run_path(basf2, module, bgfile, events=1), expected(3, 1))
 
 
@@ -469,6 +469,7 @@ def test_module_farm_mode_with_curve_keys(basf2, bgfile, tmp_path, python_env):
             seed=3,
             endpoints=[endpoint],
             prefetch=2,
+            keying="position",
             curve_client_secret=str(client_secret),
             curve_server_public=str(server_public),
         )

@@ -28,6 +28,7 @@ Python 3.8 compatible (the basf2 externals of older releases ship 3.8): nothing 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import pathlib
 import time
@@ -37,9 +38,11 @@ import numpy as np
 from pxdbg.shared import registry
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.geometry import VXD_IDS
-from pxdbg.shared.seeding import check_seed, seed_from_framework_seed
+from pxdbg.shared.seeding import check_seed, event_index, event_key, event_stream_seed, seed_from_framework_seed
 
 DEFAULT_GLOBALTAG = "PXDBackgroundGenerator"
+#: How frames are chosen: by the event's numbers (EventMetaData), or by its position in this job
+KEYINGS = ("event", "position")
 #: basf2 debug level of the per-event line (shown with ``basf2.set_debug_level(20)`` and log level DEBUG)
 EVENT_DEBUG_LEVEL = 20
 
@@ -130,6 +133,35 @@ def _check_args(model, checkpoint, seed, nintra, ninter, globaltag):
     return checkpoint, seed
 
 
+class _Basf2Log(logging.Handler):
+    """pxdbg's log records (the client's, the prefetch process's, the workers') into basf2's log system, so they
+    reach ``log_to_file`` and the error summary like the module's own messages."""
+
+    def __init__(self, basf2) -> None:
+        super().__init__(logging.DEBUG)
+        self._basf2 = basf2
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+        except Exception:  # a record whose arguments do not format: say so rather than lose it
+            text = f"(unformattable log record {record.msg!r})"
+        if record.levelno >= logging.ERROR:
+            self._basf2.B2ERROR(text)
+        elif record.levelno >= logging.WARNING:
+            self._basf2.B2WARNING(text)
+        elif record.levelno >= logging.INFO:
+            self._basf2.B2INFO(text)
+        else:
+            self._basf2.B2DEBUG(EVENT_DEBUG_LEVEL, text)
+
+
+def _positive_seconds(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"expecting a positive number of seconds `{name}` (got: {value!r})")
+    return float(value)
+
+
 @functools.lru_cache(maxsize=None)  # noqa: UP033 - functools.cache needs Python 3.9; basf2 externals had 3.8
 def _module_class():
     try:
@@ -148,16 +180,31 @@ def _module_class():
         nor ``endpoints`` frames are generated in this process with ``nintra``/``ninter`` torch threads;
         ``workers=K`` starts K local producer processes, ``endpoints=[...]`` connects to a producer farm (give
         ``checkpoint_sha256`` if the checkpoint is not in this job's conditions; in-process, a given
-        ``checkpoint_sha256`` must match the loaded checkpoint). ``prefetch`` frames are requested ahead.
-        ``precision`` (fp32, bf16, fp16, tf32) is part of the model identity. Frame n of the stream is the same
-        in every mode. Event i of this module gets frame ``first_frame + i``.
+        ``checkpoint_sha256`` must match the loaded checkpoint); both run behind one prefetch process per job,
+        which keeps frames arriving while basf2's C++ modules hold the GIL. ``prefetch`` frames are requested
+        ahead. ``precision`` (fp32, bf16, fp16, tf32) is part of the model identity.
 
-        ``curve_client_secret`` and ``curve_server_public`` (key file paths, see ``pxdbg keys new``) authenticate
-        this job to a farm that admits only allow-listed consumers; the ``PXDBG_CURVE_*`` variables work as well.
+        ``keying="event"`` (the default): the background of an event depends only on (seed, experiment, run,
+        event number, model identity), taken from the event's EventMetaData, as basf2's own event-dependent
+        random numbers: the same in one job, in a job that skips to it, with ``-p N``, or regenerated alone
+        (``pxdbg generate --seed S --exp E --run R --event N``). ``keying="position"``: event i of this module
+        gets frame ``first_frame + i`` of the stream.
 
-        ``compat_rng=True`` (in-process, fp32, from the first frame) replaces the per-frame streams by the
-        upstream module's sequence: ``torch.manual_seed(seed)`` once, then each event draws from torch's global
-        random state, so that with the same weights and seed the events equal the upstream module's.
+        ``frame_timeout``, ``connect_timeout`` and ``heartbeat_timeout`` (seconds) are the client's: the next frame
+        does not come, no producer answers, a producer is silent. ``curve_client_secret`` and
+        ``curve_server_public`` (key file paths, see ``pxdbg keys new``) authenticate this job to a farm that admits
+        only allow-listed consumers; the ``PXDBG_CURVE_*`` variables work as well.
+
+        ``compat_rng=True`` (in-process, fp32) replaces the per-frame streams by the upstream module's sequence:
+        ``torch.manual_seed(seed)`` once, then each event draws from torch's global random state, so that with
+        the same weights and seed the events equal the upstream module's.
+
+        basf2 parallel processing (``-p N``): the module is not flagged ``c_ParallelProcessingCertified``; it runs
+        in the input process right after BGOverlayInput (which is not certified either), once per event, and the
+        digits travel with the event to the workers. Nothing that cannot cross a fork is created in
+        ``initialize()``: the prefetch process is a subprocess reached over ipc, connected to by the process
+        that handles events; an in-process model computes with one torch thread until that process sets
+        ``nintra``.
         """
 
         def __init__(
@@ -174,12 +221,16 @@ def _module_class():
             prefetch: int = 16,
             device: str = "cpu",
             checkpoint_sha256: str | None = None,
+            keying: str = "event",
             first_frame: int = 0,
             max_batch: int | None = None,
             precision: str = "fp32",
             compat_rng: bool = False,
             curve_client_secret: str | None = None,
             curve_server_public: str | None = None,
+            frame_timeout: float = 600.0,
+            connect_timeout: float = 60.0,
+            heartbeat_timeout: float = 5.0,
         ) -> None:
             super().__init__()
             self.checkpoint, self.seed = _check_args(model, checkpoint, seed, nintra, ninter, globaltag)
@@ -187,6 +238,13 @@ def _module_class():
                 raise ConfigError("give `workers` (local producers) or `endpoints` (a farm), not both")
             if isinstance(endpoints, str):
                 endpoints = [e for e in endpoints.split(",") if e]
+            if keying not in KEYINGS:
+                raise ConfigError(f"invalid `keying`: {keying!r} (options: {', '.join(map(repr, KEYINGS))})")
+            if first_frame and keying != "position":
+                raise ConfigError(
+                    "`first_frame` numbers frames by position in this job; with keying='event' (the default) "
+                    "the event numbers choose the frames: give keying='position' as well"
+                )
             if compat_rng:
                 if workers is not None or endpoints is not None:
                     raise ConfigError(
@@ -212,14 +270,26 @@ def _module_class():
             self.workers, self.endpoints, self.prefetch, self.device = workers, endpoints, prefetch, device
             self.checkpoint_sha256, self.first_frame, self.max_batch = checkpoint_sha256, first_frame, max_batch
             self.precision, self.compat_rng = precision, bool(compat_rng)
+            self.keying = "sequence" if self.compat_rng else keying
+            self.timeouts = {
+                name: _positive_seconds(name, value)
+                for name, value in (
+                    ("frame_timeout", frame_timeout),
+                    ("connect_timeout", connect_timeout),
+                    ("heartbeat_timeout", heartbeat_timeout),
+                )
+            }
             self.curve = dict(curve_client_secret=curve_client_secret, curve_server_public=curve_server_public)
             if any(self.curve.values()) and endpoints is None:
                 raise ConfigError(
                     "CURVE keys are for a producer farm (`endpoints`); local workers talk over a private ipc directory"
                 )
             basf2.conditions.append_globaltag(globaltag)
-            self._client = None
+            self._prefetch = None  # the job's prefetch process (a handle in the process that started it)
+            self._connection = None  # this process's connection to it
             self._model = None
+            self._pid = None  # the process that set up event handling (after basf2's fork, a child)
+            self._log_handler = None
 
         # -- basf2 interface ----------------------------------------------------------------------------------
         def initialize(self):
@@ -227,6 +297,7 @@ def _module_class():
 
             from pxdbg.shared.spec import ProducerSpec
 
+            self._install_log_bridge()
             in_process = self.workers is None and self.endpoints is None
             mode = (
                 "in-process" + (", upstream-compatible torch random sequence" if self.compat_rng else "")
@@ -244,6 +315,8 @@ def _module_class():
                 )
             else:
                 basf2.B2INFO(f"PXD background generator seed initialized to {self.seed}")
+            # the seed of the frames on the wire: event keys live in a stream of their own
+            self._stream_seed = event_stream_seed(self.seed) if self.keying == "event" else self.seed
 
             bkginfo = Belle2.PyStoreObj("BackgroundInfo", Belle2.DataStore.c_Persistent)
             if not bkginfo.isValid():
@@ -259,6 +332,12 @@ def _module_class():
             self._digits = Belle2.PyStoreArray("PXDDigits", Belle2.DataStore.c_Event)
             if not self._digits.registerInDataStore(f"PXDDigits{self.extension}", Belle2.DataStore.c_DontWriteOut):
                 raise RuntimeError(f"PXDBackgroundGenerator could not register PXDDigits{self.extension}")
+            self._evtmeta = Belle2.PyStoreObj("EventMetaData")
+            if self.keying == "event" and not self._evtmeta.isRequired():  # an ERROR: no event is processed
+                basf2.B2ERROR(
+                    "PXDBackgroundGenerator: keying='event' takes each event's numbers from EventMetaData, which "
+                    "no module provides; add EventInfoSetter (or an input module) before it"
+                )
 
             checkpoint = self.checkpoint
             if checkpoint is None and (in_process or self.checkpoint_sha256 is None):
@@ -283,7 +362,9 @@ def _module_class():
 
                 from pxdbg import models
 
-                torch.set_num_threads(self.nintra)
+                # One torch thread until the process that handles events sets nintra (_setup_process): a thread
+                # pool started here would not survive basf2's fork (-p N), and its first parallel call there hangs.
+                torch.set_num_threads(1)
                 if torch.get_num_interop_threads() != self.ninter:
                     try:
                         torch.set_num_interop_threads(self.ninter)
@@ -299,23 +380,22 @@ def _module_class():
                         self._model.net.to(memory_format=torch.contiguous_format)
                     torch.manual_seed(self.seed)
             else:
-                from pxdbg.consumer import BackgroundClient
+                from pxdbg.consumer.prefetch import PrefetchConfig, PrefetchProcess
+                from pxdbg.shared.spec import TransportOptions
 
-                source = dict(workers=self.workers) if self.workers else dict(endpoints=self.endpoints)
-                transport = None
-                if any(self.curve.values()):
-                    from pxdbg.shared.spec import TransportOptions
-
-                    transport = TransportOptions(**{k: v for k, v in self.curve.items() if v is not None})
-                self._client = BackgroundClient(
-                    **source,
+                transport = TransportOptions(**{k: v for k, v in self.curve.items() if v is not None})
+                config = PrefetchConfig(
                     spec=spec,
+                    seed=self._stream_seed,
+                    workers=self.workers,
+                    endpoints=None if self.workers else list(self.endpoints),
                     transport=transport,
-                    seed=self.seed,
-                    first_frame=self.first_frame,
                     prefetch=self.prefetch,
+                    **self.timeouts,
                 )
-                identity = self._client.identity
+                identity = spec.identity()  # torch-free; refuses an unknown payload before anything starts
+                # A subprocess, not a thread or a socket of this process: basf2 may fork after initialize()
+                self._prefetch = PrefetchProcess(config)
             self._filler = DigitFiller()
             if not self._filler.fast:
                 basf2.B2WARNING(
@@ -324,47 +404,112 @@ def _module_class():
                 )
             self._next = self.first_frame
             self._fill_s = 0.0
+            self._waits: list[float] = []
             self._events = 0
-            first = (
-                "events follow torch.manual_seed of the seed, as the upstream module"
-                if self.compat_rng
-                else f"event i uses frame {self.first_frame} + i of stream {self.seed}"
-            )
+            if self.compat_rng:
+                first = "events follow torch.manual_seed of the seed, as the upstream module"
+            elif self.keying == "event":
+                first = (
+                    f"the background of event (exp, run, evt) depends only on seed {self.seed} and those numbers "
+                    f"(pxdbg generate --seed {self.seed} --exp E --run R --event N regenerates it)"
+                )
+            else:
+                first = f"event i uses frame {self.first_frame} + i of stream {self.seed}"
             basf2.B2INFO(
                 f"PXDBackgroundGenerator: model {identity}, {mode}, writing PXDDigits{self.extension}; {first}"
             )
 
+        def _install_log_bridge(self) -> None:
+            logger = logging.getLogger("pxdbg")
+            if self._log_handler is None:
+                self._log_handler = _Basf2Log(basf2)
+                logger.addHandler(self._log_handler)
+                self._propagate, logger.propagate = logger.propagate, False
+                if logger.level == logging.NOTSET or logger.level > logging.INFO:
+                    logger.setLevel(logging.INFO)
+
+        def _setup_process(self) -> None:
+            """What the process that handles events needs, made there (after basf2's fork, in the child)."""
+            self._pid = os.getpid()
+            if self._prefetch is not None:
+                self._connection = self._prefetch.connect()
+            elif self._model is not None:
+                import torch
+
+                torch.set_num_threads(self.nintra)
+
+        def _index(self) -> int:
+            if self.keying != "event":
+                return self._next
+            meta = self._evtmeta.obj()
+            exp, run, evt = int(meta.getExperiment()), int(meta.getRun()), int(meta.getEvent())
+            try:
+                return event_index(exp, run, evt)
+            except ValueError as exc:
+                basf2.B2FATAL(
+                    f"PXDBackgroundGenerator: event (exp {exp}, run {run}, event {evt}) has no event key ({exc}); "
+                    "use keying='position' for such numbers"
+                )
+                raise
+
         def event(self):
-            index = self._next
-            if self._client is not None:
-                frame = self._client.next()
+            if self._pid != os.getpid():
+                self._setup_process()
+            index = self._index()
+            t0 = time.perf_counter()
+            if self._connection is not None:
+                from pxdbg.consumer.errors import PipelineError
+
+                try:
+                    frame = self._connection.get(index)
+                except PipelineError as exc:
+                    basf2.B2FATAL(f"PXDBackgroundGenerator: {exc}")
+                    raise
             elif self.compat_rng:
                 from pxdbg.shared.frame import SparseFrame
 
                 frame = SparseFrame.from_dense(self._model.generate().numpy())
             else:
-                frame = self._model.frames(self.seed, [index])[0]
-            t0 = time.perf_counter()
+                frame = self._model.frames(self._stream_seed, [index])[0]
+            t1 = time.perf_counter()
             self._filler.fill(self._digits.getPtr(), frame)
-            self._fill_s += time.perf_counter() - t0
+            self._fill_s += time.perf_counter() - t1
+            self._waits.append(t1 - t0)
             self._events += 1
             self._next += 1
-            basf2.B2DEBUG(
-                EVENT_DEBUG_LEVEL,
-                f"PXD background: stream seed {self.seed}, "
-                f"{'event' if self.compat_rng else 'frame'} {index}, {frame.n_digits} digits",
-            )
+            if self.keying == "event":
+                exp, run, evt = event_key(index)
+                what = f"event (exp {exp}, run {run}, event {evt}): frame {index} of event-keyed stream {self.seed}"
+            elif self.compat_rng:
+                what = f"stream seed {self.seed}, event {index}"
+            else:
+                what = f"stream seed {self.seed}, frame {index}"
+            basf2.B2DEBUG(EVENT_DEBUG_LEVEL, f"PXD background: {what}, {frame.n_digits} digits")
 
         def terminate(self):
-            if self._client is not None:
-                self._client.close()
-                self._client = None
+            mispredicted = None
+            if self._connection is not None and self._connection.pid == os.getpid():
+                mispredicted = self._connection.mispredicted
+                self._connection.close()  # says bye: the prefetch process stops once every user is done
+                self._connection = None
+            if self._prefetch is not None:
+                self._prefetch.close()  # only in the process that started it (the others' copy does nothing)
             if self._events:
+                waits = sorted(self._waits)
+                p50, p99 = waits[len(waits) // 2], waits[min(len(waits) - 1, int(0.99 * len(waits)))]
+                what = "generation" if self._model is not None else "wait for the frame"
+                guesses = "" if mispredicted is None else f", {mispredicted} mispredicted event(s)"
                 basf2.B2INFO(
-                    f"PXDBackgroundGenerator: {self._events} events, digit fill "
+                    f"PXDBackgroundGenerator: {self._events} events in process {os.getpid()}; {what} "
+                    f"p50 {1e3 * p50:.2f} ms, p99 {1e3 * p99:.2f} ms{guesses}; digit fill "
                     f"{1e3 * self._fill_s / self._events:.2f} ms per event "
                     f"({'C++' if self._filler.fast else 'Python loop'})"
                 )
+            if self._log_handler is not None:
+                logger = logging.getLogger("pxdbg")
+                logger.removeHandler(self._log_handler)
+                logger.propagate = self._propagate
+                self._log_handler = None
 
     return PXDBackgroundGenerator
 

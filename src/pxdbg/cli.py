@@ -20,6 +20,7 @@ import time
 
 from pxdbg.shared import discovery, payloads, registry, security, transport
 from pxdbg.shared.errors import ConfigError, PxdbgError
+from pxdbg.shared.seeding import event_index, event_stream_seed
 from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
 
@@ -110,8 +111,24 @@ def cmd_generate(args) -> int:
 
     torch.set_num_threads(args.threads)
     seed, random_seed, first_frame = _stream(args)
+    stream_seed, event_keyed = seed, None
+    if args.event is not None:  # the frames a basf2 job's module gives events (exp, run, event...) (keying="event")
+        if args.first_frame is not None:
+            raise ConfigError("--event chooses the frames by event number; leave out --first-frame")
+        exp, run = args.exp or 0, args.run or 0
+        try:
+            first_frame = event_index(exp, run, args.event)
+            event_index(exp, run, args.event + args.events - 1)
+        except ValueError as exc:
+            raise ConfigError(f"--exp/--run/--event: {exc}") from None
+        stream_seed = event_stream_seed(seed)
+        event_keyed = {"seed": seed, "experiment": exp, "run": run, "event": args.event}
+    elif args.exp is not None or args.run is not None:
+        raise ConfigError("--exp and --run go with --event (the first event number)")
     model = load_spec(ProducerSpec.from_args(args))
-    meta = {**model.identity.as_dict(), "seed": seed, "first_frame": first_frame}
+    meta = {**model.identity.as_dict(), "seed": stream_seed, "first_frame": first_frame}
+    if event_keyed is not None:
+        meta["event_keyed"] = event_keyed
     with _interruptible(), _output(args, meta) as out:
         log.info(
             "generating %d events with %s on %s, stream seed %d%s",
@@ -127,7 +144,7 @@ def cmd_generate(args) -> int:
         while out.done < args.events:
             n = min(args.batch, args.events - out.done)
             first = first_frame + out.done
-            for frame in model.frames(seed, range(first, first + n)):
+            for frame in model.frames(stream_seed, range(first, first + n)):
                 out.append(frame)
             progress.update(out.done)
     if out.stopped:
@@ -170,11 +187,15 @@ def _stream(args) -> tuple[int, bool, int]:
 
         previous = interrupted_meta(args.out)
     if previous is not None and args.seed is None:
-        seed, random_seed = int(previous["seed"]), False
+        # an event-keyed file holds its frames' (derived) stream seed; the seed given was this
+        keyed = previous.get("event_keyed")
+        seed, random_seed = int(keyed["seed"] if isinstance(keyed, dict) else previous["seed"]), False
     else:
         seed, random_seed = _seed(args.seed)
     first = args.first_frame
-    if first is None:
+    if first is None and getattr(args, "event", None) is not None:
+        first = 0  # chosen by the event numbers instead
+    elif first is None:
         first = int(previous.get("first_frame", 0)) if previous is not None else 0
     if first < 0:
         raise ConfigError(f"--first-frame must be non-negative, got {first}")
@@ -638,6 +659,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, help="index of the first frame (default 0)")
     p.add_argument("--events", type=_positive, required=True, help="events in the output (a resumed one included)")
+    p.add_argument(
+        "--event",
+        type=int,
+        help="the first event number N: the backgrounds the basf2 module gives events (EXP, RUN, N), (EXP, RUN, N+1),"
+        " ... with this --seed (its default keying='event')",
+    )
+    p.add_argument("--exp", type=int, help="experiment number of --event (default 0)")
+    p.add_argument("--run", type=int, help="run number of --event (default 0)")
     p.add_argument("--out", required=True, help="output digits file: .npz, or .root (needs uproot)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
     p.add_argument("--device", default="cpu")
