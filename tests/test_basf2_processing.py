@@ -211,6 +211,29 @@ def test_begin_and_end_run_follow_eventmetadata_in_each_process(basf2, nproc):
     assert seen == set(every_run)
 
 
+def test_the_input_process_starts_a_run_only_when_the_workers_are_done_with_the_last(basf2):
+    """TxModule::beginRun in the input process waits for RingBuffer::allRxWaiting, "that way the parallel
+    processes will never see runs out of order"."""
+
+    class Slow(basf2.Module):
+        def event(self):
+            begin = time.monotonic()
+            time.sleep(0.03)
+            run = basf2.Belle2.PyStoreObj("EventMetaData").obj().getRun()
+            basf2.B2INFO(f"span {run} {begin} {time.monotonic()}")
+
+    basf2.set_nprocesses(3)
+    path = basf2.create_path()
+    path.add_module("EventInfoSetter", expList=[0, 0], runList=[1, 2], evtNumList=[6, 6])
+    path.add_module(certified(basf2, Slow()))
+    basf2.process(path)
+    spans = [m.split()[1:] for r in report(basf2, "worker") for _, m in r["log"] if m.startswith("span ")]
+    first = [float(end) for run, _, end in spans if run == "1"]
+    second = [float(begin) for run, begin, _ in spans if run == "2"]
+    assert len(first) == len(second) == 6
+    assert max(first) <= min(second)
+
+
 # --- EventInfoSetterModule.cc -------------------------------------------------------------------------------------
 
 CASES = {

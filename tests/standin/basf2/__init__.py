@@ -740,20 +740,60 @@ class _Children:
             time.sleep(0.01)
 
 
+class _RingCounters:
+    """What RingBuffer's shared header knows about its readers (framework/pcore/src/RingBuffer.cc): events put,
+    events taken, and readers busy with a taken event (``nbusy``), for ``allRxWaiting``."""
+
+    def __init__(self, context) -> None:
+        self._values = context.Array("q", 3)  # sent, taken, busy
+
+    def sent(self) -> None:
+        with self._values.get_lock():
+            self._values[0] += 1
+
+    def taken(self) -> None:
+        with self._values.get_lock():
+            self._values[1] += 1
+            self._values[2] += 1
+
+    def done(self) -> None:
+        with self._values.get_lock():
+            self._values[2] -= 1
+
+    def all_rx_waiting(self) -> bool:
+        """RingBuffer::allRxWaiting: the buffer is empty and no reader is busy."""
+        with self._values.get_lock():
+            return self._values[0] == self._values[1] and self._values[2] == 0
+
+
 class _TxModule(Module):
     """TxModule.cc: at the end of a path, stream the data store (``streamDataStore(true, true)``: transient
     entries and persistent durability included) into the ring buffer; terminate() detaches, which the
-    stand-in says with one end message per reader."""
+    stand-in says with one end message per reader. In the input process, beginRun() waits until every event
+    of the previous run has been taken and processed, "that way the parallel processes will never see runs
+    out of order"."""
 
-    def __init__(self, ring, readers: int) -> None:
+    def __init__(self, ring, readers: int, counters: _RingCounters | None = None) -> None:
         super().__init__()
         self.set_name("Tx")
         self.set_property_flags(ModulePropFlags.INPUT | ModulePropFlags.INTERNALSERIALIZER)
         self._ring = ring
         self._readers = readers
+        self._counters = counters
+
+    def beginRun(self):
+        if self._counters is None or _role != "input":
+            return
+        deadline = time.monotonic() + NO_PROGRESS_TIMEOUT
+        while not self._counters.all_rx_waiting():
+            if time.monotonic() > deadline:
+                B2FATAL(f"the workers did not finish the previous run within {NO_PROGRESS_TIMEOUT:.0f} s")
+            time.sleep(0.0005)  # TxModule: usleep(500)
 
     def event(self):
         header = json.dumps({"calls": _event_calls}).encode()
+        if self._counters is not None:
+            self._counters.sent()
         self._ring.put(("event", header, stream_data_store(True, True)), timeout=NO_PROGRESS_TIMEOUT)
 
     def terminate(self):
@@ -766,7 +806,9 @@ class _RxModule(Module):
     restores it into the data store. When every writer has detached, EventMetaData becomes "end of data"
     (DataStoreStreamer::restoreDataStore's MSG_TERMINATE)."""
 
-    def __init__(self, ring, writers: int, children: _Children | None = None) -> None:
+    def __init__(
+        self, ring, writers: int, children: _Children | None = None, counters: _RingCounters | None = None
+    ) -> None:
         super().__init__()
         self.set_name("Rx")
         self.set_property_flags(ModulePropFlags.INPUT | ModulePropFlags.INTERNALSERIALIZER)
@@ -774,8 +816,13 @@ class _RxModule(Module):
         self._writers = writers
         self._ended = 0
         self._children = children
+        self._counters = counters
+        self._busy = False
 
     def event(self):
+        if self._busy:  # back for the next event: this reader no longer works on the last one
+            self._counters.done()
+            self._busy = False
         deadline = time.monotonic() + NO_PROGRESS_TIMEOUT
         while True:
             if self._children is not None:
@@ -796,6 +843,9 @@ class _RxModule(Module):
                 meta.create(True)
                 meta.obj().setEndOfData()
                 return
+            if self._counters is not None:
+                self._counters.taken()
+                self._busy = True
             restore_data_store(data)
             _event_calls[:] = [tuple(c) for c in json.loads(header)["calls"]]
             return
@@ -870,11 +920,12 @@ def _process_parallel(path: Path, inpath, mainpath, outpath, max_event: int) -> 
     ring_out = context.Queue(RING_CAPACITY)
     reports = context.Queue()
     queues = (ring_in, ring_out, reports)
+    counters = _RingCounters(context)
     children = _Children()
     _parallel = True
     master = processor.master
     try:
-        input_modules = [*inpath, _TxModule(ring_in, nproc)]
+        input_modules = [*inpath, _TxModule(ring_in, nproc, counters)]
 
         def run_input() -> None:
             worker = _EventProcessor()
@@ -887,7 +938,7 @@ def _process_parallel(path: Path, inpath, mainpath, outpath, max_event: int) -> 
         Belle2.DataStore.Instance().invalidateData(Belle2.DataStore.c_Event)
         _event_calls.clear()
         for _ in range(nproc):
-            rx = _RxModule(ring_in, 1)
+            rx = _RxModule(ring_in, 1, counters=counters)
             main_modules = [rx, *mainpath, _TxModule(ring_out, 1)]
 
             def run_worker(rx=rx, main_modules=main_modules) -> None:
