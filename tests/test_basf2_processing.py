@@ -381,9 +381,11 @@ def test_fullsim_holds_the_gil(basf2):
         stop.set()
         thread.join(timeout=5)
     assert after.end - clock.begin >= 0.5
-    held = [t for t in ticks if clock.begin + 0.01 < t < after.end - 0.01]
-    assert not held, f"the thread ran {len(held)} times while the GIL was held"
     assert any(t > after.end for t in ticks) and any(t < clock.begin for t in ticks)  # it ran before and after
+    # a thread that ticks every millisecond shows one silent stretch as long as the hold (a released GIL would
+    # leave gaps of a few milliseconds; the edges may hold a tick or two, as the interpreter switches threads)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:]) if a < after.end and b > clock.begin]
+    assert max(gaps) >= 0.45, f"the thread ran while the GIL was held (longest pause {max(gaps):.3f} s)"
 
 
 # --- pEventProcessor.cc / ProcHandler.cc: fall-back, dying children, orphans, logging -------------------------------
