@@ -432,6 +432,52 @@ def test_an_exception_in_a_worker_stops_the_run(basf2):
     assert all(gone(pid) for pid in forked_pids(basf2))
 
 
+@pytest.mark.slow
+def test_a_straggling_child_is_killed_after_the_exit_timeout(basf2, monkeypatch):
+    class Hangs(basf2.Module):
+        def terminate(self):
+            if os.getpid() != parent:
+                time.sleep(120)
+
+    parent = os.getpid()
+    monkeypatch.setattr(basf2, "EXIT_TIMEOUT", 2.0)
+    basf2.set_nprocesses(1)
+    path = basf2.create_path()
+    path.add_module("EventInfoSetter", evtNumList=[2])
+    path.add_module(certified(basf2, Hangs()))
+    begin = time.monotonic()
+    with pytest.raises(basf2.FatalError, match="did not exit within"):
+        basf2.process(path)
+    assert time.monotonic() - begin < 60
+    assert all(gone(pid) for pid in forked_pids(basf2))
+
+
+def test_a_silent_worker_stops_the_run_after_the_no_progress_timeout(basf2, monkeypatch):
+    class Stuck(basf2.Module):
+        def event(self):
+            time.sleep(120)
+
+    monkeypatch.setattr(basf2, "NO_PROGRESS_TIMEOUT", 2.0)
+    basf2.set_nprocesses(1)
+    path = basf2.create_path()
+    path.add_module("EventInfoSetter", evtNumList=[2])
+    path.add_module(certified(basf2, Stuck()))
+    begin = time.monotonic()
+    with pytest.raises(basf2.FatalError, match="no event arrived for 2 s"):
+        basf2.process(path)
+    assert time.monotonic() - begin < 60
+    assert all(gone(pid) for pid in forked_pids(basf2))
+
+
+def test_max_event_with_workers(basf2):
+    basf2.set_nprocesses(2)
+    path = basf2.create_path()
+    path.add_module("EventInfoSetter", evtNumList=[20])
+    path.add_module(named(basf2, "Worker", parallel=True))
+    basf2.process(path, max_event=3)
+    assert sorted(e.meta for e in basf2.processed_events) == [(0, 0, 1), (0, 0, 2), (0, 0, 3)]
+
+
 def test_every_process_logs_to_the_file(basf2, tmp_path):
     log = tmp_path / "basf2.log"
     basf2.logging.add_file(log)
