@@ -494,6 +494,27 @@ def test_every_process_logs_to_the_file(basf2, tmp_path):
         assert r["counters"]["INFO"] == sum(level == "INFO" for level, _ in r["log"])
 
 
+def test_the_error_summary_lists_this_processs_warnings_and_errors(basf2, capsys):
+    class Warns(basf2.Module):
+        def event(self):
+            basf2.B2WARNING("odd event")
+
+        def terminate(self):
+            basf2.B2ERROR("bad end")
+
+    path = basf2.create_path()
+    path.add_module("EventInfoSetter", evtNumList=[3])
+    path.add_module(Warns())
+    basf2.process(path)
+    assert basf2.error_summary()[1:4] == [
+        "Error summary: 1 errors and 3 warnings occurred.",
+        "[ERROR] bad end",
+        "[WARNING] odd event (occurred 3 times)",
+    ]
+    assert "Error summary: 1 errors and 3 warnings occurred." in capsys.readouterr().err
+    assert basf2.message_counters == {"INFO": 1, "WARNING": 3, "ERROR": 1}
+
+
 @pytest.mark.slow
 def test_children_die_with_their_parent(tmp_path):
     """ProcHandler::startProc: prctl(PR_SET_PDEATHSIG, SIGHUP); a killed basf2 leaves no process behind."""

@@ -89,6 +89,33 @@ def _log(level: str, msg) -> None:
             f.write(line + "\n")
 
 
+def error_summary() -> list[str]:
+    """framework/logging/src/LogSystem.cc ``printErrorSummary``: when this process logged warnings or errors,
+    a count line and each distinct warning/error, the most severe and most frequent first (empty otherwise).
+    Printed at the end of ``process()`` by each process; not itself counted as messages."""
+    counts: dict[tuple[str, str], int] = {}
+    for level, text in log_messages:
+        if level in ("WARNING", "ERROR", "FATAL"):
+            counts[(level, text)] = counts.get((level, text), 0) + 1
+    if not counts:
+        return []
+    severity = {"WARNING": 0, "ERROR": 1, "FATAL": 2}
+    ordered = sorted(counts.items(), key=lambda item: (-severity[item[0][0]], -item[1]))
+    errors, warnings = message_counters.get("ERROR", 0), message_counters.get("WARNING", 0)
+    lines = ["=" * 80, f"Error summary: {errors} errors and {warnings} warnings occurred."]
+    lines += [f"[{level}] {text}" + (f" (occurred {n} times)" if n > 1 else "") for (level, text), n in ordered]
+    return [*lines, "=" * 80]
+
+
+def _print_error_summary() -> None:
+    lines = error_summary()
+    for line in lines:
+        print(line, file=sys.stderr)
+    for name in logging.files:
+        with open(name, "a") as f:
+            f.writelines(line + "\n" for line in lines)
+
+
 def _drain_cpp_log() -> None:
     cpp = Belle2.standin.log()
     for level, msg in [(str(p.first), str(p.second)) for p in cpp]:
@@ -679,6 +706,7 @@ def process(path: Path, max_event: int = 0) -> None:
     persistent_arrays.update(store_arrays(Belle2.DataStore.c_Persistent))
     process_reports.append(_own_report())
     B2INFO(f"processed {n} events")
+    _print_error_summary()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -880,6 +908,7 @@ def _fork(role: str, body, reports, queues) -> int:
         _calls.clear()
         body()
         B2INFO(f"{role} process finished.")
+        _print_error_summary()
         reports.put(_own_report(), timeout=EXIT_TIMEOUT)
         code = 0
     except BaseException:  # nothing may return from a forked child into the caller's stack
@@ -976,3 +1005,4 @@ def _process_parallel(path: Path, inpath, mainpath, outpath, max_event: int) -> 
         _parallel = False
     persistent_arrays.update(store_arrays(Belle2.DataStore.c_Persistent))
     B2INFO(f"processed {n} events")
+    _print_error_summary()
