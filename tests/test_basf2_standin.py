@@ -147,7 +147,8 @@ def test_overlay_input_and_executor(basf2, bgfile, monkeypatch):
     BGOverlayExecutor merges it into PXDDigits by getUniqueChannelID/addBGDigit."""
     monkeypatch.setattr(basf2, "SIGNAL_DIGITS", [(8480, 1, 100, 5), (8480, 2, 2, 3)])
     basf2.process(overlay_path(basf2, bgfile))
-    assert basf2.registered["event"] == {"PXDDigits_beamBG": False, "PXDDigits": True}
+    # EventInfoSetter registers EventMetaData (written out), as EventInfoSetterModule.cc does
+    assert basf2.registered["event"] == {"EventMetaData": True, "PXDDigits_beamBG": False, "PXDDigits": True}
     assert "BackgroundInfo" in basf2.registered["persistent"]
     assert len(basf2.processed_events) == 2
     charges = set()

@@ -709,6 +709,160 @@ if not hasattr(ROOT, "Belle2") or not hasattr(ROOT.Belle2, "standin"):
 
 Belle2 = ROOT.Belle2
 
+# framework/pcore/src/DataStoreStreamer.cc (streamDataStore, restoreDataStore) and the C++ side of the GIL
+# stand-in; a second block, so that the classes above stay as they are.
+_PROCESSING_CODE = r"""
+#include <TBufferFile.h>
+#include <time.h>
+#include <cerrno>
+namespace Belle2 { namespace standin {
+// DataStoreStreamer::streamDataStore(addPersistentDurability, streamTransientObjects): every entry of the event
+// map (then of the persistent map), skipping c_DontWriteOut entries unless streamTransientObjects; each entry
+// travels with its name, durability, transient flag and whether its pointer is null (basf2 keeps the last three
+// in TObject bits; here they are plain fields). The result stays in a buffer until copied out.
+inline std::string& streamed() { static std::string bytes; return bytes; }
+// The classes here are interpreted (no dictionaries), and ROOT's class streamers refuse interpreted classes
+// ("Cannot stream interpreted class"); so each class the stand-in knows is written member by member with
+// TBufferFile's primitives. Another class is an error, not silently dropped.
+inline void write_object(TBufferFile& buf, const std::string& name, TObject* obj, TClass* cl) {
+  const std::string cn = cl->GetName();
+  if (cn == "Belle2::EventMetaData") {
+    auto* m = static_cast<EventMetaData*>(obj);
+    buf.WriteUInt(m->getEvent()); buf.WriteInt(m->getRun()); buf.WriteInt(m->getSubrun());
+    buf.WriteInt(m->getExperiment()); buf.WriteInt(m->getProduction()); buf.WriteULong64(m->getTime());
+    buf.WriteStdString(&m->getParentLfn()); buf.WriteDouble(m->getGeneratedWeight()); buf.WriteUInt(m->getErrorFlag());
+  } else if (cn == "Belle2::BackgroundInfo") {
+    auto* b = static_cast<BackgroundInfo*>(obj);
+    buf.WriteInt(int(b->getMethod())); buf.WriteStdString(&b->getExtensionName());
+  } else {
+    fatal("the stand-in cannot stream " + name + " of class " + cn);
+  }
+}
+inline TObject* read_object(TBufferFile& buf, const std::string& name, TClass* cl) {
+  const std::string cn = cl->GetName();
+  if (cn == "Belle2::EventMetaData") {
+    auto* m = new EventMetaData();
+    UInt_t u; Int_t i; ULong64_t t; std::string s; Double_t w;
+    buf.ReadUInt(u); m->setEvent(u); buf.ReadInt(i); m->setRun(i); buf.ReadInt(i); m->setSubrun(i);
+    buf.ReadInt(i); m->setExperiment(i); buf.ReadInt(i); m->setProduction(i); buf.ReadULong64(t); m->setTime(t);
+    buf.ReadStdString(&s); m->setParentLfn(s); buf.ReadDouble(w); m->setGeneratedWeight(w);
+    buf.ReadUInt(u); m->setErrorFlag(u);
+    return m;
+  }
+  if (cn == "Belle2::BackgroundInfo") {
+    auto* b = new BackgroundInfo();
+    Int_t i; std::string s;
+    buf.ReadInt(i); b->setMethod(BackgroundInfo::EMethod(i)); buf.ReadStdString(&s); b->setExtensionName(s);
+    return b;
+  }
+  fatal("the stand-in cannot restore " + name + " of class " + cn);
+  return nullptr;
+}
+inline void write_array(TBufferFile& buf, const std::string& name, TClonesArray* arr, TClass* cl) {
+  if (std::string(cl->GetName()) != "Belle2::PXDDigit") fatal("the stand-in cannot stream array " + name);
+  buf.WriteInt(arr->GetEntriesFast());
+  for (int i = 0; i < arr->GetEntriesFast(); ++i) {
+    auto* d = static_cast<PXDDigit*>(arr->At(i));
+    buf.WriteUShort(d->getSensorID().getID()); buf.WriteUShort(d->getUCellID());
+    buf.WriteUShort(d->getVCellID()); buf.WriteUShort(d->getCharge());
+  }
+}
+inline TClonesArray* read_array(TBufferFile& buf, TClass* cl) {
+  auto* arr = new TClonesArray(cl);
+  Int_t n = 0;
+  buf.ReadInt(n);
+  for (int i = 0; i < n; ++i) {
+    UShort_t id, u, v, q;
+    buf.ReadUShort(id); buf.ReadUShort(u); buf.ReadUShort(v); buf.ReadUShort(q);
+    new ((*arr)[i]) PXDDigit(VxdID(id), u, v, q);
+  }
+  return arr;
+}
+inline long stream_data_store(bool addPersistentDurability, bool streamTransientObjects) {
+  TBufferFile buf(TBuffer::kWrite);
+  for (int d = 0; d < (addPersistentDurability ? 2 : 1); ++d) {
+    for (auto& it : DataStore::Instance().getStoreEntryMap(DataStore::EDurability(d))) {
+      StoreEntry& entry = it.second;
+      if (!streamTransientObjects && entry.dontWriteOut) continue;
+      buf.WriteChar(1);
+      buf.WriteStdString(&it.first);
+      buf.WriteInt(d);
+      buf.WriteBool(entry.isArray);
+      buf.WriteBool(entry.dontWriteOut);
+      buf.WriteBool(entry.ptr == nullptr);
+      if (entry.isArray) write_array(buf, it.first, static_cast<TClonesArray*>(entry.object), entry.objClass);
+      else write_object(buf, it.first, entry.object, entry.objClass);
+    }
+  }
+  buf.WriteChar(0);
+  streamed().assign(buf.Buffer(), buf.Length());
+  return buf.Length();
+}
+inline void copy_streamed(unsigned char* out, long n) { std::copy(streamed().data(), streamed().data() + n, out); }
+
+// DataStoreStreamer::restoreDataStore: each received object replaces the entry's object (createObject with
+// replace=true); an entry whose pointer was null is invalidated. Registration is closed in the receiving
+// processes (they were forked after initialize), so an unknown entry is an error, as basf2's B2ASSERT.
+inline int restore_data_store(const unsigned char* data, long n) {
+  TBufferFile buf(TBuffer::kRead, n, const_cast<unsigned char*>(data), kFALSE);
+  int restored = 0;
+  while (true) {
+    Char_t more = 0;
+    buf.ReadChar(more);
+    if (!more) break;
+    std::string name;
+    buf.ReadStdString(&name);
+    Int_t d = 0;
+    Bool_t isArray = false, dontWriteOut = false, isNull = false;
+    buf.ReadInt(d); buf.ReadBool(isArray); buf.ReadBool(dontWriteOut); buf.ReadBool(isNull);
+    auto& map = DataStore::Instance().getStoreEntryMap(DataStore::EDurability(d));
+    auto it = map.find(name);
+    if (it == map.end() || it->second.isArray != isArray)
+      fatal("Can not find a data store entry with the name " + name + ". Did you maybe forget to register it?");
+    StoreEntry& entry = it->second;
+    TObject* obj = isArray ? read_array(buf, entry.objClass) : read_object(buf, name, entry.objClass);
+    if (isNull) { delete obj; if (entry.ptr) entry.invalidate(); continue; }
+    delete entry.object;
+    entry.object = obj;
+    entry.ptr = entry.object;
+    ++restored;
+  }
+  return restored;
+}
+
+// A C++ call that keeps the GIL for `seconds`, as a Geant4 event does inside basf2 (boost.python holds the GIL
+// while a module runs, framework/pybasf2/src/Framework.cc); cppyy does not release the GIL around calls.
+inline void hold_gil(double seconds) {
+  timespec end, now;
+  clock_gettime(CLOCK_MONOTONIC, &end);
+  long ns = end.tv_nsec + (long)(seconds * 1e9);
+  end.tv_sec += ns / 1000000000L; end.tv_nsec = ns % 1000000000L;
+  while (true) {
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec > end.tv_sec || (now.tv_sec == end.tv_sec && now.tv_nsec >= end.tv_nsec)) break;
+    timespec step = {0, 1000000L};  // 1 ms steps: the loop stays in C++, so the GIL is never given up
+    nanosleep(&step, nullptr);
+  }
+}
+} }
+"""
+if not hasattr(ROOT.Belle2.standin, "stream_data_store"):
+    assert ROOT.gInterpreter.Declare(_PROCESSING_CODE), "the stand-in's streaming code did not compile"
+
+
+def stream_data_store(add_persistent: bool = True, stream_transient: bool = True) -> bytes:
+    """The data store as TxModule sends it (``streamDataStore(true, true)``): bytes of a ROOT TBufferFile."""
+    n = int(ROOT.Belle2.standin.stream_data_store(add_persistent, stream_transient))
+    out = np.empty(max(n, 1), np.uint8)
+    ROOT.Belle2.standin.copy_streamed(out, n)
+    return out[:n].tobytes()
+
+
+def restore_data_store(data: bytes) -> int:
+    """RxModule's side: put the streamed entries into this process's data store; returns how many were valid."""
+    buf = np.frombuffer(data, np.uint8).copy()
+    return int(ROOT.Belle2.standin.restore_data_store(buf, len(buf)))
+
 
 def _downcast(obj, class_name: str):
     """PyROOT hands basf2's TObject* returns over as their dynamic class (compiled dictionaries carry the type
