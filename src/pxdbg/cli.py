@@ -288,9 +288,9 @@ def cmd_produce(args) -> int:
     signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_lists())
     metrics = None
     if args.metrics_port is not None:
-        from pxdbg.producer.metrics import MetricsServer
+        from pxdbg.producer.metrics import MetricsServer, default_host
 
-        metrics = MetricsServer(server, args.metrics_port, host=args.metrics_host)
+        metrics = MetricsServer(server, args.metrics_port, host=args.metrics_host or default_host(args.bind))
     ready = threading.Event()
     if registrar is not None:  # entries appear once the sockets are bound, and go when the producer stops
         registrar.start_when(ready, str(model.identity), {"device": str(model.device)})
@@ -680,7 +680,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics, /healthz and /readyz on this port (needs pxdbg[metrics])",
     )
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port (default %(default)s)")
+    p.add_argument(
+        "--metrics-host",
+        help="address of the metrics port (default: the host of the first tcp --bind, * meaning 0.0.0.0; "
+        "127.0.0.1 for a producer bound to ipc only)",
+    )
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
