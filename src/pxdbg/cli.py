@@ -600,6 +600,33 @@ def cmd_farm_status(args) -> int:
         time.sleep(max(args.interval, 0.1))
 
 
+def cmd_farm_jobs(args) -> int:
+    from pxdbg.consumer import summaries
+
+    paths = [p for d in args.dirs for p in summaries.summary_files(d, args.pattern)]
+    totals = summaries.collect(paths)
+    if args.prom:
+        summaries.write_atomically(args.prom, summaries.prometheus_text(totals))
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(totals), "wait_buckets_s": summaries.WAIT_BUCKETS_S}))
+    else:
+        median, p90 = totals.wait_p99_quantile(0.5), totals.wait_p99_quantile(0.9)
+        print(
+            f"jobs            {totals.jobs} summaries read in {totals.read_s:.2f} s"
+            f"{f' ({sum(totals.skipped.values())} files skipped)' if totals.skipped else ''}: "
+            f"{totals.events} events, {totals.wait_s:.1f} s waiting for frames in {totals.wall_s:.1f} s of event loops"
+        )
+        if totals.jobs:
+            print(f"wait p99        half of the jobs under {1e3 * median:g} ms, 90 % under {1e3 * p90:g} ms")
+        busy = {k: v for k, v in sorted(totals.counters.items()) if v}
+        print(f"counters        {', '.join(f'{k} {v}' for k, v in busy.items()) or 'all zero'}")
+        for why, n in totals.skipped.most_common():
+            print(f"skipped         {n} file(s): {why}")
+        if args.prom:
+            print(f"wrote           {args.prom}")
+    return 0 if totals.jobs else 1
+
+
 # -- bench ---------------------------------------------------------------------------------------------
 def cmd_bench(args) -> int:
     from pxdbg import bench
@@ -791,6 +818,14 @@ def build_parser() -> argparse.ArgumentParser:
     fs.add_argument("--json", action="store_true", help="one JSON object per look (JSON lines with --watch)")
     security.add_client_arguments(fs)
     fs.set_defaults(func=cmd_farm_status)
+    fj = fsub.add_parser(
+        "jobs", help="sum the JSON summaries of `pxdbg run --json` jobs (consumer waits, re-issues, hedges)"
+    )
+    fj.add_argument("dirs", nargs="+", help="directories searched for summaries (e.g. the Slurm recipe's $PXDBG_OUT)")
+    fj.add_argument("--pattern", default="*.json", help="file name pattern of the summaries (default %(default)s)")
+    fj.add_argument("--prom", metavar="FILE", help="also write the totals in the Prometheus text format to FILE")
+    fj.add_argument("--json", action="store_true", help="print the totals as JSON")
+    fj.set_defaults(func=cmd_farm_jobs)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")
