@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the farm tests (tests/farm) need, from Debian's packages: Slurm 22.05, munge, dnsmasq,
-# iptables and iproute2. Idempotent: when everything is present it only checks and returns.
+# iptables and iproute2; and promtool (Debian's prometheus 2.42) for tests/test_prometheus_rules.py.
+# Idempotent: when everything is present it only checks and returns.
 # Needs root and apt-get; on any other machine it says so and exits 1.
 set -euo pipefail
 need=()
@@ -13,6 +14,7 @@ have dnsmasq || need+=(dnsmasq-base)
 have iptables || need+=(iptables)
 have ip || need+=(iproute2)
 have nsenter || need+=(util-linux)
+have promtool || need+=(prometheus)
 if [ ${#need[@]} -eq 0 ]; then
   echo "farm-deps: all present"
   exit 0

@@ -1,0 +1,112 @@
+"""The shipped Prometheus rules (examples/prometheus/): checked and unit-tested by promtool (Debian's `prometheus`
+package; tools/farm-deps.sh installs it), shown to fail when a rule is broken, and read for every metric they use,
+which must be a family a real producer or `pxdbg farm jobs` exports."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+PROM = REPO / "examples" / "prometheus"
+pytestmark = pytest.mark.timeout(120)
+
+
+def promtool() -> str:
+    """The promtool command; a skip with the reason where it is missing, a failure under CI (CI installs it)."""
+    found = shutil.which("promtool")
+    if found is None:
+        why = "promtool not installed (apt-get install prometheus, or bash tools/farm-deps.sh as root)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    return found
+
+
+def run(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess:
+    return subprocess.run([promtool(), *args], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_rules_check():
+    proc = run("check", "rules", "pxdbg-rules.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS: 14 rules found" in proc.stdout
+
+
+def test_rules_unit_tests_fire_the_alerts():
+    """pxdbg-rules.test.yml feeds series in which each alert must fire (stalled, down, refusals, pending
+    growing, GPU memory, consumer waits) and must not fire earlier or for the healthy producer beside it."""
+    proc = run("test", "rules", "pxdbg-rules.test.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+    tests = yaml.safe_load((PROM / "pxdbg-rules.test.yml").read_text())["tests"]
+    fired = {t["alertname"] for test in tests for t in test.get("alert_rule_test", []) if t["exp_alerts"]}
+    rules = yaml.safe_load((PROM / "pxdbg-rules.yml").read_text())["groups"]
+    alerts = {r["alert"] for g in rules for r in g["rules"] if "alert" in r}
+    assert fired == alerts, "every alert has a test in which it fires"
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (
+            "for: 5m\n        labels:\n          severity: critical",
+            "for: 30m\n        labels:\n          severity: critical",
+        ),
+        (
+            "instance:pxdbg_producer_refused_auth:increase10m > 20",
+            "instance:pxdbg_producer_refused_auth:increase10m > 80",
+        ),
+        ('up{job=~".*pxdbg.*"} == 0', 'up{job=~".*pxdbg.*"} == 2'),
+    ],
+)
+def test_a_broken_rule_fails_its_unit_test(tmp_path, old, new):
+    rules = (PROM / "pxdbg-rules.yml").read_text()
+    assert old in rules
+    (tmp_path / "pxdbg-rules.yml").write_text(rules.replace(old, new))
+    shutil.copy(PROM / "pxdbg-rules.test.yml", tmp_path)
+    proc = run("test", "rules", "pxdbg-rules.test.yml", cwd=tmp_path)
+    assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr
+
+
+def metric_names(expr: str) -> set[str]:
+    """Metric names a PromQL expression reads (recording rules' names are level:metric:operation)."""
+    names = set(re.findall(r"\b(pxdbg_[a-z0-9_]+|[a-z]+:pxdbg_[a-z0-9_]+:[a-z0-9_]+|up)\b", expr))
+    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+
+
+def exported_families(tmp_path, python_env) -> set[str]:
+    """Families a fresh real producer exports, those `pxdbg farm jobs` writes, and the CUDA-only GPU family."""
+    from ops_helpers import http_get, producer_process
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pxdbg.consumer import summaries
+
+    with producer_process(tmp_path / "producer.log", python_env) as (_, metrics_port, _proc):
+        status, text = http_get(metrics_port, "/metrics")
+    assert status == 200, text
+    text += summaries.prometheus_text(summaries.CampaignTotals())
+    names = set()
+    for family in text_string_to_metric_families(text):
+        names |= {s.name for s in family.samples} | {family.name}
+    return names | {"pxdbg_producer_gpu_memory_bytes", "up"}
+
+
+def rule_exprs() -> tuple[set[str], list[str]]:
+    groups = yaml.safe_load((PROM / "pxdbg-rules.yml").read_text())["groups"]
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    return recorded, [r["expr"] for g in groups for r in g["rules"]]
+
+
+def test_rules_read_only_exported_metrics(tmp_path, python_env):
+    exported = exported_families(tmp_path, python_env)
+    recorded, exprs = rule_exprs()
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert {"pxdbg_producer_frames_sent_total", "pxdbg_consumer_job_wait_p99_seconds", "up"} <= used
+    assert used - exported - recorded == set()
