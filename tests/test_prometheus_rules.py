@@ -110,3 +110,79 @@ def test_rules_read_only_exported_metrics(tmp_path, python_env):
     used = set().union(*(metric_names(e) for e in exprs))
     assert {"pxdbg_producer_frames_sent_total", "pxdbg_consumer_job_wait_p99_seconds", "up"} <= used
     assert used - exported - recorded == set()
+
+
+@pytest.mark.timeout(180)
+def test_a_real_prometheus_fires_producer_down(tmp_path, python_env):
+    """A real Prometheus (loopback only, 1 s scrapes, the shipped rules with their `for:` durations cut to 0 s
+    and nothing else changed) scrapes a real producer, records its rates, and fires PxdbgProducerDown once the
+    producer is stopped."""
+    import json
+    import urllib.request
+
+    from ops_helpers import free_port, producer_process
+
+    from pipeline_helpers import wait_until
+
+    prometheus = shutil.which("prometheus")
+    if prometheus is None:
+        promtool()  # the same package: skip or fail with its reason
+        pytest.skip("prometheus not installed (apt-get install prometheus)")
+    rules = re.sub(r"^(\s+)for: \S+$", r"\1for: 0s", (PROM / "pxdbg-rules.yml").read_text(), flags=re.M)
+    (tmp_path / "rules.yml").write_text(rules)
+    web = free_port()
+
+    def api(path: str):
+        with urllib.request.urlopen(f"http://127.0.0.1:{web}/api/v1/{path}", timeout=5) as resp:
+            return json.loads(resp.read())["data"]
+
+    def firing() -> list[dict]:
+        try:
+            return [a for a in api("alerts")["alerts"] if a["state"] == "firing"]
+        except OSError:
+            return []
+
+    with producer_process(tmp_path / "producer.log", python_env) as (_, metrics_port, producer):
+        target = f"127.0.0.1:{metrics_port}"
+        config = {
+            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+            "rule_files": [str(tmp_path / "rules.yml")],
+            "scrape_configs": [{"job_name": "pxdbg-producer", "static_configs": [{"targets": [target]}]}],
+        }
+        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+        with open(tmp_path / "prometheus.log", "wb") as log:
+            server = subprocess.Popen(
+                [
+                    prometheus,
+                    f"--config.file={tmp_path / 'prometheus.yml'}",
+                    f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                    f"--web.listen-address=127.0.0.1:{web}",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+
+            def up() -> list:
+                try:
+                    return api("query?query=up")["result"]
+                except OSError:
+                    return []
+
+            assert wait_until(lambda: any(r["value"][1] == "1" for r in up()), 60), (
+                tmp_path / "prometheus.log"
+            ).read_text()
+            assert firing() == []
+            producer.terminate()
+            producer.wait(timeout=30)
+            assert wait_until(lambda: firing(), 60), (tmp_path / "prometheus.log").read_text()
+            (alert,) = firing()
+            assert alert["labels"]["alertname"] == "PxdbgProducerDown" and alert["labels"]["instance"] == target
+            assert alert["annotations"]["summary"] == f"pxdbg producer {target} is not scraped"
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait(timeout=10)
