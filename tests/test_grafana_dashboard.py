@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_prometheus_rules import exported_families, metric_names, promtool, rule_exprs
+from ops_helpers import exported_families, metric_names, promtool, rule_exprs
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "examples" / "grafana" / "pxdbg-farm.json"

@@ -261,7 +261,7 @@ def test_disruption_budget_monitor_and_autoscaler_point_at_the_producers(manifes
     assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
-    from test_prometheus_rules import metric_names
+    from ops_helpers import metric_names
 
     assert metric_names(trigger["metadata"]["query"]) == {"pxdbg_producer_pending"}
     assert f'job="{job}"' in trigger["metadata"]["query"]

@@ -4,7 +4,6 @@ which must be a family a real producer or `pxdbg farm jobs` exports."""
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -12,21 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ops_helpers import PROM, exported_families, metric_names, promtool, rule_exprs
 
-REPO = Path(__file__).resolve().parent.parent
-PROM = REPO / "examples" / "prometheus"
 pytestmark = pytest.mark.timeout(120)
-
-
-def promtool() -> str:
-    """The promtool command; a skip with the reason where it is missing, a failure under CI (CI installs it)."""
-    found = shutil.which("promtool")
-    if found is None:
-        why = "promtool not installed (apt-get install prometheus, or bash tools/farm-deps.sh as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
-    return found
 
 
 def run(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess:
@@ -73,35 +60,6 @@ def test_a_broken_rule_fails_its_unit_test(tmp_path, old, new):
     shutil.copy(PROM / "pxdbg-rules.test.yml", tmp_path)
     proc = run("test", "rules", "pxdbg-rules.test.yml", cwd=tmp_path)
     assert proc.returncode != 0 and "FAILED" in proc.stdout + proc.stderr
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression reads (recording rules' names are level:metric:operation)."""
-    names = set(re.findall(r"\b(pxdbg_[a-z0-9_]+|[a-z]+:pxdbg_[a-z0-9_]+:[a-z0-9_]+|up)\b", expr))
-    return {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
-
-
-def exported_families(tmp_path, python_env) -> set[str]:
-    """Families a fresh real producer exports, those `pxdbg farm jobs` writes, and the CUDA-only GPU family."""
-    from ops_helpers import http_get, producer_process
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from pxdbg.consumer import summaries
-
-    with producer_process(tmp_path / "producer.log", python_env) as (_, metrics_port, _proc):
-        status, text = http_get(metrics_port, "/metrics")
-    assert status == 200, text
-    text += summaries.prometheus_text(summaries.CampaignTotals())
-    names = set()
-    for family in text_string_to_metric_families(text):
-        names |= {s.name for s in family.samples} | {family.name}
-    return names | {"pxdbg_producer_gpu_memory_bytes", "up"}
-
-
-def rule_exprs() -> tuple[set[str], list[str]]:
-    groups = yaml.safe_load((PROM / "pxdbg-rules.yml").read_text())["groups"]
-    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
-    return recorded, [r["expr"] for g in groups for r in g["rules"]]
 
 
 def test_rules_read_only_exported_metrics(tmp_path, python_env):
