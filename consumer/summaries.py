@@ -19,6 +19,7 @@ import re
 import stat
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,7 +105,7 @@ def _finite(value, lo: float = 0.0, hi: float = 1e12) -> bool:
     )
 
 
-def check_summary(data) -> str | None:
+def check_summary(data: object) -> str | None:
     """Why ``data`` is not a ``pxdbg run --json`` summary (a reason that quotes no value), or ``None``."""
     if not isinstance(data, dict):
         return "not a JSON object"
@@ -147,7 +148,7 @@ def summary_files(directory: str | os.PathLike, pattern: str = "*.json") -> list
     return sorted(p for p in Path(directory).rglob(pattern) if not p.is_symlink())
 
 
-def collect(paths) -> CampaignTotals:
+def collect(paths: Iterable[Path]) -> CampaignTotals:
     """Read and sum the summaries at ``paths``; bad ones are counted in ``skipped`` by reason."""
     totals = CampaignTotals()
     t0 = time.perf_counter()
