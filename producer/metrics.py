@@ -17,10 +17,12 @@ from __future__ import annotations
 import logging
 import math
 import re
+import socket
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from pxdbg.producer.stats import COUNTER_HELP
 from pxdbg.shared.errors import ConfigError, require
 
 log = logging.getLogger("pxdbg.producer")
@@ -28,23 +30,28 @@ log = logging.getLogger("pxdbg.producer")
 PREFIX = "pxdbg_producer"
 #: Seconds without a finished batch, while frames are pending, after which /healthz says 503.
 DEFAULT_STALL_S = 120.0
-#: Snapshot counters with their own help text; any other counter (a name from the producer's code) is exported
-#: as ``pxdbg_producer_<name>_total`` with a generic help text.
-COUNTER_HELP = {
-    "frames_generated": "Frames the model generated.",
-    "frames_sent": "Frames sent to consumers.",
-    "frames_requested": "Frames consumers requested and the producer accepted.",
-    "malformed_messages": "Messages from consumers that did not parse or made no sense.",
-    "refused_auth": "Connection attempts refused at the CURVE handshake (unknown key, no key, wrong server key).",
-    "requests_over_limit": "Frames refused because a consumer exceeded a limit.",
-    "generation_errors": "Batches whose model call failed.",
-}
+#: Snapshot numbers that are levels, not counts: exported as gauges without ``_total``.
+GAUGE_COUNTERS = {"allow_list_keys": "Consumer keys in the CURVE allow-list."}
 HISTOGRAM_HELP = {
     "model_seconds": ("model_seconds", "Seconds per model call (one batch)."),
     "post_seconds": ("post_processing_seconds", "Seconds per batch spent encoding frames for the wire."),
     "batch_size": ("batch_size", "Frames per model call."),
 }
 _NAME = re.compile(r"^[a-z_][a-z0-9_]{0,63}$")
+
+
+def default_host(binds: list[str]) -> str:
+    """The metrics port's address for a producer bound to ``binds``: the host of the first tcp endpoint (``*``:
+    every interface), else the loopback (an ipc-only producer serves this machine), so the metrics port is never
+    more exposed than the frames."""
+    for endpoint in binds:
+        scheme, _, rest = endpoint.partition("://")
+        if scheme == "tcp":
+            host = rest.rpartition(":")[0]
+            if host == "*":
+                return "0.0.0.0"
+            return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    return "127.0.0.1"
 
 
 def _gpu_memory(device: str) -> dict[str, float]:
@@ -105,8 +112,10 @@ class SnapshotCollector:
             value=1.0 if snap.get("ready") else 0.0,
         )
         counters = dict(snap.get("counters", {}))
-        for name in COUNTER_HELP:
+        for name in COUNTER_HELP:  # every family from the first scrape, whatever the snapshot holds yet
             counters.setdefault(name, 0)
+        for name, help_text in GAUGE_COUNTERS.items():
+            yield GaugeMetricFamily(f"{PREFIX}_{name}", help_text, value=float(counters.pop(name, 0)))
         for name, value in sorted(counters.items()):
             if not _NAME.match(name):  # names come from the producer's code; a strange one is a bug, not a series
                 log.debug("metrics: skipping counter %r", name)
@@ -178,8 +187,9 @@ class MetricsServer:
         self.registry.register(prometheus_client.ProcessCollector(registry=None))
         self._encoder = prometheus_client.exposition.choose_encoder
         handler = type("Handler", (_Handler,), {"owner": self})
+        server_class = _IPv6HTTPServer if ":" in host else ThreadingHTTPServer
         try:
-            self.httpd = ThreadingHTTPServer((host, port), handler)
+            self.httpd = server_class((host, port), handler)
         except OSError as exc:
             raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc}; choose another --metrics-port") from None
         self.httpd.daemon_threads = True
@@ -201,6 +211,10 @@ class MetricsServer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class _IPv6HTTPServer(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -7,14 +7,22 @@ bound endpoint, the key files the producer reads lie on the volumes the Secret a
 written by ``pxdbg keys new`` pasted into the Secret template reads back as a valid certificate, the headless
 Service selects the pods and serves the port that ``dns://`` discovery connects to, and the Containerfile copies
 paths that exist, installs extras that exist and runs as the Deployment's user.
-Not run here: building the image, a cluster (scheduling on a GPU node, the kubelet's probes, cluster DNS).
+The custom resources (the Prometheus operator's PodMonitor, KEDA's ScaledObject) are validated against the
+schemas that @kubernetes-models generates from those operators' API types (types, enums, required fields; unknown
+fields are not caught), run with node from tests/k8s-crd-schemas (npm ci there, or tools/farm-deps.sh).
+Not run here: building the image, a cluster (scheduling on a GPU node, the kubelet's probes, cluster DNS, the
+operators themselves).
 """
 
 from __future__ import annotations
 
 import copy
+import json
+import os
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -33,6 +41,15 @@ except ModuleNotFoundError:  # Python < 3.11
 K8S_VERSION = "1.30"
 REPO = Path(__file__).resolve().parent.parent
 KDIR = REPO / "examples" / "kubernetes"
+CRD_SCHEMAS = REPO / "tests" / "k8s-crd-schemas"
+CORE_FILES = (
+    "producer-deployment.yaml",
+    "producer-service.yaml",
+    "curve-keys-secret.yaml",
+    "producer-pdb.yaml",
+    "consumers-job.yaml",
+)
+CRD_FILES = ("producer-podmonitor.yaml", "producer-scaledobject.yaml")
 
 
 def documents(name: str) -> list[dict]:
@@ -41,11 +58,7 @@ def documents(name: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def manifests() -> dict[str, dict]:
-    docs = [
-        d
-        for name in ("producer-deployment.yaml", "producer-service.yaml", "curve-keys-secret.yaml")
-        for d in documents(name)
-    ]
+    docs = [d for name in CORE_FILES + CRD_FILES for d in documents(name)]
     return {f"{d['kind']}/{d['metadata']['name']}": d for d in docs}
 
 
@@ -60,8 +73,12 @@ def test_every_manifest_validates_against_the_schemas(manifests):
         "Service/pxdbg-producers",
         "Secret/pxdbg-producer-key",
         "ConfigMap/pxdbg-allowed-consumers",
+        "PodDisruptionBudget/pxdbg-producer",
+        "Job/pxdbg-consumers",
+        "PodMonitor/pxdbg-producer",
+        "ScaledObject/pxdbg-producer",
     }
-    for doc in manifests.values():
+    for doc in (d for name in CORE_FILES for d in documents(name)):
         assert validate(doc, K8S_VERSION, strict=True) == K8S_VERSION
 
 
@@ -92,7 +109,7 @@ def test_probes_and_ports_meet_the_producer(manifests):
     assert ports["metrics"] == args.metrics_port
     (bind,) = args.bind
     assert bind == f"tcp://*:{ports['frames']}"
-    for probe, path in (("livenessProbe", "/healthz"), ("startupProbe", "/healthz"), ("readinessProbe", "/readyz")):
+    for probe, path in (("livenessProbe", "/healthz"), ("startupProbe", "/readyz"), ("readinessProbe", "/readyz")):
         assert container[probe]["httpGet"] == {"path": path, "port": "metrics"}
     annotations = manifests["Deployment/pxdbg-producer"]["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
@@ -180,3 +197,98 @@ def test_containerfile_builds_what_the_deployment_runs(manifests):
     assert exposed == {p["containerPort"] for p in producer(manifests)["ports"]}
     (entrypoint,) = [rest for op, rest in instructions if op == "ENTRYPOINT"]
     assert yaml.safe_load(entrypoint) == ["pxdbg"]
+
+
+def crd_validate(docs: list[dict]) -> list[str | None]:
+    """Per document, None or why it fails its operator's schema (tests/k8s-crd-schemas/validate.mjs under node)."""
+    if shutil.which("node") is None or not (CRD_SCHEMAS / "node_modules").is_dir():
+        why = f"CRD schema validators not installed: (cd {CRD_SCHEMAS} && npm ci), or tools/farm-deps.sh as root"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    proc = subprocess.run(
+        ["node", "validate.mjs"], input=json.dumps(docs), capture_output=True, text=True, timeout=60, cwd=CRD_SCHEMAS
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_custom_resources_validate_against_their_operators_schemas():
+    docs = [d for name in CRD_FILES for d in documents(name)]
+    assert crd_validate(docs) == [None] * len(docs)
+    monitor, scaled = copy.deepcopy(docs[0]), copy.deepcopy(docs[1])  # the check can fail
+    monitor["spec"]["podMetricsEndpoints"][0]["port"] = 9100  # a named port is a string
+    scaled["spec"]["minReplicaCount"] = "1"
+    del scaled["spec"]["scaleTargetRef"]["name"]
+    errors = crd_validate([monitor, scaled])
+    assert "port must be string" in errors[0]
+    assert (
+        "minReplicaCount must be integer" in errors[1]
+        and "scaleTargetRef must have required property name" in errors[1]
+    )
+
+
+def test_producers_run_on_gpu_nodes_only(manifests):
+    pod = manifests["Deployment/pxdbg-producer"]["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+
+
+def test_startup_probe_waits_for_the_warm_up(manifests):
+    """/readyz is 200 only once the model is loaded and warmed up, so the liveness probe starts after that."""
+    probe = producer(manifests)["startupProbe"]
+    assert probe["httpGet"]["path"] == "/readyz"
+    assert probe["periodSeconds"] * probe["failureThreshold"] >= 300, "five minutes for a checkpoint and CUDA warm-up"
+
+
+def test_disruption_budget_monitor_and_autoscaler_point_at_the_producers(manifests):
+    deployment = manifests["Deployment/pxdbg-producer"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = manifests["PodDisruptionBudget/pxdbg-producer"]["spec"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert pdb["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
+
+    monitor = manifests["PodMonitor/pxdbg-producer"]["spec"]
+    assert monitor["selector"]["matchLabels"].items() <= pod_labels.items()
+    (endpoint,) = monitor["podMetricsEndpoints"]
+    assert endpoint["port"] in {p["name"] for p in producer(manifests)["ports"]} and endpoint["path"] == "/metrics"
+    job = pod_labels[monitor["jobLabel"]]  # the job label the rules' up{job=~".*pxdbg.*"} must match
+    assert re.fullmatch(".*pxdbg.*", job)
+
+    scaled = manifests["ScaledObject/pxdbg-producer"]["spec"]
+    target = scaled["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", deployment["metadata"]["name"])
+    assert 1 <= scaled["minReplicaCount"] < scaled["maxReplicaCount"]
+    (trigger,) = scaled["triggers"]
+    assert trigger["type"] == "prometheus" and float(trigger["metadata"]["threshold"]) > 0
+    from ops_helpers import metric_names
+
+    assert metric_names(trigger["metadata"]["query"]) == {"pxdbg_producer_pending"}
+    assert f'job="{job}"' in trigger["metadata"]["query"]
+
+
+def test_indexed_consumer_job_runs_pxdbg_run_per_index(manifests):
+    job = manifests["Job/pxdbg-consumers"]["spec"]
+    assert job["completionMode"] == "Indexed" and job["parallelism"] <= job["completions"]
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert "nvidia.com/gpu" not in str(container["resources"]), "consumers need no GPU"
+    script = container["args"][0]
+    (line,) = [ln for ln in script.splitlines() if ln.strip().startswith("pxdbg run ")]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    values = {**env, "out": "/out/task-00007", "resume": "", "JOB_COMPLETION_INDEX": "7"}
+    values["PXDBG_CHECKPOINT_SHA256"] = "ab" * 32
+    line = line.replace('"$((PXDBG_SEED + JOB_COMPLETION_INDEX))"', str(int(env["PXDBG_SEED"]) + 7))
+    words = shlex.split(re.sub(r"\$(\w+)", lambda m: values[m.group(1)], line.split(" > ")[0].split(" &")[0]))
+    args = build_parser().parse_args(words[1:])
+    assert args.command == "run" and args.seed == "8" and args.events == 10000 and args.json
+    assert discovery.parse(args.connect).dynamic
+    served = build_parser().parse_args(producer(manifests)["args"])
+    assert (args.model, args.precision) == (served.model, served.precision), "the frames the producers make"
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for key in (args.curve_client_secret, args.curve_server_public):
+        assert volumes[mounts[key.rsplit("/", 1)[0]]]["secret"]["secretName"] == "pxdbg-consumer-key"
+    assert 'mv "$out/summary.json.tmp" "$out/summary.json"' in script, "a summary for pxdbg farm jobs"
+    proc = subprocess.run(["sh", "-n", "-c", script], capture_output=True, text=True, timeout=10)
+    assert proc.returncode == 0, proc.stderr

@@ -216,3 +216,55 @@ def test_gpu_memory_family_on_cuda(monkeypatch):
         "free": 5.0e10,
         "total": 8.0e10,
     }
+
+
+def test_every_counter_the_producer_increments_is_declared():
+    """Families exist from the first scrape only for declared names: read the producer's code (and the CURVE
+    allow-list's counters) for every counter name and find each in COUNTER_HELP, so a new counter cannot be
+    added without its help text and its zero."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    from pxdbg.producer import stats
+    from pxdbg.producer.metrics import GAUGE_COUNTERS
+    from pxdbg.shared import security
+
+    source = "".join(p.read_text() for p in Path(stats.__file__).parent.glob("*.py"))
+    used = set(re.findall(r"""(?:\.count|_bad)\(\s*["']([a-z_]+)["']""", source))
+    used |= set(re.findall(r'"([a-z_]+)":', inspect.getsource(security.AllowList.counters)))
+    assert {"frames_sent", "requests_before_hello", "unexpected_messages", "refused_unknown_key"} <= used
+    assert used - set(stats.COUNTER_HELP) - set(GAUGE_COUNTERS) == set()
+
+
+def test_default_metrics_host_follows_the_frame_socket():
+    from pxdbg.producer.metrics import default_host
+
+    assert default_host(["tcp://127.0.0.1:5555"]) == "127.0.0.1"
+    assert default_host(["tcp://*:5555"]) == "0.0.0.0"
+    assert default_host(["ipc:///tmp/x.sock", "tcp://[::1]:5555"]) == "::1"
+    assert default_host(["ipc:///tmp/x.sock"]) == "127.0.0.1"
+
+
+@pytest.mark.timeout(120)
+def test_a_fresh_producer_exports_every_family_at_zero(tmp_path, python_env):
+    """A real `pxdbg produce` that nobody has talked to: every documented counter family is there at zero (so
+    rate() sees the first event), with the gauges and histograms; its metrics port, given no --metrics-host,
+    listens where the frames do (the loopback), not on every interface."""
+    from ops_helpers import producer_process
+
+    from pxdbg.producer.metrics import GAUGE_COUNTERS
+    from pxdbg.producer.stats import COUNTER_HELP
+
+    log_path = tmp_path / "producer.log"
+    with producer_process(log_path, python_env) as (_, metrics_port, _proc):
+        fams = scrape(metrics_port)
+    for name in COUNTER_HELP:
+        family = fams[f"pxdbg_producer_{name}"]
+        assert family.type == "counter" and value(family, f"pxdbg_producer_{name}_total") == 0, name
+    for name in (*GAUGE_COUNTERS, "consumers", "pending", "ready", "uptime_seconds", "seconds_since_progress"):
+        assert fams[f"pxdbg_producer_{name}"].type == "gauge", name
+    for name in ("model_seconds", "post_processing_seconds", "batch_size"):
+        assert value(fams[f"pxdbg_producer_{name}"], f"pxdbg_producer_{name}_count") == 0
+    assert value(fams["pxdbg_producer_ready"]) == 1
+    assert f"metrics on http://127.0.0.1:{metrics_port}/metrics" in log_path.read_text()

@@ -309,9 +309,9 @@ def cmd_produce(args) -> int:
     signal.signal(signal.SIGHUP, lambda *_: security.reload_allow_lists())
     metrics = None
     if args.metrics_port is not None:
-        from pxdbg.producer.metrics import MetricsServer
+        from pxdbg.producer.metrics import MetricsServer, default_host
 
-        metrics = MetricsServer(server, args.metrics_port, host=args.metrics_host)
+        metrics = MetricsServer(server, args.metrics_port, host=args.metrics_host or default_host(args.bind))
     ready = threading.Event()
     if registrar is not None:  # entries appear once the sockets are bound, and go when the producer stops
         registrar.start_when(ready, str(model.identity), {"device": str(model.device)})
@@ -526,86 +526,126 @@ def cmd_calibrate(args) -> int:
 
 
 # -- farm status ---------------------------------------------------------------------------------------
-def _ask_status(endpoints: list[str], timeout: float) -> dict[str, dict]:
-    """Each producer's ``status`` snapshot, asked over the protocol (no hello); those silent for ``timeout`` s are
-    left out."""
-    import zmq
+def _status_rows(endpoints: list[str], latest, earlier, timeout: float) -> list[dict]:
+    """One row per endpoint: its state in the ``latest`` look (answered, refused, bad reply, silent), its checked
+    snapshot, and frames/s over the time since the ``earlier`` look if it answered both, else the average since
+    the producer started."""
+    from pxdbg.consumer.status import printable
 
-    from pxdbg.shared import protocol, transport
-
-    ctx = zmq.Context()
-    socks = {transport.dealer(ctx, ep): ep for ep in endpoints}
-    unsent, answers = set(socks), {}
-    poller = zmq.Poller()
-    for sock in socks:
-        poller.register(sock, zmq.POLLIN)
-    deadline = time.monotonic() + timeout
-    try:
-        while len(answers) < len(socks) and time.monotonic() < deadline:
-            for sock in list(unsent):
-                with contextlib.suppress(zmq.Again):  # not connected yet
-                    sock.send(protocol.status(), zmq.NOBLOCK)
-                    unsent.discard(sock)
-            for sock, _ in poller.poll(50):
-                parts = sock.recv_multipart(zmq.NOBLOCK)
-                try:
-                    header = protocol.unpack(parts[0])
-                except protocol.ProtocolError as exc:
-                    log.warning("%s answered with a malformed message: %s", socks[sock], exc)
-                    continue
-                if header.get("t") == protocol.SNAPSHOT:
-                    answers[socks[sock]] = header["snapshot"]
-    finally:
-        for sock in socks:
-            sock.close(0)
-        ctx.term()
-    return answers
-
-
-def cmd_farm_status(args) -> int:
-    source = discovery.parse(args.endpoints)
-    endpoints = source.resolve()
-    if not endpoints:
-        print(f"no producers found through {source}", file=sys.stderr)
-        return 1
-    first = _ask_status(endpoints, args.timeout)
-    second = {}
-    if args.interval > 0 and first:
-        time.sleep(args.interval)
-        second = _ask_status(list(first), args.timeout)
-    rows = [("address", "identity", "device", "consumers", "frames/s", "pending", "uptime")]
+    rows = []
     for ep in endpoints:
-        snap = second.get(ep) or first.get(ep)
+        row = {"endpoint": printable(ep, 256), "state": "answered", "why": None, "frames_per_s": None}
+        snap = latest.get(ep)
         if snap is None:
-            rows.append((ep, "no answer", "", "", "", "", ""))
+            if ep in latest.refused:
+                row.update(state="refused", why=printable(latest.refused[ep], 1000))
+            elif ep in latest.bad:
+                row.update(state="bad reply", why=latest.bad[ep])
+            else:
+                row.update(state="silent", why=f"no answer in {timeout:g} s")
+            rows.append({**row, "snapshot": None})
             continue
-        sent = snap.get("counters", {}).get("frames_sent", 0)
-        if ep in first and ep in second:  # the rate over the interval, else the average since start
-            span = second[ep]["uptime_s"] - first[ep]["uptime_s"]
-            rate = (sent - first[ep].get("counters", {}).get("frames_sent", 0)) / max(span, 1e-9)
+        sent, before = snap["counters"].get("frames_sent", 0), (earlier or {}).get(ep)
+        span = snap["uptime_s"] - before["uptime_s"] if before is not None else 0.0
+        if span > 0:
+            rate = (sent - before["counters"].get("frames_sent", 0)) / span
         else:
-            rate = sent / max(snap.get("uptime_s", 0.0), 1e-9)
-        up = int(snap.get("uptime_s", 0))
-        rows.append(
+            rate = sent / max(snap["uptime_s"], 1e-9)
+        rows.append({**row, "frames_per_s": round(rate, 3), "snapshot": snap})
+    return rows
+
+
+def _print_status_table(rows: list[dict], source, timeout: float) -> None:
+    """The table, a summary line, then why each refused or rejected producer is so (silence needs no why)."""
+    table = [("address", "identity", "device", "consumers", "frames/s", "pending", "uptime")]
+    for row in rows:
+        snap = row["snapshot"]
+        if snap is None:
+            table.append((row["endpoint"], "no answer" if row["state"] == "silent" else row["state"], *[""] * 5))
+            continue
+        up = int(min(snap["uptime_s"], 1e9))
+        table.append(
             (
-                ep,
-                str(snap.get("identity")),
-                str(snap.get("device")),
-                str(snap.get("consumers")),
-                f"{rate:.1f}",
-                str(snap.get("pending")),
+                row["endpoint"],
+                snap["identity"],
+                snap["device"],
+                str(snap["consumers"]),
+                f"{row['frames_per_s']:.1f}",
+                str(snap["pending"]),
                 f"{up // 3600}:{up // 60 % 60:02d}:{up % 60:02d}",
             )
         )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for r in table:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    silent = len(endpoints) - len(first)
+    count = {state: sum(r["state"] == state for r in rows) for state in ("answered", "refused", "bad reply", "silent")}
+    others = [f"{n} {state}" for state, n in count.items() if n and state != "answered"]
+    if count["silent"]:
+        others[-1] += f" for {timeout:g} s"
     print(
-        f"{len(first)} of {len(endpoints)} producer(s) answered through {source}"
-        f"{f'; {silent} silent for {args.timeout:g} s' if silent else ''}"
+        f"{count['answered']} of {len(rows)} producer(s) answered through {source}"
+        f"{'; ' + ', '.join(others) if others else ''}"
     )
-    return 0 if first else 1
+    for row in rows:
+        if row["state"] in ("refused", "bad reply"):
+            print(f"{row['endpoint']}: {row['state']}: {row['why']}")
+    sys.stdout.flush()
+
+
+def cmd_farm_status(args) -> int:
+    from pxdbg.consumer.status import ask_status
+
+    source = discovery.parse(args.endpoints)
+    options = security.options_from_args(args)
+    earlier = None
+    while True:
+        endpoints = source.resolve()
+        latest = ask_status(endpoints, args.timeout, options) if endpoints else None
+        if latest is not None and not args.watch and args.interval > 0 and latest:
+            time.sleep(args.interval)  # a second look at those that answered, for frames/s over the interval
+            earlier = latest
+            latest = earlier.updated(ask_status(list(earlier), args.timeout, options))
+        if latest is None:
+            print(f"no producers found through {source}", file=sys.stderr, flush=True)
+        else:
+            rows = _status_rows(endpoints, latest, earlier, args.timeout)
+            if args.json:
+                print(json.dumps({"source": str(source), "time": time.time(), "producers": rows}), flush=True)
+            else:
+                if args.watch:
+                    print(time.strftime("%Y-%m-%d %H:%M:%S"))
+                _print_status_table(rows, source, args.timeout)
+        if not args.watch:
+            return 0 if latest else 1
+        earlier = latest
+        time.sleep(max(args.interval, 0.1))
+
+
+def cmd_farm_jobs(args) -> int:
+    from pxdbg.consumer import summaries
+
+    paths = [p for d in args.dirs for p in summaries.summary_files(d, args.pattern)]
+    totals = summaries.collect(paths)
+    if args.prom:
+        summaries.write_atomically(args.prom, summaries.prometheus_text(totals))
+    if args.json:
+        print(json.dumps({**dataclasses.asdict(totals), "wait_buckets_s": summaries.WAIT_BUCKETS_S}))
+    else:
+        median, p90 = totals.wait_p99_quantile(0.5), totals.wait_p99_quantile(0.9)
+        print(
+            f"jobs            {totals.jobs} summaries read in {totals.read_s:.2f} s"
+            f"{f' ({sum(totals.skipped.values())} files skipped)' if totals.skipped else ''}: "
+            f"{totals.events} events, {totals.wait_s:.1f} s waiting for frames in {totals.wall_s:.1f} s of event loops"
+        )
+        if totals.jobs:
+            print(f"wait p99        half of the jobs under {1e3 * median:g} ms, 90 % under {1e3 * p90:g} ms")
+        busy = {k: v for k, v in sorted(totals.counters.items()) if v}
+        print(f"counters        {', '.join(f'{k} {v}' for k, v in busy.items()) or 'all zero'}")
+        for why, n in totals.skipped.most_common():
+            print(f"skipped         {n} file(s): {why}")
+        if args.prom:
+            print(f"wrote           {args.prom}")
+    return 0 if totals.jobs else 1
 
 
 # -- bench ---------------------------------------------------------------------------------------------
@@ -709,7 +749,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve Prometheus /metrics, /healthz and /readyz on this port (needs pxdbg[metrics])",
     )
-    p.add_argument("--metrics-host", default="0.0.0.0", help="address of the metrics port (default %(default)s)")
+    p.add_argument(
+        "--metrics-host",
+        help="address of the metrics port (default: the host of the first tcp --bind, * meaning 0.0.0.0; "
+        "127.0.0.1 for a producer bound to ipc only)",
+    )
     p.set_defaults(func=cmd_produce)
 
     p = sub.add_parser("run", help="the main job: an event loop pulling one frame per event")
@@ -790,14 +834,27 @@ def build_parser() -> argparse.ArgumentParser:
     fsub = p.add_subparsers(dest="farm_command", required=True)
     fs = fsub.add_parser("status", help="a table of the producers an endpoint string reaches, asked over the protocol")
     fs.add_argument("endpoints", help="tcp://host:port, dir:/rendezvous, dns://name:port, ... (comma-separated)")
-    fs.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for each answer (default %(default)s)")
+    fs.add_argument(
+        "--timeout", type=_seconds, default=3.0, help="seconds to wait for the answers (default %(default)s)"
+    )
     fs.add_argument(
         "--interval",
         type=float,
         default=1.0,
         help="seconds between two looks, for frames/s (default %(default)s; 0: average since start)",
     )
+    fs.add_argument("--watch", action="store_true", help="look again every --interval seconds until interrupted")
+    fs.add_argument("--json", action="store_true", help="one JSON object per look (JSON lines with --watch)")
+    security.add_client_arguments(fs)
     fs.set_defaults(func=cmd_farm_status)
+    fj = fsub.add_parser(
+        "jobs", help="sum the JSON summaries of `pxdbg run --json` jobs (consumer waits, re-issues, hedges)"
+    )
+    fj.add_argument("dirs", nargs="+", help="directories searched for summaries (e.g. the Slurm recipe's $PXDBG_OUT)")
+    fj.add_argument("--pattern", default="*.json", help="file name pattern of the summaries (default %(default)s)")
+    fj.add_argument("--prom", metavar="FILE", help="also write the totals in the Prometheus text format to FILE")
+    fj.add_argument("--json", action="store_true", help="print the totals as JSON")
+    fj.set_defaults(func=cmd_farm_jobs)
 
     p = sub.add_parser("bench", help="print speed figures (generation, consumer cost, wire size, throughput)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions and configurations")

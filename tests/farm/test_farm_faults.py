@@ -41,7 +41,7 @@ def _lines_after(log: str, start: int, pattern: str) -> bool:
 
 
 def test_partitioned_producer_node_is_dropped_then_used_again(farm):
-    from pxdbg.cli import _ask_status
+    from pxdbg.consumer.status import ask_status as _ask_status
 
     node, ep = 1, farm.producer_endpoints[0]
     ref = _run(farm, seed=11)

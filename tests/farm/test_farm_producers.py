@@ -25,7 +25,7 @@ HEDGE_COUNTERS = (
 
 def _odd_producer(farm, node: int, port: int, *args: str) -> str:
     """Start odd_producer.py as a job step on ``node``; return its endpoint once it answers ``status``."""
-    from pxdbg.cli import _ask_status
+    from pxdbg.consumer.status import ask_status as _ask_status
 
     ep = f"tcp://{farm.cluster.addr(node)}:{port}"
     argv = [
