@@ -394,7 +394,8 @@ def test_steering_examples_run(tmp_path, example, model):
         cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"model {model}:" in proc.stderr and "frame 0 + i" in proc.stderr and "processed 1 events" in proc.stderr
+    assert f"model {model}:" in proc.stderr and "processed 1 events" in proc.stderr
+    assert "the background of event (exp, run, evt) depends only on seed" in proc.stderr  # keying="event"
     assert "overlay.root" in proc.stderr  # get_background_files found the file in BELLE2_BACKGROUND_DIR
 
 

@@ -473,8 +473,9 @@ def _module_class():
                 frame = self._model.frames(self._stream_seed, [index])[0]
             t1 = time.perf_counter()
             self._filler.fill(self._digits.getPtr(), frame)
-            self._fill_s += time.perf_counter() - t1
-            self._waits.append(t1 - t0)
+            t2 = time.perf_counter()
+            self._fill_s += t2 - t1
+            self._waits.append((t1 - t0, t2 - t0))
             self._events += 1
             self._next += 1
             if self.keying == "event":
@@ -486,6 +487,23 @@ def _module_class():
                 what = f"stream seed {self.seed}, frame {index}"
             basf2.B2DEBUG(EVENT_DEBUG_LEVEL, f"PXD background: {what}, {frame.n_digits} digits")
 
+        def _timing_summary(self, mispredicted) -> str:
+            """Percentiles of the wait for the frame (or its generation) and of event() as a whole, over the
+            events after the first (the first waits for producers to start and the window to fill)."""
+            warm = self._waits[1:] or self._waits
+            what = "generation" if self._model is not None else "wait for the frame"
+
+            def pct(values, q):
+                values = sorted(values)
+                return 1e3 * values[min(len(values) - 1, int(q * len(values)))]
+
+            waits, totals = [w for w, _ in warm], [t for _, t in warm]
+            guesses = "" if mispredicted is None else f", {mispredicted} mispredicted event(s)"
+            return (
+                f"{what} p50 {pct(waits, 0.5):.2f} ms, p99 {pct(waits, 0.99):.2f} ms, event() p50 "
+                f"{pct(totals, 0.5):.2f} ms, p99 {pct(totals, 0.99):.2f} ms (after the first event){guesses}"
+            )
+
         def terminate(self):
             mispredicted = None
             if self._connection is not None and self._connection.pid == os.getpid():
@@ -495,15 +513,10 @@ def _module_class():
             if self._prefetch is not None:
                 self._prefetch.close()  # only in the process that started it (the others' copy does nothing)
             if self._events:
-                waits = sorted(self._waits)
-                p50, p99 = waits[len(waits) // 2], waits[min(len(waits) - 1, int(0.99 * len(waits)))]
-                what = "generation" if self._model is not None else "wait for the frame"
-                guesses = "" if mispredicted is None else f", {mispredicted} mispredicted event(s)"
                 basf2.B2INFO(
-                    f"PXDBackgroundGenerator: {self._events} events in process {os.getpid()}; {what} "
-                    f"p50 {1e3 * p50:.2f} ms, p99 {1e3 * p99:.2f} ms{guesses}; digit fill "
-                    f"{1e3 * self._fill_s / self._events:.2f} ms per event "
-                    f"({'C++' if self._filler.fast else 'Python loop'})"
+                    f"PXDBackgroundGenerator: {self._events} events in process {os.getpid()}; "
+                    f"{self._timing_summary(mispredicted)}; digit fill {1e3 * self._fill_s / self._events:.2f} ms "
+                    f"per event ({'C++' if self._filler.fast else 'Python loop'})"
                 )
             if self._log_handler is not None:
                 logger = logging.getLogger("pxdbg")

@@ -356,6 +356,10 @@ class PyStoreObj {
     if (!m_storeEntry) attach();
     return m_storeEntry && m_storeAccessor.create(replace);
   }
+  // framework/pybasf2/include/PyStoreObj.h: "Ensure this object has been registered previously. Will cause an
+  // ERROR if it does not exist. This must be called in the initialization phase."
+  bool isRequired(const std::string& name = "") { return m_storeAccessor.isRequired(name); }
+  bool isOptional(const std::string& name = "") { return m_storeAccessor.isOptional(name); }
   bool isValid() const { if (!m_storeEntry) attach(); return m_storeEntry && m_storeEntry->ptr; }
   operator bool() const { return isValid(); }
   TObject* obj() const { return isValid() ? m_storeEntry->ptr : nullptr; }
