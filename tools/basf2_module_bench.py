@@ -49,7 +49,7 @@ def basf2_job(tmp: Path, bgfile: Path, gil: float, events: int) -> dict:
     out, log = tmp / f"events-{gil:g}.npz", tmp / f"basf2-{gil:g}.log"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(STANDIN), os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, str(REPO / "tests" / "standin_job.py"), str(out), str(log), "--bgfile", str(bgfile)]
-    cmd += ["--source", "workers", "--nproc", "0", "--gil", str(gil), "--events", str(events)]
+    cmd += ["--source", "workers", "--nproc", "0", "--gil", str(gil), "--events", str(events), "--prefetch", "16"]
     subprocess.run(cmd, check=True, timeout=120 + events * (gil + 5), env=env, capture_output=True)
     text = log.read_text()
     (line,) = [x for x in text.splitlines() if "events in process" in x]
@@ -136,6 +136,7 @@ def main() -> int:
             print(f"{gil:>18.0f} s {n:>7} {r['wait'][0]:>9.2f} / {r['wait'][1]:<8.2f} "
                   f"{r['event'][0]:>10.2f} / {r['event'][1]:<9.2f} {r['lost']:>5}")  # fmt: skip
 
+        sys.path.insert(0, str(REPO / "tests"))
         from pipeline_helpers import producers
 
         print("\n2. a C call holds the GIL between events: client in that process vs the prefetch process")
@@ -143,7 +144,6 @@ def main() -> int:
             f"{'GIL held per event':>20} {'where the client runs':>24} {'wait p50/p99 (ms)':>20} "
             f"{'lost':>5} {'re-issued':>10}"
         )
-        sys.path.insert(0, str(REPO / "tests"))
         with producers(tmp) as farm:
             endpoint = farm.start("bench")
             for gil, n in holds[1:]:

@@ -12,6 +12,12 @@ Steering files change only their import line::
 This file imports without basf2 and ROOT: both are imported when the module class is first used. Nothing
 else in pxdbg needs basf2.
 
+By default an event's background is keyed by its EventMetaData (experiment, run, event), not by its position
+in the job. Local workers and farms are reached through a prefetch process per job
+(:mod:`pxdbg.consumer.prefetch`), so frames keep arriving while basf2's C++ modules hold the GIL, and nothing
+in ``initialize()`` has to survive basf2's fork (``-p N``): the process that handles the events connects to it
+on its first event.
+
 Digits are written into the overlay collection ``PXDDigits<extension>`` in one call of a small C++
 function declared once through ROOT's interpreter, which constructs the ``Belle2::PXDDigit`` objects in
 place from the frame's numpy buffers. Where that function cannot be declared, a Python loop fills the array
