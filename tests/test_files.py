@@ -306,18 +306,18 @@ def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_
     w = DigitsWriter(out, meta)
     for f in frames:
         w.append(f)
-    real, calls = digitsfile._write_npy_member, []
+    real, calls = digitsfile._write_column, []
 
-    def full_at_the_third_column(zf, name, dtype, n, source):
+    def full_at_the_third_column(zf, name, dtype, n, source, compress):
         calls.append(name)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(zf, name, dtype, n, source)
+        return real(zf, name, dtype, n, source, compress)
 
-    monkeypatch.setattr(digitsfile, "_write_npy_member", full_at_the_third_column)
+    monkeypatch.setattr(digitsfile, "_write_column", full_at_the_third_column)
     with pytest.raises(DigitsFileError, match=r"No space left on device while writing .*cut\.npz.*--resume"):
         w.close()
-    monkeypatch.setattr(digitsfile, "_write_npy_member", real)
+    monkeypatch.setattr(digitsfile, "_write_column", real)
     spool = spool_of(out)
     moved = json.loads((spool / "moved.json").read_text())["columns"]
     assert sorted(moved) == sorted(calls[:2]) and not any((spool / c).exists() for c in moved)
