@@ -399,7 +399,7 @@ def _killed_writer(out: Path, seed: int, frames) -> None:
     w = DigitsWriter(out, _stream_meta(seed))
     for f in frames:
         w.append(f)
-    for f in (*w._files.values(), w._crcs, w._counts):
+    for f in (*w._files.values(), w._counts, *([w._crcs] if hasattr(w, "_crcs") else [])):
         f.close()
 
 
