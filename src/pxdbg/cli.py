@@ -104,13 +104,15 @@ def cmd_payload_list(args) -> int:
 
 # -- generate ------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    import torch
-
     from pxdbg.models import load_spec
 
-    torch.set_num_threads(args.threads)
+    spec = ProducerSpec.from_args(args)
+    if spec.info.is_gan or args.device != "cpu":  # the parametric model on the CPU is numpy: no torch to start
+        import torch
+
+        torch.set_num_threads(args.threads)
     seed, random_seed, first_frame = _stream(args)
-    model = load_spec(ProducerSpec.from_args(args))
+    model = load_spec(spec)
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": first_frame}
     with _interruptible(), _output(args, meta) as out:
         log.info(
@@ -268,8 +270,6 @@ def _refuse_overwrite(path: str, force: bool, *, resumable: bool = False) -> Non
 
 # -- produce -------------------------------------------------------------------------------------------
 def cmd_produce(args) -> int:
-    import torch
-
     from pxdbg.models import load_spec
     from pxdbg.producer.server import ProducerServer
 
@@ -280,9 +280,14 @@ def cmd_produce(args) -> int:
     # checked before the model loads: a bad --register fails at once
     registrar = discovery.Registrar(args.register, args.bind) if args.register else None
     threads = spec.threads or _default_producer_threads(spec)
-    torch.set_num_threads(threads)
+    uses_torch = spec.info.is_gan or spec.device != "cpu"  # the parametric model on the CPU is numpy code
+    if uses_torch:
+        import torch
+
+        torch.set_num_threads(threads)
     model = load_spec(spec)
-    log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
+    how = f"{threads} torch thread(s)" if uses_torch else "numpy (torch not loaded)"
+    log.info("%s on %s with %s", model.identity, model.device, how)
     # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
     # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
     max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
@@ -354,6 +359,8 @@ def cmd_keys_new(args) -> int:
 def _default_producer_threads(spec: ProducerSpec) -> int:
     """Torch threads of a producer when ``--threads`` is not given: the engine's choice for a GAN on this
     device, one for the sparse models (they run numpy in one thread; scale those with processes)."""
+    if not spec.info.is_gan:
+        return 1
     try:
         from pxdbg.models.engine import recommended_threads
     except ImportError:
@@ -635,7 +642,18 @@ def cmd_bench(args) -> int:
 
     if not args.verbose:  # the local producers' start-up lines would interleave with the tables
         logging.getLogger("pxdbg").setLevel(logging.WARNING)
-    result = bench.bench_producer(args) if args.producer or args.roofline else bench.run(args)
+    if args.files:
+        import builtins
+        import functools
+
+        result = {"digits_file": bench.bench_digits_file(args.quick), "producer_start": bench.bench_producer_start()}
+        bench.print_files_and_start(
+            result, functools.partial(builtins.print, file=sys.stderr if args.json else sys.stdout)
+        )
+    elif args.producer or args.roofline:
+        result = bench.bench_producer(args)
+    else:
+        result = bench.run(args)
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -845,6 +863,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --producer (implied): per-layer roofline of each model's default reduced-precision and fp32 "
         "engines, against the matrix-product peak and a memory bandwidth probed in the run (works with --quick)",
+    )
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="only the digits-file figures (size, write and read time per event) and a parametric producer's start",
     )
     p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (the tables go to stderr)")
     p.set_defaults(func=cmd_bench)
