@@ -78,16 +78,39 @@ def cmd_models(args) -> int:
             where = (
                 f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
                 f"give --checkpoint or run 'pxdbg payload add PATH --model {info.name}'"
+                + (f"; to try it: pxdbg models init {info.name} -o {info.name}-random.pt" if info.is_gan else "")
             )
         print(f"{info.name:11s} {where}\n{'':11s} ({info.kind}: {info.summary})")
     print("payload stores searched, in order: " + ", ".join(str(s) for s in payloads.search_path()))
     return 0
 
 
+def cmd_models_init(args) -> int:
+    from pxdbg.models import random_weights
+
+    if not args.out.endswith(".pt"):
+        raise ConfigError(f"-o/--out names the checkpoint to write, a .pt file; got {args.out!r}")
+    _refuse_overwrite(args.out, args.force)
+    path = random_weights.write(args.model, args.out, seed=args.seed, occupancy=args.occupancy)
+    sha = payloads.sha256_file(path)
+    print(
+        f"wrote {path}: seeded random weights of {args.model} (seed {args.seed}, {100 * args.occupancy:g} % of the "
+        f"pixels hit; sha256 {sha}). Its frames have real shapes and costs but are no background; use it with "
+        f"--model {args.model} --checkpoint {path}"
+    )
+    return 0
+
+
 def cmd_payload_add(args) -> int:
-    from pxdbg.models import check_checkpoint
+    from pxdbg.models import check_checkpoint, random_weights
 
     check_checkpoint(args.model, args.path)  # refuse a file that would not load: unsafe, or another model's
+    if random_weights.is_random(args.path) and not args.force:
+        raise ConfigError(
+            f"{args.path} holds seeded random weights (pxdbg models init), not a trained model: as a default "
+            f"payload every user of the global tag would get frames that are no background. Pass --force to "
+            f"register it anyway"
+        )
     p = payloads.add(args.path, args.model, args.globaltag, args.store)
     print(f"registered {p.name} in global tag {p.globaltag}: {p.path} (sha256 {p.sha256})")
     return 0
@@ -114,6 +137,8 @@ def cmd_generate(args) -> int:
     seed, random_seed, first_frame = _stream(args)
     model = load_spec(spec)
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": first_frame}
+    if _random_weights(model):
+        meta["random_weights"] = True
     with _interruptible(), _output(args, meta) as out:
         log.info(
             "generating %d events with %s on %s, stream seed %d%s",
@@ -288,6 +313,8 @@ def cmd_produce(args) -> int:
     model = load_spec(spec)
     how = f"{threads} torch thread(s)" if uses_torch else "numpy (torch not loaded)"
     log.info("%s on %s with %s", model.identity, model.device, how)
+    if _random_weights(model):
+        log.warning("%s holds seeded random weights (pxdbg models init): its frames are no background", spec.checkpoint)
     # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
     # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
     max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
@@ -320,6 +347,15 @@ def cmd_produce(args) -> int:
         if metrics is not None:
             metrics.close()
     return 0
+
+
+def _random_weights(model) -> bool:
+    """Whether a loaded model's checkpoint is marked as seeded random weights (``pxdbg models init``)."""
+    if not model.is_gan or model.checkpoint_path is None:
+        return False
+    from pxdbg.models import random_weights
+
+    return random_weights.is_random(model.checkpoint_path)
 
 
 def _check_tcp_port_free(endpoint: str) -> None:
@@ -690,6 +726,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list the models and where each one's default checkpoint comes from")
     p.add_argument("--globaltag", help=f"global tag whose payloads are listed (default {payloads.DEFAULT_GLOBALTAG})")
     p.set_defaults(func=cmd_models)
+    msub = p.add_subparsers(dest="models_command", metavar="{init}")
+    mi = msub.add_parser(
+        "init", help="write seeded random weights of a GAN (real shapes and costs, no background; marked as such)"
+    )
+    mi.add_argument("model", choices=[n for n in registry.names() if registry.get(n).is_gan], help="the GAN")
+    mi.add_argument("-o", "--out", required=True, help="the checkpoint (.pt) to write")
+    mi.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    mi.add_argument(
+        "--occupancy",
+        type=float,
+        default=0.01,
+        help="share of the pixels hit in a frame, set through the output layer's bias (default 0.01)",
+    )
+    mi.add_argument("--force", action="store_true", help="replace an existing --out")
+    mi.set_defaults(func=cmd_models_init)
 
     p = sub.add_parser("payload", help="manage payload stores")
     psub = p.add_subparsers(dest="payload_command", required=True)
