@@ -9,6 +9,7 @@ files made from it carry ``"random_weights": true``.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def write(name: str, path: str | os.PathLike, *, seed: int = 0, occupancy: float
     meta = {"format": FORMAT, "random_weights": True, "model": name, "seed": int(seed), "occupancy": occupancy}
     path = Path(path)
     tmp = path.with_name(path.name + ".part")
-    torch.save({"state_dict": net.state_dict(), "pxdbg": meta}, tmp)
+    # through a buffer: torch names the archive's folder after a file it saves to, and one seed should give one
+    # sha256 (one model identity) whatever the file is called
+    buffer = io.BytesIO()
+    torch.save({"state_dict": net.state_dict(), "pxdbg": meta}, buffer)
+    tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
     return path
 

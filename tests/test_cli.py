@@ -224,3 +224,6 @@ def test_models_init_writes_marked_random_weights_that_payload_add_refuses(tmp_p
     run("models", "init", "convnet", "-o", str(ckpt), "--seed", "3", "--force")
     second = torch.load(ckpt, weights_only=True)["state_dict"]
     assert all(torch.equal(first[k], second[k]) for k in first), "the same seed gives the same weights"
+    other = tmp_path / "other-name.pt"
+    run("models", "init", "convnet", "-o", str(other), "--seed", "3")
+    assert other.read_bytes() == ckpt.read_bytes(), "the same seed gives the same file (and sha256)"
