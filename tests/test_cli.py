@@ -155,6 +155,26 @@ def test_quiet_hides_info_and_a_failed_run_is_one_line(tmp_path):
         proc = run(*args, *extra, check=False)
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
         assert "failed after 0" not in proc.stderr and "no producer answered" in proc.stderr
+    # a bad endpoint form and a secret key others can read: the reason, in one line, and no output file
+    run("keys", "new", "me", "--dir", str(tmp_path))
+    (tmp_path / "me.key_secret").chmod(0o644)
+    for bad, reason in (
+        (["--connect", "garbage"], "unknown form"),
+        (
+            [
+                "--connect",
+                f"tcp://127.0.0.1:{port}",
+                "--curve-client-secret",
+                str(tmp_path / "me.key_secret"),
+                "--curve-server-public",
+                str(tmp_path / "me.key"),
+            ],
+            "chmod 600",
+        ),
+    ):
+        proc = run("run", *bad, "--events", "2", "--out", str(tmp_path / "bad.npz"), check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad.npz").exists()
 
 
 def test_produce_on_a_busy_port_says_so_in_one_line():
