@@ -397,7 +397,7 @@ class DigitsWriter(AtomicWriter):
         if old.meta.get("complete", True):  # said before any stream check: a new seed is not the cause
             raise DigitsFileError(
                 f"{self.path} is complete ({old.n_events} events); there is nothing to resume. Write a new file, "
-                f"or start this one over with --force"
+                f"or replace this one with --force (without --resume)"
             )
         self._check_resumable(old.meta, self.path)
         self._spool.mkdir()
@@ -548,10 +548,17 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, kind: str,
 
 
 def _read_zst(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str, dtype: np.dtype, n: int):
-    """One compressed column of ``n`` digits; the zstd frame must declare exactly that size."""
+    """One compressed column of ``n`` digits; the zstd frame must declare exactly that size, and that size must
+    be one a file of this size can hold (zeros compress 30,000-fold: a small file must not inflate to GBs)."""
     z = _zstd()
-    blob = zf.read(info)
     nbytes = n * np.dtype(dtype).itemsize
+    limit = _INFLATE_RATIO * path.stat().st_size + _INFLATE_SLACK
+    if nbytes > limit:
+        raise DigitsFileError(
+            f"{path}: member {info.filename} would inflate to {nbytes / 1e9:.1f} GB from a "
+            f"{path.stat().st_size / 1e6:.1f} MB file; refused (a damaged file or a zip bomb)"
+        )
+    blob = zf.read(info)
     try:
         declared = z.zstandard.frame_content_size(blob)
     except z.zstandard.ZstdError:

@@ -475,6 +475,25 @@ def test_members_that_inflate_to_gigabytes_or_declare_absurd_shapes_are_refused_
     absurd["offsets.npy"] = _npy(np.zeros(2, np.int64), shape=(10**13,))
     with pytest.raises(DigitsFileError, match=r"absurd\.npz: member offsets\.npy declares shape \(10000000000000,\)"):
         DigitsFile(_zip(tmp_path / "absurd.npz", absurd))
+    # the compressed format: offsets that claim 100 full frames and a zstd column of zeros (~25 kB for 768 MB)
+    import zstandard
+
+    from pxdbg.shared.geometry import FRAME_PIXELS
+
+    n = 100 * FRAME_PIXELS
+    cobj = zstandard.ZstdCompressor(level=1).compressobj(size=n)
+    zeros, blob = bytes(FRAME_PIXELS), b""
+    for _ in range(100):
+        blob += cobj.compress(zeros)
+    blob += cobj.flush()
+    zst = {
+        "offsets.npy": _npy(np.arange(101, dtype=np.int64) * FRAME_PIXELS),
+        "meta.npy": _npy(np.array(json.dumps({"seed": 1}))),
+        **{f"{c}.zst": blob for c in ("sensor", "u", "v", "charge")},
+    }
+    with pytest.raises(DigitsFileError, match=r"zbomb\.npz: member sensor\.zst would inflate to 0\.8 GB"):
+        DigitsFile(_zip(tmp_path / "zbomb.npz", zst))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000, "it was inflated (kB of RSS)"
     proc = pxdbg("join", str(tmp_path / "j.npz"), str(bomb), check=False)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bomb.npz" in proc.stderr, proc.stderr
 

@@ -314,7 +314,9 @@ def cmd_produce(args) -> int:
     how = f"{threads} torch thread(s)" if uses_torch else "numpy (torch not loaded)"
     log.info("%s on %s with %s", model.identity, model.device, how)
     if _random_weights(model):
-        log.warning("%s holds seeded random weights (pxdbg models init): its frames are no background", spec.checkpoint)
+        log.warning(
+            "%s holds seeded random weights (pxdbg models init): its frames are no background", model.checkpoint_path
+        )
     # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
     # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
     max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
