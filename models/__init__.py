@@ -5,6 +5,9 @@ and a ``generate(model)`` function returning one frame as a (40, 250, 768) uint8
 contract), plus its entry in the torch-free registry :mod:`pxdbg.shared.registry`.
 :func:`load` turns a name and a checkpoint into a :class:`BackgroundModel` ready for inference,
 whose :meth:`BackgroundModel.frames` generates frames from per-frame random streams.
+
+torch is imported when a GAN is loaded (or torch-only API is used): the parametric model on the CPU loads
+its checkpoint with :mod:`pxdbg.models.torchfile` and generates with numpy, so its producers start fast.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,14 +32,14 @@ import numpy as np
 # changes nothing.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-import torch
-
-from pxdbg.models.engine import GanEngine
 from pxdbg.shared import payloads, registry
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
 from pxdbg.shared.seeding import frame_rng
+
+if TYPE_CHECKING:
+    import torch
 
 #: The implemented generator models, from the registry (each a module of this package).
 MODELS: tuple[str, ...] = registry.names()
@@ -53,6 +57,8 @@ def model_module(name: str) -> ModuleType:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a plain state_dict with ``torch.load(weights_only=True)``; refuse anything that would run code."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint file at {path}")
@@ -107,6 +113,8 @@ def _load_state(net: torch.nn.Module, name: str, state_dict: Mapping[str, torch.
             if keys
         )
         raise CheckpointError(f"checkpoint {source} does not fit the model {name!r} ({detail}).{hint}")
+    import torch
+
     not_finite = [k for k, v in state_dict.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
     if not_finite:
         raise CheckpointError(
@@ -145,6 +153,8 @@ class BackgroundModel:
         self.identity = ModelIdentity(name, checkpoint_sha256, precision)
         self.engine = None
         if self.is_gan:
+            from pxdbg.models.engine import GanEngine
+
             self.engine = GanEngine(
                 net, device, precision, info=self.info, images_per_call=images_per_call, cuda_graphs=cuda_graphs
             )
@@ -174,6 +184,8 @@ class BackgroundModel:
         """Frames given as (stream seed, frame index) pairs, dense (B, 40, 250, 768) uint8 on the device."""
         rngs = [frame_rng(seed, i) for seed, i in keys]
         if not self.is_gan:
+            import torch
+
             frames = self.module.generate_sparse(self.net, rngs)
             return torch.from_numpy(np.stack([f.to_dense() for f in frames])).to(self.device)
         from pxdbg.models.common import latents
@@ -207,9 +219,18 @@ def load(
     default payload ``PXDBackgroundGenerator_<name>`` from the payload stores under ``globaltag``.
     ``precision``, ``images_per_call`` and ``cuda_graphs`` are passed to the GAN engine.
     """
+    info = registry.get(name)
+    if not info.is_gan and str(device) == "cpu":
+        fast = _load_numpy(name, checkpoint, globaltag, stores, precision)
+        if fast is not None:
+            return fast
+    import torch
+
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for, but torch sees no CUDA device here; use --device cpu")
+        raise ConfigError(
+            "device 'cuda' was asked for, but torch sees no CUDA device here; run on the CPU (device 'cpu')"
+        )
     module = model_module(name)
     if checkpoint is None:
         payload = payloads.find(name, globaltag, stores)
@@ -226,6 +247,56 @@ def load(
     return BackgroundModel(
         name, net, digest, path, device, precision, images_per_call=images_per_call, cuda_graphs=cuda_graphs
     )
+
+
+class CpuDevice:
+    """The device of a model that runs numpy code on the CPU, without torch (``str()`` and ``.type`` as
+    ``torch.device("cpu")``)."""
+
+    type = "cpu"
+    index = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+    def __repr__(self) -> str:
+        return "device(type='cpu')"
+
+
+def _checkpoint_path(name: str, checkpoint, globaltag, stores) -> tuple[Path, str]:
+    if checkpoint is None:
+        payload = payloads.find(name, globaltag, stores)
+        return payload.path, payload.sha256
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint file at {path}")
+    return path, payloads.sha256_file(path)
+
+
+def _load_numpy(name: str, checkpoint, globaltag, stores, precision: str) -> BackgroundModel | None:
+    """A numpy model (the parametric one) loaded without torch, or None where its checkpoint needs torch to read
+    (then :func:`load` reads it with torch, with the usual checks and refusals)."""
+    from pxdbg.models import torchfile
+
+    module = model_module(name)
+    if not hasattr(module, "Sampler"):
+        return None
+    path, digest = _checkpoint_path(name, checkpoint, globaltag, stores)
+    try:
+        state, _ = torchfile.read(path)
+    except torchfile.UnsupportedCheckpoint:
+        return None
+    expected = module.BUFFERS
+    if set(state) != set(expected) or any(state[k].shape != expected[k][0] for k in expected):
+        return None  # torch's loader names what is missing or of the wrong shape
+    not_finite = [k for k, v in state.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if not_finite:
+        raise CheckpointError(
+            f"checkpoint {path} holds NaN or infinite values in {len(not_finite)} tensor(s): "
+            f"{', '.join(not_finite[:5])}{' ...' if len(not_finite) > 5 else ''}; it cannot generate background"
+        )
+    sampler = module.Sampler({k: state[k].astype(expected[k][1]) for k in expected})
+    return BackgroundModel(name, sampler, digest, path, CpuDevice(), precision)
 
 
 def load_spec(spec, *, check_sample: bool = True, **engine_options) -> BackgroundModel:

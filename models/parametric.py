@@ -30,13 +30,15 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, N_U, N_V, PIXELS_PER_SENSOR
+
+if TYPE_CHECKING:
+    import torch
 
 ADC_MIN = 1  # the spectrum table covers 1..255 ADC; a zero-suppressed sample has no weight below its threshold
 N_ADC = 256 - ADC_MIN
@@ -98,63 +100,59 @@ class GuidedCdf:
         return idx - sensor * self.width
 
 
-class Model(nn.Module):
-    """The parametric model's parameters, as buffers (so they travel in a plain state_dict)."""
+#: The model's parameters: name -> (shape, dtype, initial value). They travel in a plain state_dict as buffers
+#: of :class:`Model` (a torch module), and are read without torch by :class:`Sampler`, which generates.
+BUFFERS: dict[str, tuple[tuple[int, ...], str, float]] = {
+    #: expected clusters per sensor and event at unit intensity, per generator index
+    "clusters_per_sensor": ((N_SENSORS,), "float64", 0.0),
+    #: factor loadings of the log-intensity: log I_s = loadings[s] . z + sigma_image[s] * eps_s (+ const)
+    "loadings": ((N_SENSORS, N_FACTORS), "float64", 0.0),
+    "sigma_image": ((N_SENSORS,), "float64", 0.0),
+    #: per-sensor cumulative distribution of a hit pixel's charge over ADC 1..255
+    "adc_cdf": ((N_SENSORS, N_ADC), "float64", 1.0),
+    #: per-sensor cumulative distribution of a cluster's seed-pixel cell on the GRID_U x GRID_V grid
+    "density_cdf": ((N_SENSORS, N_CELLS), "float32", 1.0),
+    #: per-sensor cumulative probability of each library shape
+    "library_cdf": ((N_SENSORS, LIBRARY), "float64", 1.0),
+    #: library shapes: pixel offsets (du, dv) from the seed pixel, and charge quantile codes (0 = no pixel)
+    "library_offsets": ((N_SENSORS, LIBRARY, MAX_CLUSTER, 2), "int8", 0.0),
+    "library_charge": ((N_SENSORS, LIBRARY, MAX_CLUSTER), "int16", 0.0),
+}
 
-    def __init__(self) -> None:
-        super().__init__()
-        f64 = torch.float64
-        #: expected clusters per sensor and event at unit intensity, per generator index
-        self.register_buffer("clusters_per_sensor", torch.zeros(N_SENSORS, dtype=f64))
-        #: factor loadings of the log-intensity: log I_s = loadings[s] . z + sigma_image[s] * eps_s (+ const)
-        self.register_buffer("loadings", torch.zeros(N_SENSORS, N_FACTORS, dtype=f64))
-        self.register_buffer("sigma_image", torch.zeros(N_SENSORS, dtype=f64))
-        #: per-sensor cumulative distribution of a hit pixel's charge over ADC 1..255
-        self.register_buffer("adc_cdf", torch.ones(N_SENSORS, N_ADC, dtype=f64))
-        #: per-sensor cumulative distribution of a cluster's seed-pixel cell on the GRID_U x GRID_V grid
-        self.register_buffer("density_cdf", torch.ones(N_SENSORS, N_CELLS, dtype=torch.float32))
-        #: per-sensor cumulative probability of each library shape
-        self.register_buffer("library_cdf", torch.ones(N_SENSORS, LIBRARY, dtype=f64))
-        #: library shapes: pixel offsets (du, dv) from the seed pixel, and charge quantile codes (0 = no pixel)
-        self.register_buffer("library_offsets", torch.zeros(N_SENSORS, LIBRARY, MAX_CLUSTER, 2, dtype=torch.int8))
-        self.register_buffer("library_charge", torch.zeros(N_SENSORS, LIBRARY, MAX_CLUSTER, dtype=torch.int16))
-        self._tables: dict | None = None
 
-    def _numpy_tables(self) -> dict:
-        # numpy forms of the buffers, made once after the state_dict is loaded (generation is numpy code)
-        if self._tables is None:
-            b = {name: t.detach().cpu().numpy() for name, t in self.named_buffers()}
-            loadings, sigma = b["loadings"], b["sigma_image"]
-            self._tables = {
-                "clusters": b["clusters_per_sensor"],
-                "loadings": loadings,
-                "sigma": sigma,
-                "log_norm": -0.5 * ((loadings**2).sum(axis=1) + sigma**2),  # unit mean intensity
-                "adc": GuidedCdf(b["adc_cdf"], 2048),
-                "density": GuidedCdf(b["density_cdf"], 4 * N_CELLS),
-                "library": GuidedCdf(b["library_cdf"], 4 * LIBRARY),
-            }
-            # the library's pixels laid out flat, shape after shape, so a frame touches only real pixels
-            codes = b["library_charge"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER).astype(np.int64)
-            present = codes > 0
-            offsets = b["library_offsets"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER, 2).astype(np.int64)
-            sizes = present.sum(axis=1)
-            self._tables.update(
-                size=sizes,
-                start=np.cumsum(sizes) - sizes,
-                du=offsets[..., 0][present],
-                dv=offsets[..., 1][present],
-                q=(codes[present] - 0.5) / CODE_MAX,
-            )
-        return self._tables
+class Sampler:
+    """The model's generation, plain numpy: frames from the parameters in :data:`BUFFERS` (numpy arrays).
 
-    def _load_from_state_dict(self, *args, **kwargs):  # keep the numpy tables in step with the buffers
-        self._tables = None
-        return super()._load_from_state_dict(*args, **kwargs)
+    A producer of this model runs it without importing torch (it starts in a fraction of a second)."""
+
+    def __init__(self, buffers: dict[str, np.ndarray]) -> None:
+        b = buffers
+        loadings, sigma = b["loadings"], b["sigma_image"]
+        self.tables = {
+            "clusters": b["clusters_per_sensor"],
+            "loadings": loadings,
+            "sigma": sigma,
+            "log_norm": -0.5 * ((loadings**2).sum(axis=1) + sigma**2),  # unit mean intensity
+            "adc": GuidedCdf(b["adc_cdf"], 2048),
+            "density": GuidedCdf(b["density_cdf"], 4 * N_CELLS),
+            "library": GuidedCdf(b["library_cdf"], 4 * LIBRARY),
+        }
+        # the library's pixels laid out flat, shape after shape, so a frame touches only real pixels
+        codes = b["library_charge"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER).astype(np.int64)
+        present = codes > 0
+        offsets = b["library_offsets"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER, 2).astype(np.int64)
+        sizes = present.sum(axis=1)
+        self.tables.update(
+            size=sizes,
+            start=np.cumsum(sizes) - sizes,
+            du=offsets[..., 0][present],
+            dv=offsets[..., 1][present],
+            q=(codes[present] - 0.5) / CODE_MAX,
+        )
 
     def sample(self, rng: np.random.Generator) -> SparseFrame:
         """One frame's digits from the random stream ``rng``."""
-        t = self._numpy_tables()
+        t = self.tables
         z = rng.standard_normal(N_FACTORS)
         eps = rng.standard_normal(N_SENSORS)
         intensity = np.exp(t["loadings"] @ z + t["sigma"] * eps + t["log_norm"])
@@ -178,13 +176,57 @@ class Model(nn.Module):
         return SparseFrame.from_pixels(s, u[keep], v[keep], charge)
 
 
-def generate(model: Model) -> torch.Tensor:
+def _model_class():
+    """:class:`Model`, built on first use: importing this module does not import torch."""
+    import torch
+    from torch import nn
+
+    class Model(nn.Module):
+        """The parametric model's parameters, as buffers (so they travel in a plain state_dict)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            for name, (shape, dtype, value) in BUFFERS.items():
+                self.register_buffer(name, torch.full(shape, value, dtype=getattr(torch, dtype)))
+            self._sampler: Sampler | None = None
+
+        def _load_from_state_dict(self, *args, **kwargs):  # keep the numpy tables in step with the buffers
+            self._sampler = None
+            return super()._load_from_state_dict(*args, **kwargs)
+
+        def sample(self, rng: np.random.Generator) -> SparseFrame:
+            """One frame's digits from the random stream ``rng``."""
+            if self._sampler is None:  # numpy forms of the buffers, made once after the state_dict is loaded
+                self._sampler = Sampler({name: t.detach().cpu().numpy() for name, t in self.named_buffers()})
+            return self._sampler.sample(rng)
+
+    Model.__module__ = __name__
+    Model.__qualname__ = "Model"
+    return Model
+
+
+def __getattr__(name: str):
+    if name == "Model":  # a torch module: made when first asked for (calibration, payload checks, tests)
+        global Model
+        Model = _model_class()
+        return Model
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def new_model() -> Model:
+    """A :class:`Model` with its initial buffers (imports torch)."""
+    return __getattr__("Model")()
+
+
+def generate(model: Model | Sampler) -> torch.Tensor:
     """One PXD frame, (40, 250, 768) uint8 on the CPU, drawn from torch's global random state."""
+    import torch
+
     seed = int(torch.randint(0, 2**62, (1,)).item())
     return torch.from_numpy(model.sample(np.random.default_rng(seed)).to_dense())
 
 
-def generate_sparse(model: Model, rngs: Sequence[np.random.Generator]) -> list[SparseFrame]:
+def generate_sparse(model: Model | Sampler, rngs: Sequence[np.random.Generator]) -> list[SparseFrame]:
     """Frames from per-frame random streams, directly in sparse form."""
     return [model.sample(rng) for rng in rngs]
 
@@ -278,11 +320,13 @@ def poisson_rel_var(model: Model, mean_in_sensor: np.ndarray) -> np.ndarray:
 
 def set_tables(model: Model, **arrays: np.ndarray) -> Model:
     """Copy numpy arrays into the model's buffers of the same names."""
+    import torch
+
     with torch.no_grad():
         for name, value in arrays.items():
             buf = getattr(model, name)
             buf.copy_(torch.from_numpy(np.ascontiguousarray(value)).to(buf.dtype))
-    model._tables = None
+    model._sampler = None
     return model
 
 
@@ -300,7 +344,7 @@ def fit(reference: dict | None = None, event_share: float = 0.5) -> Model:
       the charge that overlapping clusters add (a hit pixel holds 1 + rho / 2 deposits on average).
     """
     ref = reference or reference_figures()
-    model = Model()
+    model = new_model()
     rng = np.random.default_rng(20261128)
     probs = np.array([p for p, _ in SHAPES], dtype=np.float64)
     which = np.searchsorted(np.cumsum(probs / probs.sum()), (np.arange(LIBRARY) + 0.5) / LIBRARY)

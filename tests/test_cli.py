@@ -107,3 +107,143 @@ def test_bad_arguments_are_refused():
     assert proc.returncode == 2 and "must be at least 1" in proc.stderr
     proc = run("generate", "--events", "1", "--seed", str(2**63), "--out", "x.npz", check=False)
     assert proc.returncode == 2 and "2**63" in proc.stderr
+
+
+def test_help_says_what_each_option_does():
+    import argparse
+
+    from pxdbg.cli import build_parser
+
+    def parser_of(*names):
+        p = build_parser()
+        for name in names:
+            sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+            p = sub.choices[name]
+        return p
+
+    top = run("-h").stdout
+    assert "join" in top and "``" not in top
+    for names, options in {
+        (): ["-v", "--version"],
+        ("run",): ["--events", "-q", "--force", "--resume"],
+        ("generate",): ["--device", "--batch", "-q", "--force"],
+        ("bench",): ["--json", "--files", "--quick"],
+        ("models",): ["--globaltag"],
+        ("models", "init"): ["model", "--occupancy", "--seed", "--out", "--force"],
+        ("payload", "add"): ["path", "--model", "--force", "--globaltag"],
+        ("join",): ["out", "parts", "--force"],
+        ("produce",): ["--bind", "--max-pending", "--metrics-port"],
+    }.items():
+        actions = {opt: a for a in parser_of(*names)._actions for opt in (a.option_strings or [a.dest])}
+        for option in options:
+            assert actions[option].help, f"pxdbg {' '.join(names)} {option} has no help text"
+    produce = run("produce", "-h").stdout
+    assert "--parent-pid" not in produce, "an internal option is shown"
+    assert "--max-batch" in parser_of("generate")._option_string_actions["--batch"].help
+
+
+def test_quiet_hides_info_and_a_failed_run_is_one_line(tmp_path):
+    proc = run("generate", "--events", "2", "--seed", "1", "--out", str(tmp_path / "q.npz"), "-q")
+    assert proc.stderr == "" and "wrote 2 events" in proc.stdout
+    import socket
+
+    with socket.socket() as s:  # a port nobody serves
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["run", "--connect", f"tcp://127.0.0.1:{port}", "--events", "3", "--connect-timeout", "1", "-q"]
+    for extra in ([], ["--out", str(tmp_path / "r.npz")]):
+        proc = run(*args, *extra, check=False)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "failed after 0" not in proc.stderr and "no producer answered" in proc.stderr
+    # a bad endpoint form and a secret key others can read: the reason, in one line, and no output file
+    run("keys", "new", "me", "--dir", str(tmp_path))
+    (tmp_path / "me.key_secret").chmod(0o644)
+    for bad, reason in (
+        (["--connect", "garbage"], "unknown form"),
+        (
+            [
+                "--connect",
+                f"tcp://127.0.0.1:{port}",
+                "--curve-client-secret",
+                str(tmp_path / "me.key_secret"),
+                "--curve-server-public",
+                str(tmp_path / "me.key"),
+            ],
+            "chmod 600",
+        ),
+    ):
+        proc = run("run", *bad, "--events", "2", "--out", str(tmp_path / "bad.npz"), check=False)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and reason in proc.stderr, proc.stderr
+        assert not (tmp_path / "bad.npz").exists()
+
+
+def test_produce_on_a_busy_port_says_so_in_one_line():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = run("produce", "--bind", f"tcp://127.0.0.1:{port}", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "address is in use" in proc.stderr and "stopped" not in proc.stderr
+
+
+def test_the_parametric_model_needs_no_torch(tmp_path):
+    code = (
+        "import sys\n"
+        "from pxdbg.cli import main\n"
+        f"assert main(['generate', '--events', '2', '--seed', '5', '--out', {str(tmp_path / 'p.npz')!r}, '-q']) == 0\n"
+        "assert 'torch' not in sys.modules, 'generate imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    from pxdbg.bench import bench_producer_start
+
+    start = bench_producer_start(repeat=1)
+    print(f"\na parametric producer served after {start['start_s']:.2f} s")
+    assert start["torch_imported"] is False
+    # the frames are those of the torch module's path
+    from pxdbg import models
+    from pxdbg.models import parametric
+
+    fast = models.load("parametric")
+    net = parametric.new_model()
+    net.load_state_dict(models.read_state_dict(fast.checkpoint_path))
+    rngs = [__import__("pxdbg.shared.seeding", fromlist=["x"]).frame_rng(5, i) for i in range(2)]
+    assert all(a == b for a, b in zip(fast.frames(5, range(2)), parametric.generate_sparse(net, rngs)))
+    assert all(a == b for a, b in zip(fast.frames(5, range(2)), DigitsFile(tmp_path / "p.npz")))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the message is for a machine without CUDA")
+def test_the_python_api_cuda_error_names_no_cli_flag():
+    from pxdbg import models
+    from pxdbg.shared.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        models.load("resnet", device="cuda")
+    assert "--device" not in str(err.value) and "device 'cpu'" in str(err.value)
+
+
+def test_models_init_writes_marked_random_weights_that_payload_add_refuses(tmp_path):
+    import os
+
+    ckpt = tmp_path / "c.pt"
+    proc = run("models", "init", "convnet", "-o", str(ckpt), "--seed", "3")
+    assert "seeded random weights of convnet" in proc.stdout
+    from pxdbg.models import random_weights
+
+    meta = random_weights.metadata(ckpt)
+    assert meta["random_weights"] is True and meta["seed"] == 3 and meta["model"] == "convnet"
+    again = run("models", "init", "convnet", "-o", str(ckpt), check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
+    env = {**os.environ, "PXDBG_PAYLOADS": str(tmp_path / "store")}
+    refused = run("payload", "add", str(ckpt), "--model", "convnet", env=env, check=False)
+    assert refused.returncode == 2 and "random weights" in refused.stderr and "--force" in refused.stderr
+    run("payload", "add", str(ckpt), "--model", "convnet", "--force", env=env)
+    first = torch.load(ckpt, weights_only=True)["state_dict"]
+    run("models", "init", "convnet", "-o", str(ckpt), "--seed", "3", "--force")
+    second = torch.load(ckpt, weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first), "the same seed gives the same weights"
+    other = tmp_path / "other-name.pt"
+    run("models", "init", "convnet", "-o", str(other), "--seed", "3")
+    assert other.read_bytes() == ckpt.read_bytes(), "the same seed gives the same file (and sha256)"

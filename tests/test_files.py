@@ -306,18 +306,18 @@ def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_
     w = DigitsWriter(out, meta)
     for f in frames:
         w.append(f)
-    real, calls = digitsfile._write_npy_member, []
+    real, calls = digitsfile._write_column, []
 
-    def full_at_the_third_column(zf, name, dtype, n, source):
+    def full_at_the_third_column(zf, name, dtype, n, source, compress):
         calls.append(name)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(zf, name, dtype, n, source)
+        return real(zf, name, dtype, n, source, compress)
 
-    monkeypatch.setattr(digitsfile, "_write_npy_member", full_at_the_third_column)
+    monkeypatch.setattr(digitsfile, "_write_column", full_at_the_third_column)
     with pytest.raises(DigitsFileError, match=r"No space left on device while writing .*cut\.npz.*--resume"):
         w.close()
-    monkeypatch.setattr(digitsfile, "_write_npy_member", real)
+    monkeypatch.setattr(digitsfile, "_write_column", real)
     spool = spool_of(out)
     moved = json.loads((spool / "moved.json").read_text())["columns"]
     assert sorted(moved) == sorted(calls[:2]) and not any((spool / c).exists() for c in moved)
@@ -371,3 +371,198 @@ def test_join_assembles_the_parts_of_one_stream(tmp_path):
     assert joined.meta["first_frame"] == 2 and joined.meta["complete"] is True
     assert frames_equal(joined, DigitsFile(ref))
     assert not any(p.exists() for p in parts), "--remove-parts deletes each part once it is in the output"
+
+
+# -- the compressed format, and what a reader refuses ----------------------------------------------------------
+def _stream_meta(seed: int) -> dict:
+    return {**load("parametric").identity.as_dict(), "seed": seed, "first_frame": 0}
+
+
+def test_the_compressed_file_is_near_the_wire_size_and_old_files_still_read(tmp_path):
+    from pxdbg.shared import codecs
+    from pxdbg.shared.digitsfile import write_digits
+
+    frames = _frames(12)
+    new = write_digits(tmp_path / "new.npz", frames, {"seed": 77})
+    old = write_digits(tmp_path / "old.npz", frames, {"seed": 77}, compress=False)  # as every file before
+    assert DigitsFile(new).format == "pxdbg-digits-2" and DigitsFile(old).format == "pxdbg-digits-1"
+    assert frames_equal(DigitsFile(new), DigitsFile(old)) and all(a == b for a, b in zip(DigitsFile(new), frames))
+    wire = next(r for r in codecs.measure(frames, ["zstd"], repeat=1) if r["codec"] == "zstd")["bytes_per_digit"]
+    digits = sum(f.n_digits for f in frames)
+    ratio = new.stat().st_size / digits / wire
+    print(f"\n{new.stat().st_size / digits:.2f} bytes per digit on disk, {wire:.2f} on the wire: {ratio:.2f}x")
+    assert ratio <= 1.2 and old.stat().st_size > 2.5 * new.stat().st_size
+
+
+def _killed_writer(out: Path, seed: int, frames) -> None:
+    """A writer that appended ``frames`` and was never closed: the spool a SIGKILL leaves."""
+    w = DigitsWriter(out, _stream_meta(seed))
+    for f in frames:
+        w.append(f)
+    for f in (*w._files.values(), w._counts, *([w._crcs] if hasattr(w, "_crcs") else [])):
+        f.close()
+
+
+@pytest.mark.parametrize("damage", ["negative count", "swapped counts", "u 255", "v 65535", "sensor 200"])
+def test_resume_from_a_damaged_spool_cuts_the_damage_and_never_writes_wrong_frames(tmp_path, damage):
+    frames = load("parametric").frames(77, range(8))
+    out = tmp_path / "d.npz"
+    _killed_writer(out, 77, frames[:6])
+    spool = spool_of(out)
+    counts = np.fromfile(spool / "counts", np.int64)
+    if damage == "negative count":
+        counts[2] = -5
+    elif damage == "swapped counts":
+        assert counts[2] != counts[3]
+        counts[2], counts[3] = counts[3], counts[2]
+    else:
+        name, value = damage.split()
+        col = np.fromfile(spool / name, np.uint16 if name == "v" else np.uint8)
+        col[int(counts[:3].sum()) + 5] = int(value)  # a digit of event 3
+        col.tofile(spool / name)
+    counts.tofile(spool / "counts")
+    proc = pxdbg("generate", "--events", "8", "--seed", "77", "--out", str(out), "--resume", check=False)
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "of its spool is damaged" in line]
+    assert len(warned) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    back = DigitsFile(out)
+    assert back.n_events == 8 and all(a == b for a, b in zip(back, frames)), "the damaged events were kept"
+
+
+def _zip(path: Path, members: dict[str, bytes], deflated: dict[str, int] | None = None) -> Path:
+    """A zip with ``members`` stored and, for ``deflated``, members of that many zero bytes deflated."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            if name not in (deflated or {}):
+                zf.writestr(name, data)
+        for name, size in (deflated or {}).items():
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w", force_zip64=True) as m:
+                block = bytes(1 << 22)
+                for _ in range(size // len(block)):
+                    m.write(block)
+    return path
+
+
+def _npy(arr: np.ndarray, shape=None) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    header = {"descr": np.lib.format.dtype_to_descr(arr.dtype), "fortran_order": False, "shape": shape or arr.shape}
+    np.lib.format.write_array_header_1_0(buf, header)
+    buf.write(arr.tobytes())
+    return buf.getvalue()
+
+
+def test_members_that_inflate_to_gigabytes_or_declare_absurd_shapes_are_refused_before_reading(tmp_path):
+    import resource
+
+    good = write_digits_file(tmp_path / "good.npz")
+    import zipfile
+
+    with zipfile.ZipFile(good) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    # a deflated 400 MB member beside the real ones: a ~0.4 MB file
+    bomb = _zip(tmp_path / "bomb.npz", members, {"sensor.npy": 400 << 20})
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DigitsFileError, match=r"bomb\.npz: member sensor\.npy would inflate to 0\.4 GB"):
+        DigitsFile(bomb)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000, "it was inflated (kB of RSS)"
+    absurd = dict(members)
+    absurd["offsets.npy"] = _npy(np.zeros(2, np.int64), shape=(10**13,))
+    with pytest.raises(DigitsFileError, match=r"absurd\.npz: member offsets\.npy declares shape \(10000000000000,\)"):
+        DigitsFile(_zip(tmp_path / "absurd.npz", absurd))
+    # the compressed format: offsets that claim 100 full frames and a zstd column of zeros (~25 kB for 768 MB)
+    import zstandard
+
+    from pxdbg.shared.geometry import FRAME_PIXELS
+
+    n = 100 * FRAME_PIXELS
+    cobj = zstandard.ZstdCompressor(level=1).compressobj(size=n)
+    zeros, blob = bytes(FRAME_PIXELS), b""
+    for _ in range(100):
+        blob += cobj.compress(zeros)
+    blob += cobj.flush()
+    zst = {
+        "offsets.npy": _npy(np.arange(101, dtype=np.int64) * FRAME_PIXELS),
+        "meta.npy": _npy(np.array(json.dumps({"seed": 1}))),
+        **{f"{c}.zst": blob for c in ("sensor", "u", "v", "charge")},
+    }
+    with pytest.raises(DigitsFileError, match=r"zbomb\.npz: member sensor\.zst would inflate to 0\.8 GB"):
+        DigitsFile(_zip(tmp_path / "zbomb.npz", zst))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss < 100_000, "it was inflated (kB of RSS)"
+    proc = pxdbg("join", str(tmp_path / "j.npz"), str(bomb), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "bomb.npz" in proc.stderr, proc.stderr
+
+
+def write_digits_file(path: Path, meta: dict | None = None, **columns) -> Path:
+    """A small uncompressed digits file whose columns (and meta) can be replaced by wrong ones."""
+    frames = _frames(2)
+    cols = {k: np.concatenate([getattr(f, k) for f in frames]) for k in ("sensor", "u", "v", "charge")}
+    cols.update(columns)
+    offsets = np.array([0, frames[0].n_digits, frames[0].n_digits + frames[1].n_digits], np.int64)
+    text = json.dumps({"seed": 77, "first_frame": 0} if meta is None else meta)
+    np.savez(path, offsets=offsets, meta=np.array(text), **cols)
+    return path
+
+
+def test_digits_files_are_validated_on_read(tmp_path):
+    n = sum(f.n_digits for f in _frames(2))
+    cases = {
+        "u": (dict(u=np.full(n, 255, np.uint8)), "u is 250 or more"),
+        "sensor": (dict(sensor=np.full(n, 200, np.uint8)), "sensor is 40 or more"),
+        "charge": (dict(charge=np.zeros(n, np.uint8)), "charge 0 ADC"),
+        "order": (dict(v=np.zeros(n, np.uint16) + 3), "not in .sensor, u, v. order"),
+    }
+    for name, (columns, message) in cases.items():
+        with pytest.raises(DigitsFileError, match=message):
+            DigitsFile(write_digits_file(tmp_path / f"{name}.npz", **columns))
+    with pytest.raises(DigitsFileError, match="meta is a JSON list"):
+        DigitsFile(write_digits_file(tmp_path / "list.npz", meta=[1, 2]))
+    root = tmp_path / "x.root"
+    root.write_bytes(b"root" + bytes(100))
+    with pytest.raises(DigitsFileError, match=r"x\.root is a ROOT file; DigitsFile reads digits files"):
+        DigitsFile(root)
+    # the commands that read them: one line, no traceback
+    zero = write_digits_file(tmp_path / "zero.npz", charge=np.zeros(n, np.uint8))
+    proc = pxdbg("calibrate", str(zero), "-o", str(tmp_path / "p.pt"), "-q", check=False)
+    assert proc.returncode == 2 and "charge 0 ADC" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "p.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "meta, message",
+    [
+        ({"seed": 77, "first_frame": "abc"}, "'first_frame' must be a frame index, got a str"),
+        ({"seed": 77, "first_frame": 20.7}, "'first_frame' must be a frame index, got a float"),
+        ({"first_frame": 0}, "names no stream seed"),
+    ],
+)
+def test_join_refuses_parts_with_bad_stream_metadata_in_one_line(tmp_path, meta, message):
+    good = write_digits_file(tmp_path / "a.npz")
+    bad = write_digits_file(tmp_path / "b.npz", meta=meta)
+    proc = pxdbg("join", str(tmp_path / "j.npz"), str(good), str(bad), check=False)
+    assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "j.npz").exists()
+
+
+def test_outputs_are_not_overwritten_without_force(tmp_path):
+    out = tmp_path / "o.npz"
+    pxdbg("generate", "--events", "2", "--seed", "3", "--out", str(out), "-q")
+    before = out.read_bytes()
+    for args in (
+        ["generate", "--events", "2", "--seed", "4", "--out", str(out)],
+        ["run", "--connect", "tcp://127.0.0.1:1", "--events", "2", "--out", str(out)],
+        ["join", str(out), str(write_digits_file(tmp_path / "p.npz"))],
+    ):
+        proc = pxdbg(*args, check=False)
+        assert proc.returncode == 2 and "exists" in proc.stderr and "--force" in proc.stderr, proc.stderr
+        assert proc.stderr.count("\n") == 1 and out.read_bytes() == before
+    # --resume of the finished file, seed not given: the cause is that it is complete, not another seed
+    proc = pxdbg("generate", "--events", "2", "--out", str(out), "--resume", check=False)
+    assert proc.returncode == 2 and "is complete" in proc.stderr and "another stream" not in proc.stderr
+    pxdbg("generate", "--events", "2", "--seed", "4", "--out", str(out), "--force", "-q")
+    assert DigitsFile(out).meta["seed"] == 4

@@ -107,12 +107,17 @@ def test_digits_file_round_trip(tmp_path, frame_factory):
     assert f.n_events == 3 and f.meta["model"] == "x" and f.meta["seed"] == -5
     assert "pxdbg_version" in f.meta
     assert all(a == b for a, b in zip(f, frames))
-    # plain numpy reads it, without pickle
+    assert f.meta["format"] == "pxdbg-digits-2"
+    # plain numpy opens it without pickle: offsets and meta as arrays, the columns as zstd bytes
     with np.load(path, allow_pickle=False) as npz:
         assert npz["offsets"].dtype == np.int64 and npz["offsets"].tolist()[0] == 0
         assert npz["offsets"][-1] == sum(fr.n_digits for fr in frames)
-        assert npz["v"].dtype == np.uint16
         assert json.loads(str(npz["meta"]))["model"] == "x"
+    # the uncompressed format: every column a plain array
+    raw = write_digits(tmp_path / "raw.npz", frames, {"model": "x"}, compress=False)
+    with np.load(raw, allow_pickle=False) as npz:
+        assert npz["v"].dtype == np.uint16 and npz["v"].size == sum(fr.n_digits for fr in frames)
+    assert all(a == b for a, b in zip(DigitsFile(raw), frames)) and DigitsFile(raw).format == "pxdbg-digits-1"
     assert not list(tmp_path.glob(".pxdbg-spool-*")), "the spool directory must be removed"
 
 

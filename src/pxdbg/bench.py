@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -171,6 +172,100 @@ def bench_wire() -> dict:
     }
 
 
+def bench_digits_file(quick: bool) -> dict:
+    """Digits files of parametric frames, uncompressed (``pxdbg-digits-1``, the format before compression) and
+    compressed (``pxdbg-digits-2``, the default): bytes per event against the zstd wire's, and the time to write
+    (append and assemble, fsync included) and read one event, the best of three runs each, in a temporary
+    directory."""
+    import tempfile
+
+    from pxdbg.models import load
+    from pxdbg.shared import codecs
+    from pxdbg.shared.digitsfile import DigitsFile, write_digits
+
+    n = 40 if quick else 150
+    frames = load("parametric").frames(11, range(n))
+    digits = sum(f.n_digits for f in frames)
+    wire = next(r for r in codecs.measure(frames[:20], ["zstd"], repeat=1) if r["codec"] == "zstd")
+    out = {"events": n, "digits_per_event": digits / n, "wire_bytes_per_event": wire["bytes_per_digit"] * digits / n}
+    with tempfile.TemporaryDirectory(prefix="pxdbg-bench-") as tmp:
+        for name, compress in (("uncompressed", False), ("compressed", True)):
+            write_s = read_s = float("inf")
+            for rep in range(3):
+                path = Path(tmp) / f"{name}-{rep}.npz"
+                t0 = time.perf_counter()
+                write_digits(path, frames, {"seed": 11}, compress=compress)
+                t1 = time.perf_counter()
+                DigitsFile(path)
+                t2 = time.perf_counter()
+                write_s, read_s = min(write_s, t1 - t0), min(read_s, t2 - t1)
+                size = path.stat().st_size
+                path.unlink()
+            out[name] = {
+                "bytes_per_event": size / n,
+                "write_ms_per_event": 1e3 * write_s / n,
+                "read_ms_per_event": 1e3 * read_s / n,
+            }
+    out["compressed_over_wire"] = out["compressed"]["bytes_per_event"] / out["wire_bytes_per_event"]
+    return out
+
+
+def bench_producer_start(repeat: int = 3) -> dict:
+    """Seconds from starting ``pxdbg produce`` of the default (parametric) model to its serving, and whether it
+    imported torch, the median of ``repeat`` starts on an ipc endpoint."""
+    import subprocess
+    import sys
+    import tempfile
+
+    times, torch_loaded = [], []
+    with tempfile.TemporaryDirectory(prefix="pxdbg-bench-") as tmp:
+        os.chmod(tmp, 0o700)
+        for i in range(repeat):
+            cmd = [sys.executable, "-X", "importtime", "-m", "pxdbg", "produce", "--bind", f"ipc://{tmp}/p{i}.sock"]
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            seen = []
+            try:
+                for line in proc.stderr:  # ends with the process: a start that fails is not waited for
+                    seen.append(line)
+                    if b" serving " in line:
+                        times.append(time.perf_counter() - t0)
+                        break
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=30)
+                proc.stderr.close()
+            torch_loaded.append(any(line.rstrip().endswith(b"| torch") for line in seen))
+    if not times:
+        raise RuntimeError("pxdbg produce did not start")
+    return {"start_s": float(np.median(times)), "starts": len(times), "torch_imported": any(torch_loaded)}
+
+
+def print_files_and_start(result: dict, print) -> None:
+    """The figures of :func:`bench_digits_file` and :func:`bench_producer_start`, as ``pxdbg bench`` prints them."""
+    f = result["digits_file"]
+    print(f"\n-- digits files ({f['events']} parametric events, {f['digits_per_event']:.0f} digits each) --")
+    for name in ("uncompressed", "compressed"):
+        r = f[name]
+        print(
+            f"{name:13s} {r['bytes_per_event'] / 1e3:7.1f} kB per event, write {r['write_ms_per_event']:.2f} ms, "
+            f"read {r['read_ms_per_event']:.2f} ms per event"
+        )
+    print(
+        f"the zstd wire carries {f['wire_bytes_per_event'] / 1e3:.1f} kB per event: the compressed file is "
+        f"{f['compressed_over_wire']:.2f} x that (target <= 1.2)"
+    )
+    s = result["producer_start"]
+    print(
+        f"\n-- a parametric producer's start: {s['start_s']:.2f} s to serving (median of {s['starts']}; target < 1 s), "
+        f"torch {'imported' if s['torch_imported'] else 'not imported'} --"
+    )
+
+
 def bench_consumer(quick: bool) -> dict:
     from pxdbg.consumer import BackgroundClient
 
@@ -280,6 +375,10 @@ def run(args) -> dict:
         f"max {c['wait_ms_max']:.2f} ms over {c['events']} events; in-process convnet generation is "
         f"{ratio:,.0f} x the p50 (target >= 1000 x)"
     )
+
+    result["digits_file"] = bench_digits_file(quick)
+    result["producer_start"] = bench_producer_start()
+    print_files_and_start(result, print)
 
     t = result["throughput"] = bench_throughput(quick)
     print("\n-- throughput, local parametric producers, consumer doing no work --")

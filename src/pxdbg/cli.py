@@ -79,16 +79,39 @@ def cmd_models(args) -> int:
             where = (
                 f"no default payload in the stores (global tag {args.globaltag or payloads.DEFAULT_GLOBALTAG}); "
                 f"give --checkpoint or run 'pxdbg payload add PATH --model {info.name}'"
+                + (f"; to try it: pxdbg models init {info.name} -o {info.name}-random.pt" if info.is_gan else "")
             )
         print(f"{info.name:11s} {where}\n{'':11s} ({info.kind}: {info.summary})")
     print("payload stores searched, in order: " + ", ".join(str(s) for s in payloads.search_path()))
     return 0
 
 
+def cmd_models_init(args) -> int:
+    from pxdbg.models import random_weights
+
+    if not args.out.endswith(".pt"):
+        raise ConfigError(f"-o/--out names the checkpoint to write, a .pt file; got {args.out!r}")
+    _refuse_overwrite(args.out, args.force)
+    path = random_weights.write(args.model, args.out, seed=args.seed, occupancy=args.occupancy)
+    sha = payloads.sha256_file(path)
+    print(
+        f"wrote {path}: seeded random weights of {args.model} (seed {args.seed}, {100 * args.occupancy:g} % of the "
+        f"pixels hit; sha256 {sha}). Its frames have real shapes and costs but are no background; use it with "
+        f"--model {args.model} --checkpoint {path}"
+    )
+    return 0
+
+
 def cmd_payload_add(args) -> int:
-    from pxdbg.models import check_checkpoint
+    from pxdbg.models import check_checkpoint, random_weights
 
     check_checkpoint(args.model, args.path)  # refuse a file that would not load: unsafe, or another model's
+    if random_weights.is_random(args.path) and not args.force:
+        raise ConfigError(
+            f"{args.path} holds seeded random weights (pxdbg models init), not a trained model: as a default "
+            f"payload every user of the global tag would get frames that are no background. Pass --force to "
+            f"register it anyway"
+        )
     p = payloads.add(args.path, args.model, args.globaltag, args.store)
     print(f"registered {p.name} in global tag {p.globaltag}: {p.path} (sha256 {p.sha256})")
     return 0
@@ -105,11 +128,13 @@ def cmd_payload_list(args) -> int:
 
 # -- generate ------------------------------------------------------------------------------------------
 def cmd_generate(args) -> int:
-    import torch
-
     from pxdbg.models import load_spec
 
-    torch.set_num_threads(args.threads)
+    spec = ProducerSpec.from_args(args)
+    if spec.info.is_gan or args.device != "cpu":  # the parametric model on the CPU is numpy: no torch to start
+        import torch
+
+        torch.set_num_threads(args.threads)
     seed, random_seed, first_frame = _stream(args)
     stream_seed, event_keyed = seed, None
     if args.event is not None:  # the frames a basf2 job's module gives events (exp, run, event...) (keying="event")
@@ -125,10 +150,12 @@ def cmd_generate(args) -> int:
         event_keyed = {"seed": seed, "experiment": exp, "run": run, "event": args.event}
     elif args.exp is not None or args.run is not None:
         raise ConfigError("--exp and --run go with --event (the first event number)")
-    model = load_spec(ProducerSpec.from_args(args))
+    model = load_spec(spec)
     meta = {**model.identity.as_dict(), "seed": stream_seed, "first_frame": first_frame}
     if event_keyed is not None:
         meta["event_keyed"] = event_keyed
+    if _random_weights(model):
+        meta["random_weights"] = True
     with _interruptible(), _output(args, meta) as out:
         log.info(
             "generating %d events with %s on %s, stream seed %d%s",
@@ -211,6 +238,8 @@ class _Output:
         if self.path:
             if not self.path.endswith((".npz", ".root")):
                 raise ConfigError(f"--out must name a .npz or .root file, got {self.path!r}")
+            if not args.resume:
+                _refuse_overwrite(self.path, args.force, resumable=True)
             from pxdbg.rootio import digits_writer
 
             self.writer = digits_writer(self.path, meta, resume=args.resume)
@@ -238,7 +267,7 @@ class _Output:
             print(f"pxdbg: stopped by {why} after {self.done} of {self.events} events; {kept}", file=sys.stderr)
             self.stopped = 128 + getattr(signal, why)
             return True
-        if kept:
+        if kept and self.writer is not None:  # the error itself follows in one line; this says what was kept
             print(f"pxdbg: the run failed after {self.done} of {self.events} events; {kept}", file=sys.stderr)
         return False
 
@@ -276,21 +305,39 @@ def _output(args, meta: dict) -> _Output:
     return _Output(args, meta)
 
 
+def _refuse_overwrite(path: str, force: bool, *, resumable: bool = False) -> None:
+    """An existing output is a user's data (perhaps a partial file the stop message said to resume): replaced
+    only with --force."""
+    if force or not os.path.exists(path):
+        return
+    hint = "; or continue a partial one with --resume" if resumable else ""
+    raise ConfigError(f"{path} exists; name a new file, or pass --force to replace it{hint}")
+
+
 # -- produce -------------------------------------------------------------------------------------------
 def cmd_produce(args) -> int:
-    import torch
-
     from pxdbg.models import load_spec
     from pxdbg.producer.server import ProducerServer
 
     spec = ProducerSpec.from_args(args)
     transport.check_binds(args.bind)  # before the model loads: a malformed or busy endpoint fails at once
+    for ep in args.bind:
+        _check_tcp_port_free(ep)
     # checked before the model loads: a bad --register fails at once
     registrar = discovery.Registrar(args.register, args.bind) if args.register else None
     threads = spec.threads or _default_producer_threads(spec)
-    torch.set_num_threads(threads)
+    uses_torch = spec.info.is_gan or spec.device != "cpu"  # the parametric model on the CPU is numpy code
+    if uses_torch:
+        import torch
+
+        torch.set_num_threads(threads)
     model = load_spec(spec)
-    log.info("%s on %s with %d torch thread(s)", model.identity, model.device, threads)
+    how = f"{threads} torch thread(s)" if uses_torch else "numpy (torch not loaded)"
+    log.info("%s on %s with %s", model.identity, model.device, how)
+    if _random_weights(model):
+        log.warning(
+            "%s holds seeded random weights (pxdbg models init): its frames are no background", model.checkpoint_path
+        )
     # A GAN on a CPU computes in fixed calls of a few images whatever the batch, so a batch of one event costs
     # nothing in throughput and delivers each frame as soon as it is made (an ieagan event takes ~10 s on a CPU).
     max_batch = spec.max_batch or (1 if model.is_gan and model.device.type == "cpu" else 8)
@@ -325,6 +372,43 @@ def cmd_produce(args) -> int:
     return 0
 
 
+def _random_weights(model) -> bool:
+    """Whether a loaded model's checkpoint is marked as seeded random weights (``pxdbg models init``)."""
+    if not model.is_gan or model.checkpoint_path is None:
+        return False
+    from pxdbg.models import random_weights
+
+    return random_weights.is_random(model.checkpoint_path)
+
+
+def _check_tcp_port_free(endpoint: str) -> None:
+    """Refuse a tcp endpoint whose port another process listens on, before the model loads (and before the
+    producer logs anything about a start it cannot finish)."""
+    import errno
+    import socket
+
+    if not endpoint.startswith("tcp://"):
+        return
+    host, _, port = endpoint[len("tcp://") :].rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    host = "" if host == "*" else host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as libzmq binds: TIME_WAIT is no conflict
+        probe.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot bind {endpoint}: the address is in use (another producer?); stop that one or choose "
+                f"another port"
+            ) from None
+        # anything else (a name to resolve, an address not on this host) is for libzmq to report
+    finally:
+        probe.close()
+
+
 def cmd_keys_new(args) -> int:
     public, secret = security.new_key_pair(args.dir, args.name)
     print(f"wrote {public} (public: hand it to the other side) and {secret} (secret: keep it here, mode 0600)")
@@ -334,6 +418,8 @@ def cmd_keys_new(args) -> int:
 def _default_producer_threads(spec: ProducerSpec) -> int:
     """Torch threads of a producer when ``--threads`` is not given: the engine's choice for a GAN on this
     device, one for the sparse models (they run numpy in one thread; scale those with processes)."""
+    if not spec.info.is_gan:
+        return 1
     try:
         from pxdbg.models.engine import recommended_threads
     except ImportError:
@@ -491,6 +577,7 @@ def cmd_validate(args) -> int:
 def cmd_join(args) -> int:
     from pxdbg.shared.digitsfile import join
 
+    _refuse_overwrite(args.out, args.force)
     joined = join(args.out, args.parts, remove_parts=args.remove_parts)
     print(
         f"wrote {joined.n_events} events of stream {joined.meta.get('seed')} (frames "
@@ -652,7 +739,20 @@ def cmd_farm_jobs(args) -> int:
 def cmd_bench(args) -> int:
     from pxdbg import bench
 
-    result = bench.bench_producer(args) if args.producer or args.roofline else bench.run(args)
+    if not args.verbose:  # the local producers' start-up lines would interleave with the tables
+        logging.getLogger("pxdbg").setLevel(logging.WARNING)
+    if args.files:
+        import builtins
+        import functools
+
+        result = {"digits_file": bench.bench_digits_file(args.quick), "producer_start": bench.bench_producer_start()}
+        bench.print_files_and_start(
+            result, functools.partial(builtins.print, file=sys.stderr if args.json else sys.stdout)
+        )
+    elif args.producer or args.roofline:
+        result = bench.bench_producer(args)
+    else:
+        result = bench.run(args)
     if args.json:
         print(json.dumps(result, indent=1))
     return 0
@@ -673,22 +773,47 @@ def _seconds(text: str) -> float:
     return value
 
 
+QUIET_HELP = "no progress lines and no INFO log lines: warnings, errors and the result only"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pxdbg", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="pxdbg",
+        description="Belle II PXD background generated on the fly: generate, produce, run, join, farm, keys, "
+        "validate, calibrate, bench, models, payload.",
+    )
     parser.add_argument("--version", action="version", version=f"pxdbg {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("models", help="list the models and where each one's default checkpoint comes from")
-    p.add_argument("--globaltag")
+    p.add_argument("--globaltag", help=f"global tag whose payloads are listed (default {payloads.DEFAULT_GLOBALTAG})")
     p.set_defaults(func=cmd_models)
+    msub = p.add_subparsers(dest="models_command", metavar="{init}")
+    mi = msub.add_parser(
+        "init", help="write seeded random weights of a GAN (real shapes and costs, no background; marked as such)"
+    )
+    mi.add_argument("model", choices=[n for n in registry.names() if registry.get(n).is_gan], help="the GAN")
+    mi.add_argument("-o", "--out", required=True, help="the checkpoint (.pt) to write")
+    mi.add_argument("--seed", type=int, default=0, help="seed of the weights (default 0)")
+    mi.add_argument(
+        "--occupancy",
+        type=float,
+        default=0.01,
+        help="share of the pixels hit in a frame, set through the output layer's bias (default 0.01)",
+    )
+    mi.add_argument("--force", action="store_true", help="replace an existing --out")
+    mi.set_defaults(func=cmd_models_init)
 
     p = sub.add_parser("payload", help="manage payload stores")
     psub = p.add_subparsers(dest="payload_command", required=True)
     pa = psub.add_parser("add", help="register a checkpoint as a model's default payload")
-    pa.add_argument("path")
-    pa.add_argument("--model", required=True, choices=registry.names())
-    pa.add_argument("--globaltag")
+    pa.add_argument("path", help="the checkpoint: a plain state_dict (.pt) of the model")
+    pa.add_argument("--model", required=True, choices=registry.names(), help="the model the checkpoint is for")
+    pa.add_argument(
+        "--force", action="store_true", help="register a checkpoint marked as seeded random weights (pxdbg models init)"
+    )
+    pa.add_argument("--globaltag", help=f"global tag to register it under (default {payloads.DEFAULT_GLOBALTAG})")
     pa.add_argument("--store", help=f"store directory (default: first of ${payloads.ENV_VAR}, else the user store)")
     pa.set_defaults(func=cmd_payload_add)
     pl = psub.add_parser("list", help="list the payloads of every store searched")
@@ -709,16 +834,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", type=int, help="run number of --event (default 0)")
     p.add_argument("--out", required=True, help="output digits file: .npz, or .root (needs uproot)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch", type=_positive, default=4, help="frames per model call")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--device", default="cpu", help="torch device of the model: cpu, cuda, cuda:1 (default cpu)")
+    p.add_argument(
+        "--batch",
+        type=_positive,
+        default=4,
+        help="frames per model call in this process (a producer's counterpart is produce --max-batch; default 4)",
+    )
     p.add_argument("--threads", type=_positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("produce", help="serve frames of one model to consumers")
     ProducerSpec.add_arguments(p)
     p.add_argument("--bind", required=True, action="append", help="endpoint, e.g. tcp://*:5555 (repeatable)")
-    p.add_argument("--parent-pid", type=int, help="exit when this process is no longer our parent")
+    p.add_argument("--parent-pid", type=int, help=argparse.SUPPRESS)  # local workers: exit with the consumer
     p.add_argument(
         "--max-consumers",
         type=_positive,
@@ -761,12 +892,13 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--workers", type=_positive, help="start this many local producers")
     src.add_argument("--connect", help="comma-separated producer endpoints (a farm)")
-    p.add_argument("--events", type=_positive, required=True)
+    p.add_argument("--events", type=_positive, required=True, help="events in the run (a resumed --out's included)")
     p.add_argument("--seed", help="stream seed (default: random, printed)")
     p.add_argument("--first-frame", type=int, help="index of the first frame (default 0)")
     p.add_argument("--prefetch", type=_positive, default=16, help="frames requested ahead (default %(default)s)")
     p.add_argument("--out", help="write the digits to this file: .npz, or .root (needs uproot)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted --out (same stream)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--work-ms", type=float, default=0.0, help="CPU milliseconds spent per event, as a simulation")
     p.add_argument(
         "--connect-timeout",
@@ -788,7 +920,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model) before it is quarantined and its frames asked elsewhere (default %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
-    p.add_argument("-q", "--quiet", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
     security.add_client_arguments(p)
     p.set_defaults(func=cmd_run)
 
@@ -820,6 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="delete each part once its events are in the output's spool (needs far less disk)",
     )
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.set_defaults(func=cmd_join)
 
     p = sub.add_parser("calibrate", help="learn a parametric model (payload) from a background sample")
@@ -870,15 +1003,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --producer (implied): per-layer roofline of each model's default reduced-precision and fp32 "
         "engines, against the matrix-product peak and a memory bandwidth probed in the run (works with --quick)",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--files",
+        action="store_true",
+        help="only the digits-file figures (size, write and read time per event) and a parametric producer's start",
+    )
+    p.add_argument("--json", action="store_true", help="print the figures as JSON on stdout (the tables go to stderr)")
     p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False) and not args.verbose
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(name)s[%(process)d] %(levelname)s: %(message)s",
         stream=sys.stderr,
     )

@@ -138,6 +138,9 @@ class Cluster:
     nodes: int
     partitions: dict[str, list[int]]
     cpus_per_node: int = 16
+    # what a node claims (config_overrides); memory is not a consumable resource (CR_Core), so jobs asking
+    # --mem (the producer recipe does) fit without competing for it
+    memory_mb_per_node: int = 65536
     root: Path = field(init=False)
     daemons: dict[str, subprocess.Popen] = field(default_factory=dict, init=False)
     namespaces: list[str] = field(default_factory=list, init=False)
@@ -276,7 +279,7 @@ class Cluster:
             f"SlurmctldLogFile={self.root / 'log' / 'slurmctld.log'}",
             f"SlurmdLogFile={self.root / 'log' / 'slurmd-%n.log'}",
             f"NodeName=node[1-{self.nodes}] NodeHostname={host} NodeAddr={self.addr(1)[:-1]}"
-            f"[{1 + 1}-{self.nodes + 1}] CPUs={self.cpus_per_node} State=UNKNOWN",
+            f"[{1 + 1}-{self.nodes + 1}] CPUs={self.cpus_per_node} RealMemory={self.memory_mb_per_node} State=UNKNOWN",
         ]
         assert all(self.addr(i).startswith(self.addr(1)[:-1]) for i in range(1, self.nodes + 1)) and self.nodes < 9
         for k, (name, members) in enumerate(self.partitions.items()):

@@ -3,12 +3,15 @@ identical frames, nothing lost or duplicated; the stall is the fault run's extra
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import time
+from pathlib import Path
+from signal import SIGKILL
 
 import pytest
-from farm import PXDBG, wait_for
+from farm import CONSUMER_NODES, PXDBG, wait_for
 
 pytestmark = [pytest.mark.farm, pytest.mark.slow]
 
@@ -112,40 +115,70 @@ def test_scancel_of_a_producer_job(farm):
     farm.cluster.wait_gone(job_p, 60)
 
 
-def test_killed_consumer_job_resumes_after_its_last_written_frame(farm):
+def _kill_outright(farm, task_dir) -> None:
+    """SIGKILL the task's `pxdbg run` (the OOM killer, a node failure). Slurm's own `scancel --signal=KILL` is a
+    cancel (SIGTERM first), so the process is killed directly, in the node's namespace where it runs."""
+    killed = []
+    for node in CONSUMER_NODES:
+        for pid in farm.cluster._pids_in(farm.cluster.ns(node)):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"run" in cmd and any(str(task_dir).encode() in arg for arg in cmd):
+                os.kill(pid, SIGKILL)
+                killed.append(pid)
+    assert killed, f"no pxdbg run writing {task_dir} was found"
+
+
+@pytest.mark.parametrize("signal", ["TERM", "KILL"])
+def test_killed_consumer_job_resumes_after_its_last_written_frame(farm, signal):
+    """scancel (SIGTERM: the run closes a partial part) and SIGKILL (a node failure, the OOM killer, Slurm's
+    escalation after the time limit: only the part's spool is left); the resubmitted job continues either."""
     chunk = 60
-    ref = _run(farm, seed=14, chunk=chunk)
+    seed = 14 if signal == "TERM" else 15
+    ref = _run(farm, seed=seed, chunk=chunk)
     state = {}
 
     def kill_and_resubmit(job, out):
-        first = out / "task-00000" / "part-000000000.npz"
+        task_dir = out / "task-00000"
+        first = task_dir / "part-000000000.npz"
         wait_for(first.exists, 120, "the first part was not written")
         wait_for(  # a complete part logs 10 progress lines: 3 more are 30 % into the second part
             lambda: len(re.findall(r"^\d+/60 events", farm.task_log(job, 0), re.M)) >= 13,
             60,
             "the second part did not progress",
         )
-        written = sorted(p.name for p in (out / "task-00000").glob("part-*[0-9].npz"))
-        farm.cluster.scancel(job)
+        written = sorted(p.name for p in task_dir.glob("part-*[0-9].npz"))
+        if signal == "KILL":
+            _kill_outright(farm, task_dir)
+        else:
+            farm.cluster.scancel(job)
         farm.cluster.wait_gone(job, 60)
         state["killed_after"] = written
+        state["left"] = sorted(p.name for p in task_dir.glob("*partial*"))
         state["first"], state["mtime"] = first, first.stat().st_mtime
         time.sleep(0.2)
-        job2, _ = farm.submit_consumers("0", events=EVENTS, seed=14, chunk=chunk, run_args=RUN_ARGS, out=out)
+        job2, _ = farm.submit_consumers("0", events=EVENTS, seed=seed, chunk=chunk, run_args=RUN_ARGS, out=out)
         return job2
 
-    got = _run(farm, seed=14, fault=kill_and_resubmit, chunk=chunk)
+    got = _run(farm, seed=seed, fault=kill_and_resubmit, chunk=chunk)
     assert "is complete; resuming after it" in got.log
+    if signal == "KILL":  # nothing closed the part: its spool is all there is, and it is enough
+        assert state["left"] and all(n.endswith(".spool") for n in state["left"]), state["left"]
     resumed = "resuming " + str(state["first"].parent) in got.log
     if (
         "--resume"
         in subprocess.run([*PXDBG.split(), "run", "--help"], capture_output=True, text=True, timeout=60).stdout
     ):
-        assert resumed, "the interrupted part was not continued with --resume"
+        assert resumed, f"the interrupted part was not continued with --resume\n{got.log[-3000:]}"
     how = "its partial part continued with --resume" if resumed else "its partial part made again"
-    print(f"\nresubmitted consumer: complete parts kept, {how}")
+    print(f"\nresubmitted consumer (SIG{signal}; left {', '.join(state['left'])}): complete parts kept, {how}")
     assert state["first"].stat().st_mtime == state["mtime"], "a part written before the kill was made again"
     assert any(n.startswith("part-000000000") for n in state["killed_after"])
     _compare(
-        f"consumer job killed after {len(state['killed_after'])} of {EVENTS // chunk} parts and resubmitted", ref, got
+        f"consumer job killed (SIG{signal}) after {len(state['killed_after'])} of {EVENTS // chunk} parts and "
+        "resubmitted",
+        ref,
+        got,
     )
