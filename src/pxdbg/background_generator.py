@@ -294,6 +294,7 @@ def _module_class():
             self._prefetch = None  # the job's prefetch process (a handle in the process that started it)
             self._connection = None  # this process's connection to it
             self._model = None
+            self._uses_torch = False
             self._pid = None  # the process that set up event handling (after basf2's fork, a child)
             self._log_handler = None
 
@@ -364,24 +365,28 @@ def _module_class():
                 threads=self.nintra,
             )
             if in_process:
-                import torch
-
                 from pxdbg import models
 
-                # One torch thread until the process that handles events sets nintra (_setup_process): a thread
-                # pool started here would not survive basf2's fork (-p N), and its first parallel call there hangs.
-                torch.set_num_threads(1)
-                if torch.get_num_interop_threads() != self.ninter:
-                    try:
-                        torch.set_num_interop_threads(self.ninter)
-                    except RuntimeError:  # torch allows it once, before any parallel work
-                        basf2.B2WARNING(
-                            f"could not set {self.ninter} inter-op threads: torch already runs "
-                            f"{torch.get_num_interop_threads()}"
-                        )
+                self._uses_torch = spec.info.is_gan or self.device != "cpu"  # the parametric model is numpy
+                if self._uses_torch:
+                    import torch
+
+                    # One torch thread until the process that handles events sets nintra (_setup_process): a
+                    # thread pool started here does not survive basf2's fork (-p N); its first parallel call hangs.
+                    torch.set_num_threads(1)
+                    if torch.get_num_interop_threads() != self.ninter:
+                        try:
+                            torch.set_num_interop_threads(self.ninter)
+                        except RuntimeError:  # torch allows it once, before any parallel work
+                            basf2.B2WARNING(
+                                f"could not set {self.ninter} inter-op threads: torch already runs "
+                                f"{torch.get_num_interop_threads()}"
+                            )
                 self._model = models.load_spec(spec)  # refuses a checkpoint whose sha256 is not the one asked for
                 identity = self._model.identity
                 if self.compat_rng:
+                    import torch
+
                     if self._model.is_gan:  # the upstream model runs in torch's default memory layout
                         self._model.net.to(memory_format=torch.contiguous_format)
                     torch.manual_seed(self.seed)
@@ -439,7 +444,7 @@ def _module_class():
             self._pid = os.getpid()
             if self._prefetch is not None:
                 self._connection = self._prefetch.connect()
-            elif self._model is not None:
+            elif self._model is not None and self._uses_torch:
                 import torch
 
                 torch.set_num_threads(self.nintra)
