@@ -726,9 +726,14 @@ def build_parser() -> argparse.ArgumentParser:
     kn.add_argument("--dir", default=".", help="directory to write the pair to (default: the current one)")
     kn.set_defaults(func=cmd_keys_new)
 
-    p = sub.add_parser("validate", help="compare a sample with real background figures or another sample")
-    p.add_argument("sample", help="a digits file (.npz) or a model name to run on the fly")
-    p.add_argument("--reference", help="a digits file or model name (default: the shipped reference figures)")
+    p = sub.add_parser(
+        "validate",
+        help="compare a sample (.npz, .root, basf2 file, model) with the reference (Geant4 simulation) or another",
+    )
+    p.add_argument("sample", help="a digits file (.npz), a ROOT file (ours or basf2's) or a model name to run")
+    p.add_argument(
+        "--reference", help="a digits file, ROOT file or model name (default: the shipped reference figures)"
+    )
     p.add_argument("--out", default="validation", help="report directory (default %(default)s)")
     p.add_argument("--events", type=_positive, help="events to use (default: all of a file, 1000 of a model)")
     p.add_argument("--checkpoint", help="checkpoint of a SAMPLE model")
