@@ -198,6 +198,13 @@ def test_tail_figures_by_hand():
     small = big // 1000
     check = tail_check("x", small, ref, 150)
     assert check.verdict == "PASS" and check.threshold > 0.9
+    # hits above a cut that come in bunches: the count's spread over events is wider than binomial
+    m = SampleMetrics()
+    for k in (0, 4, 0, 4):  # events with 0 or 4 hits at 200 ADC, among 96 at 10 ADC
+        m.add(frame_of([(0, 0, v, 200 if v < k else 10) for v in range(100)]))
+    assert m.tail_count_sd(1, 150) == pytest.approx(np.sqrt(4 * np.var([0, 4, 0, 4], ddof=1)))
+    assert m.tail_count_sd(1, 150) > np.sqrt(400 * 0.02 * 0.98)
+    assert "from the events" in tail_check("x", m.adc_counts_layer[0], ref, 150, m.tail_count_sd(1, 150)).spread
     # a spectrum against itself: chi-square zero; a sample drawn from it: at most one per degree of freedom (the
     # per-bin allowance takes some); the same sample 20 % low from 60 ADC on: far above
     chi2, ndf = chi2_spectrum(ref, ref)

@@ -83,7 +83,7 @@ class Basf2File:
     @property
     def description(self) -> str:
         what = "BG mixing sample" if self.background_meta is not None else "basf2 file"
-        return f"{what} {self.path} (tree {EVENT_TREE}, {ARRAY})"
+        return f"{what} {self.path} (tree '{EVENT_TREE}', {ARRAY})"
 
     def frames(self, limit: int | None = None) -> Iterator[SparseFrame]:
         """The first ``limit`` events (default: all), in file order."""

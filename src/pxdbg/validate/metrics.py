@@ -29,6 +29,7 @@ MAX_CLUSTER_SIZE = 64  # sizes above are counted in the last bin
 MAX_CLUSTER_CHARGE = 4096  # ADC; charges above are counted in the last bin
 CLUSTER_CHARGE_BIN = 8  # ADC per bin of the cluster-charge histogram
 N_CLUSTER_CHARGE_BINS = MAX_CLUSTER_CHARGE // CLUSTER_CHARGE_BIN + 1
+TAIL_CUTS = (100, 150, 200, 250)  # ADC: fractions of hits at or above each are compared
 _FORWARD_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each pair once
 
 
@@ -81,6 +82,10 @@ class SampleMetrics:
     adc_counts: np.ndarray = field(default_factory=lambda: _zeros(256))
     #: (layer, ADC) hit-charge counts per layer
     adc_counts_layer: np.ndarray = field(default_factory=lambda: _zeros(2, 256))
+    #: (layer, cut) sums over events of the event's hits at or above each of TAIL_CUTS, and of their squares:
+    #: hits come in clusters and events, so the spread of these counts is wider than binomial
+    tail_event_sum: np.ndarray = field(default_factory=lambda: np.zeros((2, len(TAIL_CUTS))))
+    tail_event_sq: np.ndarray = field(default_factory=lambda: np.zeros((2, len(TAIL_CUTS))))
     occ_hist: np.ndarray = field(default_factory=lambda: _zeros(2, OCC_BINS + 1))
     occ_sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
     occ_sq_sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
@@ -107,7 +112,11 @@ class SampleMetrics:
         self.images_with_hits[half] += hit
         self.adc_counts += np.bincount(frame.charge, minlength=256)
         layer_of_digit = LAYER_OF_INDEX[sensor].astype(np.intp) - 1
-        self.adc_counts_layer += np.bincount(layer_of_digit * 256 + frame.charge, minlength=512).reshape(2, 256)
+        per_layer = np.bincount(layer_of_digit * 256 + frame.charge, minlength=512).reshape(2, 256)
+        self.adc_counts_layer += per_layer
+        above = np.cumsum(per_layer[:, ::-1], axis=1)[:, ::-1][:, list(TAIL_CUTS)]
+        self.tail_event_sum += above
+        self.tail_event_sq += above.astype(np.float64) ** 2
         for li in (0, 1):
             o = occ[LAYER_OF_INDEX == li + 1]
             bins = np.minimum((o / OCC_MAX * OCC_BINS).astype(np.int64), OCC_BINS)
@@ -168,6 +177,17 @@ class SampleMetrics:
 
     def layer_adc_counts(self, layer: int) -> np.ndarray:
         return self.adc_counts_layer[layer - 1]
+
+    def tail_count_sd(self, layer: int, cut: int) -> float:
+        """Standard deviation of the number of hits at or above ``cut`` ADC on ``layer``, from its spread over
+        events (sqrt(events x variance per event))."""
+        n = self.n_events
+        if n < 2:
+            return float("nan")
+        k = TAIL_CUTS.index(cut)
+        mean = self.tail_event_sum[layer - 1, k] / n
+        var = max(self.tail_event_sq[layer - 1, k] / n - mean**2, 0.0) * n / (n - 1)
+        return float(np.sqrt(n * var))
 
     def image_occupancy_hist(self) -> np.ndarray:
         """Per-image occupancy histogram over both layers: 200 bins over [0, 0.02], then the overflow."""
@@ -394,7 +414,6 @@ class Check:
 
 
 # -- tail-sensitive comparisons of hit-charge spectra ------------------------------------------------------------
-TAIL_CUTS = (100, 150, 200, 250)  # ADC: fractions of hits at or above each are compared
 CHI2_SYSTEMATIC = 0.05  # relative per-bin allowance of the chi-square: a model is not asked to be exact
 CHI2_MIN_EXPECTED = 5.0  # tail bins are merged until the reference expects this many sample hits
 AD_HITS = 20_000  # hits drawn from each spectrum for the Anderson-Darling test
@@ -410,17 +429,29 @@ def tail_fraction(counts: np.ndarray, cut: int) -> tuple[float, float]:
     return f, float(np.sqrt(f * (1.0 - f) / n))
 
 
-def tail_check(metric: str, sample_counts: np.ndarray, ref_counts: np.ndarray, cut: int) -> Check:
+def tail_check(
+    metric: str, sample_counts: np.ndarray, ref_counts: np.ndarray, cut: int, count_sd: float | None = None
+) -> Check:
     """The share of hits above ``cut`` against the reference's: |ratio - 1| within THRESHOLDS["tail_fraction"],
-    or within three standard deviations where the counts cannot tell that much (few hits above the cut)."""
+    or within three standard deviations where the counts cannot tell that much (few hits above the cut).
+
+    The sample's standard deviation is the larger of the binomial one and ``count_sd`` (the spread of the count
+    over events, when known): hits above a cut come in clusters, so their count spreads more than binomially.
+    """
     f, sf = tail_fraction(sample_counts, cut)
     r, sr = tail_fraction(ref_counts, cut)
     if not (r > 0 and np.isfinite(f)):
         return Check(metric, f, r, None, "", None, note="the reference has no hits above this cut")
-    expected = r * float(sample_counts.sum())  # sample hits above the cut if it followed the reference
-    rel_sd = float(np.sqrt(1.0 / expected + (sr / r) ** 2))
+    n = float(sample_counts.sum())
+    expected = r * n  # sample hits above the cut if it followed the reference
+    rel_sd_sample = 1.0 / np.sqrt(expected)
+    spread = f"binomial sd {sf:.2g}"
+    if count_sd is not None and np.isfinite(count_sd):
+        rel_sd_sample = max(rel_sd_sample, count_sd / expected)
+        spread += f", from the events {count_sd / n:.2g}"
+    rel_sd = float(np.sqrt(rel_sd_sample**2 + (sr / r) ** 2))
     threshold = max(THRESHOLDS["tail_fraction"], 3.0 * rel_sd)
-    return Check(metric, f, r, abs(f / r - 1.0), "|ratio - 1|", threshold, spread=f"binomial sd {sf:.2g}")
+    return Check(metric, f, r, abs(f / r - 1.0), "|ratio - 1|", threshold, spread=spread)
 
 
 def _merge_tail(expected: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
@@ -623,7 +654,8 @@ def tail_checks(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) ->
     for la in (1, 2):
         s, r = sample.layer_adc_counts(la), ref.layer_adc_counts(la)
         for cut in TAIL_CUTS:
-            checks.append(tail_check(f"share of hits >= {cut} ADC, layer {la}", s, r, cut))
+            sd = sample.tail_count_sd(la, cut)
+            checks.append(tail_check(f"share of hits >= {cut} ADC, layer {la}", s, r, cut, sd))
     chi2, ndf = chi2_spectrum(sample.adc_counts, ref.adc_counts)
     checks.append(
         Check(
