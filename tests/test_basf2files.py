@@ -87,6 +87,8 @@ def test_bad_files_are_one_line_each(standin, tmp_path):
     bad["svd.root"] = "the event tree has no PXDDigits branch (its branches: EventMetaData, SVDDigits)"
     standin.write_basf2_file(tmp_path / "empty.root", [])
     bad["empty.root"] = "the event tree has no events"
+    standin.write_basf2_file(tmp_path / "no_digits.root", [np.zeros((0, 4))] * 3)
+    bad["no_digits.root"] = "the PXDDigits branch is empty: no digits in any of its 3 events"
     standin.write_basf2_file(tmp_path / "svd_sensor.root", [np.array([[vxd_id(3, 1, 1), 1, 2, 30]], np.uint16)])
     bad["svd_sensor.root"] = "event 0 has a digit with VxdID 0x6120, u 1, v 2 that is not a pixel of the 40 PXD"
     standin.write_basf2_file(tmp_path / "beyond.root", [np.array([[int(VXD_IDS[0]), 250, 2, 30]], np.uint16)])

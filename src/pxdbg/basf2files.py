@@ -200,6 +200,9 @@ def open_basf2(path: str | os.PathLike) -> Basf2File:
             n_events = int(tree.num_entries)
             if n_events == 0:
                 raise Basf2FileError(f"{path}: the event tree has no events: an empty {ARRAY} branch")
+            # the array branch itself holds each event's number of digits
+            if int(np.sum(branch.array(library="np"), dtype=np.int64)) == 0:
+                raise Basf2FileError(f"{path}: the {ARRAY} branch is empty: no digits in any of its {n_events} events")
             has_emd = "EventMetaData" in branches
             file_meta, background, meta = _read_meta(f, path)
     except Basf2FileError:
