@@ -2,11 +2,15 @@
 
 Metrics: per-sensor mean occupancy (fraction of pixels hit) and mean hit charge (average over images of an
 image's mean ADC over its hit pixels, as in the reference), the per-image occupancy distribution (200 bins
-over [0, 0.02] plus overflow, as published), the hit-charge spectrum (counts per ADC value), cluster size
+over [0, 0.02] plus overflow, as published), the hit-charge spectrum (counts per ADC value, per layer, and the
+per-event counts above :data:`TAIL_CUTS`), cluster size
 and cluster charge of 8-neighbour clusters per layer, each sensor's hit-density profiles along u and v, hit
 maps per layer, and the 40 x 40 correlation matrix of per-event sensor occupancies.
 
-Verdicts against the reference figures use fixed thresholds (:data:`THRESHOLDS`). Against another sample,
+Verdicts against the reference figures use fixed thresholds (:data:`THRESHOLDS`). The spectrum's tail has
+checks of its own, because a KS distance cannot see it: the share of hits above each cut per layer (20 %, or
+three standard deviations where the counts cannot tell 20 %), a chi-square of the binned spectrum and a
+k-sample Anderson-Darling test (:func:`tail_checks`). Against another sample,
 the structure checks (clusters, profiles, correlations) are held to what chance allows at the two samples'
 sizes: each sample is split into its even and odd events, two independent samples of the same source, and
 their distance sets the threshold (:data:`CHANCE_THRESHOLDS`).
