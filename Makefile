@@ -1,5 +1,6 @@
-# Two commands on a fresh machine: `make demo` (the main job, then its validation) and `make test`. Both bootstrap .venv:
-# the demo with what it needs (the default model is numpy: no torch, no test tools), the tests with everything.
+# Two commands on a fresh machine: `make demo` (the main job, then its validation against the reference, a Geant4
+# simulation of Belle II background) and `make test`. Both bootstrap .venv: the demo with what it needs (the default
+# model is numpy: no torch, no test tools), the tests with everything.
 PYTHON ?= python3
 VENV ?= .venv
 # This machine has a CPU build of torch 2.13.0 on disk, which pip prefers for this pin. On a GPU cluster

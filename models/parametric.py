@@ -5,16 +5,17 @@ intensity whose logarithm follows a low-rank factor model across the 40 sensors,
 the way they do in real background); each cluster is taken from a per-sensor library of cluster shapes, each
 shape carrying its pixels' offsets from the seed pixel and how the charge is shared among them (the rank of
 each pixel's charge, as a quantile); the cluster's seed pixel is placed according to a per-sensor hit density
-over (u, v); pixel charges come from the sensor's own hit-charge spectrum (1..255 ADC) at the library quantile,
-and charges of clusters that overlap add up.
+over (u, v); pixel charges come from the sensor's own hit-charge spectrum (1..255 ADC) at a quantile drawn
+within the library pixel's stratum, and charges of clusters that overlap add up.
 
 Two ways to set its numbers, both stored in the checkpoint like any other model's parameters:
 
 - :func:`fit` (the shipped payload): analytic, from the published figures of 10,000 events of
   Geant4-simulated Belle II background (``pxdbg/shared/data/reference-figures.json``): per-sensor occupancy,
-  per-layer event-to-event spread, per-sensor mean hit charge (each sensor's spectrum is the measured one,
-  exponentially tilted to the sensor's mean). The figures say nothing about shapes, hit maps or correlations,
-  so the shipped model has a fixed table of small cluster shapes, uniform hit density and one event-wide factor.
+  per-layer event-to-event spread, per-sensor mean hit charge and the hit-charge spectrum (each sensor's spectrum
+  is the measured one less what overlapping clusters add, its body below 100 ADC exponentially tilted to the
+  sensor's mean, its tail as measured). The figures say nothing about shapes, hit maps or correlations, so the
+  shipped model has a fixed table of small cluster shapes, uniform hit density and one event-wide factor.
 - ``pxdbg calibrate`` (:mod:`pxdbg.calibrate`): learned from a background sample: everything above per
   sensor, including the shape library sampled from the sample's own clusters, a smoothed hit density and the
   factor model of log-occupancies.
@@ -48,6 +49,8 @@ N_FACTORS = 4  # common factors of the log-intensities
 CELL_U, CELL_V = 10, 16  # hit-density grid cell, in pixels
 GRID_U, GRID_V = N_U // CELL_U, N_V // CELL_V
 N_CELLS = GRID_U * GRID_V
+TAIL_FROM = 100  # ADC: spectra are reshaped below it; at and above it they keep their measured share and shape
+CLIP_FROM = 245  # ADC: the top of the spectrum, next to the 255 ADC clipping bin that overlap sums fill
 CODE_MAX = 32767  # library charge quantile q is stored as code in 1..CODE_MAX, q = (code - 0.5) / CODE_MAX
 assert GRID_U * CELL_U == N_U and GRID_V * CELL_V == N_V
 
@@ -142,12 +145,14 @@ class Sampler:
         present = codes > 0
         offsets = b["library_offsets"].reshape(N_SENSORS * LIBRARY, MAX_CLUSTER, 2).astype(np.int64)
         sizes = present.sum(axis=1)
+        q_lo, q_hi = quantile_strata(codes, present)
         self.tables.update(
             size=sizes,
             start=np.cumsum(sizes) - sizes,
             du=offsets[..., 0][present],
             dv=offsets[..., 1][present],
-            q=(codes[present] - 0.5) / CODE_MAX,
+            q_lo=q_lo,
+            q_width=q_hi - q_lo,
         )
 
     def sample(self, rng: np.random.Generator) -> SparseFrame:
@@ -172,8 +177,32 @@ class Sampler:
         v = v0[cluster] + t["dv"][pix]
         keep = (u >= 0) & (u < N_U) & (v >= 0) & (v < N_V)
         s = sensor[cluster][keep]
-        charge = t["adc"](s, t["q"][pix][keep]) + ADC_MIN
+        p = pix[keep]
+        # a fresh quantile within the pixel's stratum each time: a fixed quantile per library pixel would give
+        # each sensor only its few hundred charge values, a spiky spectrum with no tail beyond its top stratum
+        q = t["q_lo"][p] + t["q_width"][p] * rng.random(p.size)
+        charge = t["adc"](s, q) + ADC_MIN
         return SparseFrame.from_pixels(s, u[keep], v[keep], charge)
+
+
+def quantile_strata(codes: np.ndarray, present: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per library pixel (flat, in ``present`` order): the stratum [lo, hi) of [0, 1) its quantile code stands
+    for, bounded by the midpoints to the neighbouring codes of the same sensor (0 and 1 at the ends).
+
+    ``codes`` is (sensors * LIBRARY, MAX_CLUSTER). The strata of one sensor tile [0, 1), each about as wide as
+    the share of draws its pixel gets, so a quantile drawn uniformly within the stratum is uniform over [0, 1).
+    """
+    rows = np.broadcast_to(np.arange(codes.shape[0])[:, None] // LIBRARY, codes.shape)[present]
+    q = (codes[present] - 0.5) / CODE_MAX
+    lo = np.empty_like(q)
+    hi = np.empty_like(q)
+    for s in np.unique(rows):
+        mine = rows == s
+        values = np.unique(q[mine])
+        edges = np.concatenate([[0.0], 0.5 * (values[1:] + values[:-1]), [1.0]])
+        k = np.searchsorted(values, q[mine])
+        lo[mine], hi[mine] = edges[k], edges[k + 1]
+    return lo, hi
 
 
 def _model_class():
@@ -280,26 +309,80 @@ def clusters_for_occupancy(occupancy: np.ndarray, mean_size: np.ndarray) -> np.n
     return np.where(mean_size > 0, rho * PIXELS_PER_SENSOR / np.maximum(mean_size, 1e-12), 0.0)
 
 
-def tilted_cdf(counts: np.ndarray, target_mean: float) -> np.ndarray:
-    """CDF over ADC 1..255 of the spectrum ``counts`` (index = ADC 0..255), exponentially tilted
-    (p(a) ~ counts(a) exp(t a)) so that its mean is ``target_mean``."""
+def tilted_cdf(counts: np.ndarray, target_mean: float, tail_from: int = TAIL_FROM) -> np.ndarray:
+    """CDF over ADC 1..255 of the spectrum ``counts`` (index = ADC 0..255) with its mean moved to
+    ``target_mean`` while its share of hits at or above ``tail_from`` stays the spectrum's own.
+
+    p(a) ~ counts(a) exp(t g(a) + s h(a)): g = 64 tanh(a / 64) tilts the body and levels off in the tail, h is a
+    logistic step 16 ADC wide centred on ``tail_from`` whose weight s holds the tail's share; both are smooth, so
+    the spectrum has no kink, and above the step the tail keeps its measured shape. (A tilt over the whole range
+    that moves the mean by one ADC changes the share of hits above 200 ADC by a factor of two.) Solved by
+    Newton's method on (t, s): the derivatives of an exponential family's moments are its covariances.
+    """
     a = np.arange(ADC_MIN, 256, dtype=np.float64)
     p0 = np.asarray(counts[ADC_MIN:], dtype=np.float64)
-    lo, hi = -0.5, 0.5
+    p0 = p0 / p0.sum()
+    tail = (a >= tail_from).astype(np.float64)
+    share = float(p0 @ tail)
+    if share == 0 or share == 1 or p0 @ a == target_mean:  # nothing to tilt, or nothing to hold
+        return _cdf(p0)
+    g = 64.0 * np.tanh(a / 64.0)
+    h = 0.5 * (1.0 + np.tanh((a - tail_from) / 8.0))
+    theta = np.zeros(2)
+    target = np.array([target_mean, share])
+    for _ in range(50):
+        w = p0 * np.exp(theta[0] * (g - g @ p0) + theta[1] * (h - h @ p0))
+        p = w / w.sum()
+        stats = np.stack([a, tail])
+        params = np.stack([g, h])
+        mean_stats = stats @ p
+        mean_params = params @ p
+        jac = (stats * p) @ params.T - np.outer(mean_stats, mean_params)
+        step = np.linalg.solve(jac, target - mean_stats)
+        theta += np.clip(step, -0.5, 0.5)
+        if np.all(np.abs(target - mean_stats) <= [1e-9 * target_mean, 1e-9 * share]):
+            break
+    return _cdf(p)
 
-    def tilted(t: float) -> np.ndarray:
-        w = p0 * np.exp(t * (a - a.mean()))
-        return w / w.sum()
 
-    for _ in range(80):  # the mean grows monotonically with the tilt
-        mid = 0.5 * (lo + hi)
-        if tilted(mid) @ a < target_mean:
-            lo = mid
-        else:
-            hi = mid
-    cdf = np.cumsum(tilted(0.5 * (lo + hi)))
+def _cdf(p: np.ndarray) -> np.ndarray:
+    """Cumulative sums of ``p`` scaled to end at exactly 1 (never above: a draw must not leave its row)."""
+    cdf = np.cumsum(p)
+    cdf = np.minimum(cdf / cdf[-1], 1.0)
     cdf[-1] = 1.0
     return cdf
+
+
+def _with_overlaps(single: np.ndarray, overlap_share: float) -> np.ndarray:
+    """Hit-charge probabilities (ADC 0..255) when a share ``overlap_share`` of hit pixels holds two deposits
+    drawn from ``single`` whose charges add, clipped at 255 ADC."""
+    pair = np.convolve(single, single)
+    pair[255] += pair[256:].sum()
+    return (1.0 - overlap_share) * single + overlap_share * pair[:256]
+
+
+def single_deposit_counts(counts: np.ndarray, overlap_share: float, iterations: int = 30) -> np.ndarray:
+    """The spectrum of one deposit per pixel (index = ADC 0..255, normalised) that gives ``counts`` once a share
+    ``overlap_share`` of the hit pixels holds two deposits whose charges add (clipped at 255 ADC).
+
+    Solved by fixed-point iteration. Where the sums alone give more than ``counts`` (the 255 ADC clipping bin
+    of a layer-1 sensor, whose overlaps are three times layer 2's, measured against the two layers' pooled
+    spectrum), the single deposits above CLIP_FROM give up what is too much, so the share of hits above
+    CLIP_FROM stays the measured one. Without this the sums of overlapping clusters would lift the far tail
+    (a third more hits above 250 ADC on layer 1).
+    """
+    target = np.asarray(counts, dtype=np.float64)
+    target = target / target.sum()
+    single = target.copy()
+    for _ in range(iterations):
+        single = np.clip(single + (target - _with_overlaps(single, overlap_share)) / (1.0 - overlap_share), 0, None)
+        single /= single.sum()
+    excess = _with_overlaps(single, overlap_share)[CLIP_FROM:].sum() - target[CLIP_FROM:].sum()
+    top = single[CLIP_FROM:]
+    if excess > 0 and top.sum() > 0:
+        top *= max(1.0 - excess / ((1.0 - overlap_share) * top.sum()), 0.0)
+        single /= single.sum()
+    return single
 
 
 def library_sizes(model: Model) -> np.ndarray:
@@ -340,8 +423,9 @@ def fit(reference: dict | None = None, event_share: float = 0.5) -> Model:
     - spread: the within-sensor event-to-event variance (layer std^2 minus the between-sensor std^2) minus the
       compound-Poisson variance of the cluster count is given to the log-normal intensity, a share
       ``event_share`` of it to one event-wide factor (shared by all sensors of a layer) and the rest per image;
-    - charge: each sensor's spectrum is the reference histogram tilted to the sensor's mean hit charge, less
-      the charge that overlapping clusters add (a hit pixel holds 1 + rho / 2 deposits on average).
+    - charge: each sensor's spectrum is the reference histogram less what overlapping clusters add (the pixels
+      with two deposits, whose charges sum), its body below TAIL_FROM tilted to the sensor's mean hit charge
+      less that charge (a hit pixel holds 1 + rho / 2 deposits on average); the tail keeps its measured share.
     """
     ref = reference or reference_figures()
     model = new_model()
@@ -389,5 +473,7 @@ def fit(reference: dict | None = None, event_share: float = 0.5) -> Model:
     counts[7:] = ref["adc_histogram_counts_7_to_255"]
     rho = -np.log1p(-occ)
     target = np.asarray(ref["mean_hit_adc_per_sensor"], dtype=np.float64) / (1.0 + 0.5 * rho)
-    adc_cdf = np.stack([tilted_cdf(counts, m) for m in target])
+    # a hit pixel holds Poisson(rho) deposits, at least one: the share with two or more
+    overlap = 1.0 - rho * np.exp(-rho) / -np.expm1(-rho)
+    adc_cdf = np.stack([tilted_cdf(single_deposit_counts(counts, o), m) for m, o in zip(target, overlap)])
     return set_tables(model, loadings=loadings, sigma_image=sigma, adc_cdf=adc_cdf)

@@ -130,6 +130,31 @@ def test_calibration_is_reproducible_and_reads_root(truth, tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow
+def test_calibration_from_a_basf2_file_is_the_npz_round_trip(truth, calibrated, tmp_path):
+    """The calibration sample as a basf2 file (written by ROOT from the stand-in's classes, as RootOutput writes
+    them: what a Belle II user has) gives the same payload, byte for byte, as the digits file: the round trip above
+    passes for it as for the npz."""
+    pytest.importorskip("ROOT")
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "standin"))
+    try:
+        import belle2_files
+    finally:
+        sys.path.pop(0)
+    from pxdbg.shared.geometry import VXD_IDS
+
+    source = DigitsFile(truth[0])
+    events = []
+    for i in range(N_CAL):
+        f = source.frame(i)
+        events.append(np.stack([VXD_IDS[f.sensor], f.u, f.v, f.charge], axis=1).astype(np.uint16))
+    belle2_files.write_basf2_file(tmp_path / "overlay.root", events)
+    out = tmp_path / "from-basf2.pt"
+    proc = run([*PXDBG, "calibrate", tmp_path / "overlay.root", "-o", out, "-q"])
+    assert proc.returncode == 0, proc.stderr
+    assert payloads.sha256_file(out) == payloads.sha256_file(calibrated[0])
+
+
 def test_samples_too_small_get_one_clear_line(truth, tmp_path):
     source = DigitsFile(truth[0])
     few = write_digits(tmp_path / "few.npz", (source.frame(i) for i in range(5)))

@@ -8,6 +8,7 @@ import pytest
 from pxdbg import models
 from pxdbg.models import parametric
 from pxdbg.shared.geometry import LAYER_OF_INDEX, PIXELS_PER_SENSOR
+from pxdbg.validate.metrics import roughness_resolution, spectrum_roughness
 
 N_EVENTS = 250
 
@@ -50,6 +51,31 @@ def test_hit_charge_spectrum(sample, layer, ref_mean):
     assert 31 <= np.percentile(charge, 90) <= 39
     hist = np.bincount(charge.astype(int), minlength=256)
     assert hist[7] == hist[7:].max(), "the most frequent value sits at the threshold"
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_charge_tail_follows_the_reference(sample, layer):
+    """The share of hits at or above 100, 150, 200 and 250 ADC within 20 % of the reference's (both layers pooled:
+    the figures have no per-layer spectrum), beyond what the sample's own counts allow; and no spikes: the
+    spectrum's bin-to-bin roughness over 100..200 ADC, less its Poisson noise, no larger than the reference's
+    beyond what the sample's counts can resolve."""
+    frames, _, ref = sample
+    charge = np.concatenate([f.charge[LAYER_OF_INDEX[f.sensor] == layer] for f in frames])
+    hist = np.bincount(charge, minlength=256)
+    ref_hist = np.zeros(256)
+    ref_hist[7:] = ref["adc_histogram_counts_7_to_255"]
+    for cut in (100, 150, 200, 250):
+        share, ref_share = hist[cut:].sum() / hist.sum(), ref_hist[cut:].sum() / ref_hist.sum()
+        expected = ref_share * hist.sum()
+        allowed = 0.20 + 3 / np.sqrt(expected)  # at 250 ADC a few dozen hits: their Poisson noise adds
+        assert abs(share / ref_share - 1) < allowed, (cut, share, ref_share)
+    assert spectrum_roughness(hist) <= spectrum_roughness(ref_hist) + roughness_resolution(hist)
+    # the old model's quantile library gave each sensor a few hundred charge values: empty bins between spikes
+    assert np.all(hist[100:231] > 0)
+    # the measure has teeth: every other bin 30 % higher is a comb of spikes
+    comb = hist.astype(float)
+    comb[100:201:2] *= 1.3
+    assert spectrum_roughness(comb) > spectrum_roughness(ref_hist) + roughness_resolution(hist)
 
 
 def test_per_sensor_mean_hit_charge_within_3_percent(sample):

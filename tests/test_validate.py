@@ -17,12 +17,16 @@ from pxdbg.validate import validate
 from pxdbg.validate.metrics import (
     ReferenceFigures,
     SampleMetrics,
+    anderson_darling,
     chance_distance,
+    chi2_spectrum,
     clusters,
     compare,
     ks_distance,
     ks_distance_rows,
     reference_figures,
+    tail_check,
+    tail_fraction,
     wasserstein_distance,
 )
 from pxdbg.validate.samples import SampleError, open_sample
@@ -135,7 +139,7 @@ def test_parametric_passes_against_the_reference(parametric_sample):
     checks = compare(parametric_sample[0], ReferenceFigures(reference_figures()))
     verdicts = {c.metric: c.verdict for c in checks}
     assert "FAIL" not in verdicts.values(), [c.line() for c in checks]
-    assert list(verdicts.values()).count("PASS") == 11
+    assert list(verdicts.values()).count("PASS") == 21
 
 
 def _failed(checks):
@@ -154,6 +158,91 @@ def test_doubled_charges_are_flagged(parametric_sample):
     failed = _failed(compare(doubled, parametric_sample[0]))
     assert "cluster-charge distribution, layer 1" in failed and "cluster-charge distribution, layer 2" in failed
     assert not any("size" in name or "profile" in name or "correlation" in name for name in failed), failed
+
+
+#: the checks the validation had before it looked at the tails
+OLD_CHECKS = ("occupancy", "mean hit charge", "hit-charge spectrum", "cluster", "profile", "correlation")
+
+
+def test_clipped_tail_fails_the_tail_checks_only(parametric_sample):
+    """Charges above 150 ADC clipped to 150: 0.4 % of hits change, so the mean charges and the KS distance
+    barely move; the shares above 200 ADC (none left) and the chi-square of the spectrum fail."""
+    clipped = SampleMetrics(name="clipped")
+    for f in parametric_sample[1]:
+        clipped.add(SparseFrame(f.sensor, f.u, f.v, np.minimum(f.charge, 150)))
+    checks = compare(clipped, ReferenceFigures(reference_figures()))
+    failed = _failed(checks)
+    new = [c.metric for c in checks if c.metric.startswith(("share of hits", "hit-charge spectrum, "))]
+    old = [c.metric for c in checks if c.metric not in new]
+    assert all(any(k in m for k in OLD_CHECKS) for m in old) and len(old) == 14
+    assert not [m for m in failed if m in old], failed  # what the validation had could not see it
+    assert {"share of hits >= 200 ADC, layer 1", "share of hits >= 200 ADC, layer 2"} <= set(failed)
+    assert any(m.startswith("hit-charge spectrum, chi-square") for m in failed), failed
+    assert "share of hits >= 150 ADC, layer 1" not in failed  # clipped to 150, not below it
+    # the same sample against the unclipped one: the tail checks fail there too
+    failed = _failed(compare(clipped, parametric_sample[0]))
+    assert "share of hits >= 200 ADC, layer 1" in failed and not [m for m in failed if m in old], failed
+
+
+def test_tail_figures_by_hand():
+    counts = np.zeros(256, np.int64)
+    counts[[10, 120, 160, 210]] = [96, 2, 1, 1]
+    assert tail_fraction(counts, 150) == pytest.approx((0.02, np.sqrt(0.02 * 0.98 / 100)))
+    assert tail_fraction(counts, 250)[0] == 0.0
+    # a share 20 % off fails only where the counts can tell: 10,000 expected hits above the cut, not 10
+    ref = np.zeros(256)
+    ref[[10, 200]] = [9e8, 1e8]
+    big = np.zeros(256)
+    big[[10, 200]] = [92_000, 8_000]
+    assert tail_check("x", big, ref, 150).verdict == "FAIL"
+    small = big // 1000
+    check = tail_check("x", small, ref, 150)
+    assert check.verdict == "PASS" and check.threshold > 0.9
+    # hits above a cut that come in bunches: the count's spread over events is wider than binomial
+    m = SampleMetrics()
+    for k in (0, 4, 0, 4):  # events with 0 or 4 hits at 200 ADC, among 96 at 10 ADC
+        m.add(frame_of([(0, 0, v, 200 if v < k else 10) for v in range(100)]))
+    assert m.tail_count_sd(1, 150) == pytest.approx(np.sqrt(4 * np.var([0, 4, 0, 4], ddof=1)))
+    assert m.tail_count_sd(1, 150) > np.sqrt(400 * 0.02 * 0.98)
+    assert "from the events" in tail_check("x", m.adc_counts_layer[0], ref, 150, m.tail_count_sd(1, 150)).spread
+    # a spectrum against itself: chi-square zero; a sample drawn from it: at most one per degree of freedom (the
+    # per-bin allowance takes some); the same sample 20 % low from 60 ADC on: far above
+    chi2, ndf = chi2_spectrum(ref, ref)
+    assert chi2 == 0 and ndf == 1
+    rng = np.random.default_rng(1)
+    spectrum = np.exp(-np.arange(256) / 20.0)
+    spectrum[:7] = 0
+    drawn = rng.multinomial(10**6, spectrum / spectrum.sum())
+    chi2, ndf = chi2_spectrum(drawn, spectrum * 1e9)
+    assert 0.2 < chi2 / ndf < 1.2
+    low = drawn.copy()
+    low[60:] = rng.binomial(low[60:], 0.8)
+    chi2, ndf = chi2_spectrum(low, spectrum * 1e9)
+    assert chi2 / ndf > 3
+    # Anderson-Darling: a sample from the spectrum passes, one shifted by 2 ADC does not
+    assert anderson_darling(drawn, spectrum)[1] > 0.01
+    assert anderson_darling(np.roll(drawn, 2), spectrum)[1] <= 0.001
+
+
+def test_report_speaks_detector_language(tmp_path, parametric_sample):
+    """Sensors as layer.ladder.sensor, occupancies in percent, unsigned distances with their thresholds, and the
+    reference named for what it is."""
+    from pxdbg.validate.report import write_report
+
+    sample = parametric_sample[0]
+    ref = ReferenceFigures(reference_figures())
+    checks = compare(sample, ref)
+    report = write_report(sample, ref, checks, tmp_path, {"sample": "s", "reference": "r"}).read_text()
+    rows = [line for line in report.splitlines() if line.startswith("| ")]
+    occupancy = next(r for r in rows if r.startswith("| mean occupancy, layer 1 "))
+    assert occupancy.count(" %") == 2, occupancy
+    assert "sensor index" not in report and "(worst: sensor " in report
+    assert "real background" not in report.lower()
+    for c in checks:
+        if c.distance is not None:
+            assert not c.distance_text().split()[-1].startswith(("+", "-")), c.line()
+            assert "threshold" in c.line()
+    assert ReferenceFigures(reference_figures()).name.startswith("reference (Geant4 simulation")
 
 
 def rescaled(frames, factor, seed=0):
@@ -184,7 +273,7 @@ def test_per_sensor_charge_against_the_reference(parametric_sample):
     factor = np.ones(40)
     factor[9] = 1.06
     checks = compare(metrics_of(rescaled(parametric_sample[1][:50], factor)), ref)
-    assert "per-sensor mean hit charge (worst: sensor index 9)" in _failed(checks)
+    assert "per-sensor mean hit charge (worst: sensor 1.5.2)" in _failed(checks)
     assert "per-sensor mean hit charge pattern (40 sensors)" not in _failed(checks)
     # the layer order inverted (layer 1 up 4 %, layer 2 down 4 %): each layer mean within 10 %, yet both fail
     factor = np.where(LAYER_OF_INDEX == 1, 1.04, 0.96)
@@ -210,7 +299,7 @@ def test_structure_checks_have_teeth(parametric_sample):
         u = np.where(f.sensor == 3, f.u // 2, f.u).astype(np.uint8)
         squeezed.append(SparseFrame.from_pixels(f.sensor, u, f.v, f.charge))
     failed = structure_failures(squeezed)
-    assert "per-sensor hit-density profile along u (worst: sensor index 3)" in failed
+    assert "per-sensor hit-density profile along u (worst: sensor 1.2.2)" in failed
     assert not any("along v" in n for n in failed)
     # every other event loses the upper half (u >= 125) of all layer-2 sensors: their occupancies move together
     together = []
@@ -236,7 +325,7 @@ def test_empty_sensor_is_flagged(parametric_sample):
         holed.add(SparseFrame(f.sensor[keep], f.u[keep], f.v[keep], f.charge[keep]))
     checks = compare(holed, ReferenceFigures(reference_figures()))
     worst = checks[0]
-    assert worst.verdict == "FAIL" and "sensor index 7" in worst.metric and worst.distance == -1.0
+    assert worst.verdict == "FAIL" and "sensor 1.4.2" in worst.metric and worst.distance == -1.0
     assert "hit-charge spectrum" not in _failed(checks)
 
 

@@ -9,8 +9,9 @@ kept with their pixels and charges). Then, per sensor:
   pixel offsets from the seed pixel (the largest charge) and the rank of each pixel's charge (how the charge
   is shared); reweighted by size until the model's clusters, measured like the sample's, have the sample's
   sizes (the sample's clusters include merged neighbours, and the model's merge again);
-- **charge spectra**: the sensor's own hit-charge spectrum, with the library ranks spread evenly over it; tilted
-  so that the charge overlapping clusters add brings the mean back to the sample's;
+- **charge spectra**: the sensor's own hit-charge spectrum less what overlapping clusters add, with the library
+  ranks spread evenly over it; tilted (below 100 ADC) so that the charge overlapping clusters add brings the
+  mean back to the sample's;
 - **hit density**: the pixel density that gives each grid cell its occupancy once overlaps merge, smoothed
   towards a blurred copy of itself (SMOOTHING clusters' worth per cell) so sparse cells do not turn into holes;
 - **occupancy**: clusters per event that give that density with these shapes (pixels lost over the edges
@@ -282,17 +283,21 @@ def calibrate(
     density_cdf[:, -1] = 1.0
     pixels_per_event = rho.sum(axis=1) * P.CELL_U * P.CELL_V  # deposits per sensor and event
 
-    # charge spectra: each sensor's own, tilted so that the deposits overlapping clusters add on top
+    # charge spectra: each sensor's own less what overlapping clusters add (the hit pixels with two or more
+    # deposits, whose charges sum: the model's overlaps add them again), tilted so that the deposits on top
     # (a hit pixel holds rho / (1 - exp(-rho)) of them) bring the mean back to the sample's
     with np.errstate(invalid="ignore", divide="ignore"):
         per_hit = np.where(rho > 0, rho / -np.expm1(-rho), 1.0)
-    deposits = (col.hit_grid * per_hit).sum(axis=1) / np.maximum(col.hit_grid.sum(axis=1), 1)
+        several = np.where(rho > 0, 1.0 - rho * np.exp(-rho) / -np.expm1(-rho), 0.0)
+    hits_in = np.maximum(col.hit_grid.sum(axis=1), 1)
+    deposits = (col.hit_grid * per_hit).sum(axis=1) / hits_in
+    overlap = (col.hit_grid * several).sum(axis=1) / hits_in
     adc_cdf = np.empty((N_SENSORS, P.N_ADC))
     pooled = col.adc.sum(axis=0)
     for s in range(N_SENSORS):
         counts = col.adc[s] if active[s] else pooled
         mean = float(counts @ np.arange(256) / counts.sum())
-        adc_cdf[s] = P.tilted_cdf(counts, mean / deposits[s])
+        adc_cdf[s] = P.tilted_cdf(P.single_deposit_counts(counts, float(overlap[s])), mean / deposits[s])
 
     # shape library: evenly spaced picks from each sensor's clusters sorted by (size, charge)
     offsets = np.zeros((N_SENSORS, P.LIBRARY, P.MAX_CLUSTER, 2), np.int8)

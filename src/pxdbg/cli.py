@@ -612,6 +612,70 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+# -- files: info, convert, export ----------------------------------------------------------------------
+def cmd_info(args) -> int:
+    from pxdbg.fileformats import describe
+
+    for path in args.files:
+        rows = describe(path)
+        print(path)
+        for name, value in rows:
+            print(f"  {name:<15} {value}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pxdbg.fileformats import convert
+
+    n = convert(args.input, args.output, force=args.force, basf2=args.basf2, experiment=args.experiment, run=args.run)
+    what = f" (basf2, experiment {args.experiment}, run {args.run})" if args.basf2 else ""
+    print(f"wrote {n} events of {args.input} to {args.output}{what}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    """Events generated here (or read from a file) as a basf2 file that BGOverlayInput accepts."""
+    from pathlib import Path
+
+    from pxdbg.basf2files import Basf2DigitsWriter
+
+    if Path(args.basf2).exists() and not args.force:
+        raise ConfigError(f"{args.basf2} exists; pass --force to overwrite it")
+    if args.source:
+        from pxdbg.fileformats import convert
+
+        n = convert(args.source, args.basf2, force=args.force, basf2=True, experiment=args.experiment, run=args.run)
+        print(
+            f"wrote {n} events of {args.source} to {args.basf2} (basf2, experiment {args.experiment}, run {args.run})"
+        )
+        return 0
+    if args.events is None:
+        raise ConfigError("give --events N to generate, or --from FILE to export a file's events")
+    import torch
+
+    from pxdbg.models import load_spec
+
+    torch.set_num_threads(args.threads)
+    args.first_frame = args.first_frame if args.first_frame is not None else 0
+    seed, random_seed = _seed(args.seed)
+    model = load_spec(ProducerSpec.from_args(args))
+    meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame}
+    progress = Progress(args.events, enabled=not args.quiet)
+    t0 = time.perf_counter()
+    with Basf2DigitsWriter(args.basf2, meta, experiment=args.experiment, run=args.run) as out:
+        for start in range(0, args.events, args.batch):
+            first = args.first_frame + start
+            for frame in model.frames(seed, range(first, first + min(args.batch, args.events - start))):
+                out.append(frame)
+            progress.update(out.n_events)
+    print(
+        f"wrote {args.events} events to {args.basf2} (basf2, experiment {args.experiment}, run {args.run}) in "
+        f"{time.perf_counter() - t0:.1f} s; model {model.identity}, stream seed {seed}"
+        f"{' (random: pass --seed to reproduce)' if random_seed else ''}"
+    )
+    return 0
+
+
 # -- farm status ---------------------------------------------------------------------------------------
 def _status_rows(endpoints: list[str], latest, earlier, timeout: float) -> list[dict]:
     """One row per endpoint: its state in the ``latest`` look (answered, refused, bad reply, silent), its checked
@@ -931,9 +995,14 @@ def build_parser() -> argparse.ArgumentParser:
     kn.add_argument("--dir", default=".", help="directory to write the pair to (default: the current one)")
     kn.set_defaults(func=cmd_keys_new)
 
-    p = sub.add_parser("validate", help="compare a sample with real background figures or another sample")
-    p.add_argument("sample", help="a digits file (.npz) or a model name to run on the fly")
-    p.add_argument("--reference", help="a digits file or model name (default: the shipped reference figures)")
+    p = sub.add_parser(
+        "validate",
+        help="compare a sample (.npz, .root, basf2 file, model) with the reference (Geant4 simulation) or another",
+    )
+    p.add_argument("sample", help="a digits file (.npz), a ROOT file (ours or basf2's) or a model name to run")
+    p.add_argument(
+        "--reference", help="a digits file, ROOT file or model name (default: the shipped reference figures)"
+    )
     p.add_argument("--out", default="validation", help="report directory (default %(default)s)")
     p.add_argument("--events", type=_positive, help="events to use (default: all of a file, 1000 of a model)")
     p.add_argument("--checkpoint", help="checkpoint of a SAMPLE model")
@@ -962,6 +1031,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the calibration's own random choices (default 0)")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("info", help="what a file of PXD digits holds: .npz, our ROOT layout or a basf2 file")
+    p.add_argument("files", nargs="+", help="digits files (.npz) or ROOT files (ours or basf2's)")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="the events of one file in another format (npz <-> our root; basf2 -> both)")
+    p.add_argument("input", help="a digits file (.npz) or a ROOT file (ours or basf2's)")
+    p.add_argument("output", help="the file to write: .npz or .root (our layout; --basf2 for basf2's)")
+    p.add_argument("--basf2", action="store_true", help="write the output as a basf2 file (needs PyROOT)")
+    p.add_argument("--experiment", type=int, default=0, help="basf2 output: experiment number (default 0)")
+    p.add_argument("--run", type=int, default=0, help="basf2 output: run number (default 0)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser(
+        "export", help="generated events as a basf2 background file that BGOverlayInput accepts (needs PyROOT)"
+    )
+    p.add_argument("--basf2", required=True, metavar="OUT.root", help="the basf2 file to write")
+    p.add_argument("--from", dest="source", metavar="FILE", help="export this file's events instead of generating")
+    ProducerSpec.add_arguments(p, compute=False)
+    p.add_argument("--events", type=_positive, help="events to generate")
+    p.add_argument("--seed", help="stream seed (default: random, printed)")
+    p.add_argument("--first-frame", type=int, help="index of the first frame (default 0)")
+    p.add_argument(
+        "--experiment", type=int, default=0, help="experiment of the simulation that overlays it (default 0)"
+    )
+    p.add_argument("--run", type=int, default=0, help="run number (default 0)")
+    p.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
+    p.add_argument("--batch", type=_positive, default=4, help="frames per model call")
+    p.add_argument("--threads", type=_positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
+    p.add_argument("--force", action="store_true", help="overwrite an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("farm", help="look at a producer farm")
     fsub = p.add_subparsers(dest="farm_command", required=True)

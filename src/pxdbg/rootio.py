@@ -1,10 +1,11 @@
-"""ROOT output for people who analyse with ROOT: one TTree entry per event, written with uproot.
+"""ROOT output for people who analyse with ROOT (our layout): one TTree entry per event, written with uproot.
 
 Tree ``pxd_background``: ``frame`` (int64, the frame index in its stream) and jagged branches ``vxd_id``
 (uint16, Belle II VxdID), ``u`` (uint8), ``v`` (uint16), ``charge`` (uint8, ADC), with the counter
-branches ``nvxd_id``, ``nu``, ``nv``, ``ncharge`` that uproot writes for jagged arrays (all equal). The
-same JSON metadata as the ``.npz`` is stored as the string object ``meta``. uproot and awkward are
-optional dependencies (``pip install pxdbg[root]``).
+branches ``nvxd_id``, ``nu``, ``nv``, ``ncharge`` (int32: the event's number of digits, all four equal) that
+uproot writes for jagged arrays. The same JSON metadata as the ``.npz`` is a ``TObjString`` named ``meta``
+beside the tree (a key of the file, not a branch). uproot and awkward are optional dependencies
+(``pip install pxdbg[root]``). basf2's own file layout is :mod:`pxdbg.basf2files`.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ _CODE = r"""
 #include <TFile.h>
 #include <TTree.h>
 #include <TBranch.h>
+#include <TLeaf.h>
 #include <TRandom.h>
 #include <map>
 #include <array>
@@ -539,14 +540,50 @@ namespace standin {
 // background/modules/BGOverlayInput/src/BGOverlayInputModule.cc: initialize() and event()
 class BGOverlayInput {
  public:
-  void initialize(const std::vector<std::string>& fileNames, const std::string& extensionName) {
+  void initialize(const std::vector<std::string>& fileNames, const std::string& extensionName,
+                  bool skipExperimentCheck = false) {
     m_extensionName = extensionName;
     if (fileNames.empty()) fatal("No valid files specified!");
+    // the experiment of the process: EventMetaData of the event store, else EventMetaData's default (0)
+    int experiment = 0;
+    auto& eventMap = DataStore::Instance().getStoreEntryMap(DataStore::c_Event);
+    auto emd = eventMap.find("EventMetaData");
+    if (emd != eventMap.end() && emd->second.ptr)
+      experiment = static_cast<EventMetaData*>(emd->second.ptr)->getExperiment();
     for (const auto& fileName : fileNames) {
+      // RootIOUtilities::RootFileInfo: the file opens, has both trees, and exactly one persistent entry
       TFile* f = TFile::Open(fileName.c_str(), "READ");
-      if (!f || !f->IsOpen()) fatal("Couldn't open input file " + fileName);
-      if (!f->Get("persistent")) message("ERROR", "No 'persistent' tree found in " + fileName);
+      if (!f || !f->IsOpen()) { delete f; fatal("One of the BG files can not be opened. File name: " + fileName); }
+      TTree* persistent = nullptr;
+      TTree* events = nullptr;
+      f->GetObject("persistent", persistent);
+      f->GetObject("tree", events);
+      std::string issue;
+      if (!persistent) issue = "No persistent tree found";
+      else if (!events) issue = "No event tree found";
+      else if (persistent->GetEntries() != 1)
+        issue = "Expected exactly one entry in persistent tree, found " + std::to_string(persistent->GetEntries());
+      if (issue.empty() && persistent->GetBranch("BackgroundMetaData")) {
+        delete f;
+        fatal("The BG sample used is aimed for BG mixing, not for BG overlay. File name: " + fileName);
+      }
+      if (issue.empty() && !skipExperimentCheck) {
+        // RootFileInfo::getFileMetaData (the branch's one entry; read through its leaf, as FileMetaData is
+        // declared after this class), then the lowest experiment against the process's
+        TLeaf* low = persistent->GetBranch("FileMetaData") ? persistent->GetLeaf("m_experimentLow") : nullptr;
+        if (!low) issue = "Error retrieving FileMetaData branch";
+        else if (persistent->GetEntry(0) <= 0) issue = "Cannot read FileMetaData";
+        else if (int(low->GetValue()) != experiment) {
+          int fileExperiment = int(low->GetValue());
+          delete f;
+          fatal("The BG sample used is aimed for a different experiment number. Please check what you are doing. "
+                "File name: " + fileName + " Experiment number of the basf2 process: " + std::to_string(experiment) +
+                " Experiment number of the BG file: " + std::to_string(fileExperiment));
+        }
+      }
       delete f;
+      if (!issue.empty())
+        fatal("Something went wrong with one of the BG files. File name: " + fileName + " Issue: " + issue);
     }
     m_tree = new TChain("tree");
     for (const auto& fileName : fileNames) m_tree->AddFile(fileName.c_str());
@@ -679,25 +716,6 @@ long read_digits(TClonesArray* arr, unsigned short* out, long capacity) {
   return n;
 }
 
-// A background overlay file as BGOverlayInput reads it: tree "tree" with a PXDDigits branch, and "persistent".
-void write_background_file(const char* path, const std::vector<unsigned short>& digits4, int nEvents) {
-  TFile f(path, "RECREATE");
-  TTree tree("tree", "event tree");
-  TClonesArray* arr = new TClonesArray("Belle2::PXDDigit");
-  tree.Branch("PXDDigits", &arr);
-  for (int e = 0; e < nEvents; ++e) {
-    arr->Clear("C");
-    for (size_t i = 0; i + 3 < digits4.size(); i += 4)
-      new ((*arr)[arr->GetEntriesFast()]) PXDDigit(VxdID(digits4[i]), digits4[i + 1], digits4[i + 2],
-                                                   digits4[i + 3] + e);
-    tree.Fill();
-  }
-  TTree persistent("persistent", "persistent tree");
-  persistent.Fill();
-  f.Write();
-  f.Close();
-  delete arr;
-}
 }  // namespace standin
 }  // namespace Belle2
 """
@@ -913,11 +931,15 @@ def store_arrays(durability: int) -> dict[str, np.ndarray]:
     return out
 
 
-def write_background_file(path, digits: np.ndarray, events: int = 4) -> None:
-    """A background overlay file: each event holds ``digits`` ((n, 4): sensor id, u, v, charge), the charge of
-    event e raised by e, so that the events differ."""
-    flat = ROOT.std.vector["unsigned short"](np.asarray(digits, np.uint16).reshape(-1).tolist())
-    ROOT.Belle2.standin.write_background_file(str(path), flat, int(events))
+def write_background_file(path, digits: np.ndarray, events: int = 4, *, experiment: int = 0) -> None:
+    """A background overlay file as RootOutput writes one and BGOverlayInput accepts it (``belle2_files``): each
+    event holds ``digits`` ((n, 4): sensor id, u, v, charge), the charge of event e raised by e, so that the
+    events differ; FileMetaData of ``experiment``."""
+    import belle2_files  # declares FileMetaData; imports this module first
+
+    digits = np.asarray(digits, np.uint16).reshape(-1, 4)
+    per_event = [digits + np.array([0, 0, 0, e], np.uint16) for e in range(events)]
+    belle2_files.write_basf2_file(path, per_event, experiment=experiment)
 
 
 class DBAccessorBase:

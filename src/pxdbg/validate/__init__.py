@@ -1,4 +1,4 @@
-"""Validation: does generated background look like real background? (``pxdbg validate``)
+"""Validation: does generated background look like the reference (Geant4 simulation)? (``pxdbg validate``)
 
 :mod:`pxdbg.validate.metrics` accumulates per-sample metrics over events (numpy and scipy, no torch) and
 compares two samples, or a sample with the shipped reference figures; :mod:`pxdbg.validate.report` draws
@@ -76,7 +76,10 @@ def validate(
     label = _label(sample, checkpoint)
     s_desc, s_metrics = measure(sample, checkpoint, label, seed)
     if reference is None:
-        ref, r_desc = ReferenceFigures(reference_figures()), "the shipped reference figures (10,000 events)"
+        ref, r_desc = (
+            ReferenceFigures(reference_figures()),
+            "reference (Geant4 simulation): the shipped figures of 10,000 events",
+        )
     else:
         r_label = _label(reference, reference_checkpoint)
         if r_label == label:

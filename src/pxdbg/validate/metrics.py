@@ -2,11 +2,15 @@
 
 Metrics: per-sensor mean occupancy (fraction of pixels hit) and mean hit charge (average over images of an
 image's mean ADC over its hit pixels, as in the reference), the per-image occupancy distribution (200 bins
-over [0, 0.02] plus overflow, as published), the hit-charge spectrum (counts per ADC value), cluster size
+over [0, 0.02] plus overflow, as published), the hit-charge spectrum (counts per ADC value, per layer, and the
+per-event counts above :data:`TAIL_CUTS`), cluster size
 and cluster charge of 8-neighbour clusters per layer, each sensor's hit-density profiles along u and v, hit
 maps per layer, and the 40 x 40 correlation matrix of per-event sensor occupancies.
 
-Verdicts against the reference figures use fixed thresholds (:data:`THRESHOLDS`). Against another sample,
+Verdicts against the reference figures use fixed thresholds (:data:`THRESHOLDS`). The spectrum's tail has
+checks of its own, because a KS distance cannot see it: the share of hits above each cut per layer (20 %, or
+three standard deviations where the counts cannot tell 20 %), a chi-square of the binned spectrum and a
+k-sample Anderson-Darling test (:func:`tail_checks`). Against another sample,
 the structure checks (clusters, profiles, correlations) are held to what chance allows at the two samples'
 sizes: each sample is split into its even and odd events, two independent samples of the same source, and
 their distance sets the threshold (:data:`CHANCE_THRESHOLDS`).
@@ -21,7 +25,7 @@ from importlib import resources
 import numpy as np
 
 from pxdbg.shared.frame import SparseFrame
-from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, N_U, N_V, PIXELS_PER_SENSOR
+from pxdbg.shared.geometry import LAYER_OF_INDEX, N_SENSORS, N_U, N_V, PIXELS_PER_SENSOR, sensor_name
 
 OCC_BINS = 200
 OCC_MAX = 0.02
@@ -29,6 +33,7 @@ MAX_CLUSTER_SIZE = 64  # sizes above are counted in the last bin
 MAX_CLUSTER_CHARGE = 4096  # ADC; charges above are counted in the last bin
 CLUSTER_CHARGE_BIN = 8  # ADC per bin of the cluster-charge histogram
 N_CLUSTER_CHARGE_BINS = MAX_CLUSTER_CHARGE // CLUSTER_CHARGE_BIN + 1
+TAIL_CUTS = (100, 150, 200, 250)  # ADC: fractions of hits at or above each are compared
 _FORWARD_NEIGHBOURS = ((0, 1), (1, -1), (1, 0), (1, 1))  # half of the 8-neighbourhood: each pair once
 
 
@@ -79,6 +84,12 @@ class SampleMetrics:
     image_mean_adc_sum: np.ndarray = field(default_factory=lambda: np.zeros((2, N_SENSORS)))
     images_with_hits: np.ndarray = field(default_factory=lambda: _zeros(2, N_SENSORS))
     adc_counts: np.ndarray = field(default_factory=lambda: _zeros(256))
+    #: (layer, ADC) hit-charge counts per layer
+    adc_counts_layer: np.ndarray = field(default_factory=lambda: _zeros(2, 256))
+    #: (layer, cut) sums over events of the event's hits at or above each of TAIL_CUTS, and of their squares:
+    #: hits come in clusters and events, so the spread of these counts is wider than binomial
+    tail_event_sum: np.ndarray = field(default_factory=lambda: np.zeros((2, len(TAIL_CUTS))))
+    tail_event_sq: np.ndarray = field(default_factory=lambda: np.zeros((2, len(TAIL_CUTS))))
     occ_hist: np.ndarray = field(default_factory=lambda: _zeros(2, OCC_BINS + 1))
     occ_sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
     occ_sq_sum: np.ndarray = field(default_factory=lambda: np.zeros(2))
@@ -105,6 +116,11 @@ class SampleMetrics:
         self.images_with_hits[half] += hit
         self.adc_counts += np.bincount(frame.charge, minlength=256)
         layer_of_digit = LAYER_OF_INDEX[sensor].astype(np.intp) - 1
+        per_layer = np.bincount(layer_of_digit * 256 + frame.charge, minlength=512).reshape(2, 256)
+        self.adc_counts_layer += per_layer
+        above = np.cumsum(per_layer[:, ::-1], axis=1)[:, ::-1][:, list(TAIL_CUTS)]
+        self.tail_event_sum += above
+        self.tail_event_sq += above.astype(np.float64) ** 2
         for li in (0, 1):
             o = occ[LAYER_OF_INDEX == li + 1]
             bins = np.minimum((o / OCC_MAX * OCC_BINS).astype(np.int64), OCC_BINS)
@@ -163,6 +179,20 @@ class SampleMetrics:
     def layer_mean_hit_adc(self, layer: int) -> float:
         return float(self.mean_hit_adc_per_sensor()[LAYER_OF_INDEX == layer].mean())
 
+    def layer_adc_counts(self, layer: int) -> np.ndarray:
+        return self.adc_counts_layer[layer - 1]
+
+    def tail_count_sd(self, layer: int, cut: int) -> float:
+        """Standard deviation of the number of hits at or above ``cut`` ADC on ``layer``, from its spread over
+        events (sqrt(events x variance per event))."""
+        n = self.n_events
+        if n < 2:
+            return float("nan")
+        k = TAIL_CUTS.index(cut)
+        mean = self.tail_event_sum[layer - 1, k] / n
+        var = max(self.tail_event_sq[layer - 1, k] / n - mean**2, 0.0) * n / (n - 1)
+        return float(np.sqrt(n * var))
+
     def image_occupancy_hist(self) -> np.ndarray:
         """Per-image occupancy histogram over both layers: 200 bins over [0, 0.02], then the overflow."""
         return self.occ_hist.sum(axis=0)
@@ -188,6 +218,7 @@ class SampleMetrics:
             "per_image_occupancy_std_layer": {str(la): self.layer_image_occupancy_std(la) for la in (1, 2)},
             "mean_hit_adc_layer": {str(la): self.layer_mean_hit_adc(la) for la in (1, 2)},
             "adc_counts": self.adc_counts.tolist(),
+            "adc_counts_layer": {str(la): self.adc_counts_layer[la - 1].tolist() for la in (1, 2)},
             "per_image_occupancy_hist": self.image_occupancy_hist().tolist(),
             "cluster_size_counts_layer": {str(la): self.cluster_sizes[:, la - 1].sum(axis=0).tolist() for la in (1, 2)},
             "cluster_charge_counts_layer": {
@@ -220,10 +251,11 @@ class ReferenceFigures:
     """The shipped figures of 10,000 events of Geant4-simulated Belle II background, in metric form."""
 
     raw: dict
+    EVENTS = 10_000  # events behind the figures
 
     @property
     def name(self) -> str:
-        return "simulated Belle II background (reference figures, 10,000 events)"
+        return "reference (Geant4 simulation, 10,000 events)"
 
     def occupancy_per_sensor(self) -> np.ndarray:
         return np.asarray(self.raw["real"]["mean_occupancy_per_sensor"])
@@ -245,6 +277,10 @@ class ReferenceFigures:
         counts = np.zeros(256, np.int64)
         counts[7:] = self.raw["real"]["adc_histogram_counts_7_to_255"]
         return counts
+
+    def layer_adc_counts(self, layer: int) -> np.ndarray:
+        """The figures hold one spectrum of both layers together: each layer is compared with it."""
+        return self.adc_counts
 
     def image_occupancy_hist(self) -> np.ndarray:
         h = self.raw["real"]["per_image_occupancy_histogram"]
@@ -323,23 +359,47 @@ class Check:
     chance: float | None = None
     #: why a check has no verdict, when it has none
     note: str = ""
+    #: the statistical uncertainty of the value, in words (e.g. "binomial sd 1.2e-05")
+    spread: str = ""
+    #: value and reference are fractions shown in percent (occupancies)
+    percent: bool = False
+    #: the distance must stay above the threshold (a significance level), not below it
+    at_least: bool = False
+
+    def value_text(self, x: float | None) -> str:
+        if x is None:
+            return ""
+        return f"{100 * x:.4g} %" if self.percent else f"{x:.5g}"
 
     @property
     def verdict(self) -> str:
         if self.distance is None or self.threshold is None:
             return "n/a"
-        return "PASS" if abs(self.distance) <= self.threshold and np.isfinite(self.distance) else "FAIL"
+        if not np.isfinite(self.distance):
+            return "FAIL"
+        if self.at_least:
+            return "PASS" if self.distance > self.threshold else "FAIL"
+        return "PASS" if abs(self.distance) <= self.threshold else "FAIL"
+
+    def distance_text(self) -> str:
+        """The distance, unsigned (the value and the reference beside it show the direction)."""
+        if self.distance is None:
+            return ""
+        name = f"|{self.distance_name}|" if self.distance_name == "relative difference" else self.distance_name
+        return f"{name} {abs(self.distance):.3g}"
 
     def line(self) -> str:
         if self.verdict == "n/a":
             return f"{self.metric}: {self.note or 'no reference figure to compare with'}"
-        bound = self.distance_name if "|" in self.distance_name else f"|{self.distance_name}|"
-        text = (
-            f"{self.verdict} {self.metric}: {self.distance_name} {self.distance:+.4g} "
-            f"(threshold {bound} <= {self.threshold:.4g}"
-        )
+        bound = ">" if self.at_least else "<="
+        text = f"{self.verdict} {self.metric}: "
+        if self.value is not None and self.reference is not None:
+            text += f"{self.value_text(self.value)} against {self.value_text(self.reference)}, "
+        text += f"{self.distance_text()} (threshold {bound} {self.threshold:.3g}"
         if self.chance is not None:
             text += f"; by chance {self.chance:.3g}"
+        if self.spread:
+            text += f"; {self.spread}"
         return text + ")"
 
     def as_dict(self) -> dict:
@@ -352,12 +412,130 @@ class Check:
             "threshold": self.threshold,
             "chance": self.chance,
             "note": self.note,
+            "spread": self.spread,
             "verdict": self.verdict,
         }
 
 
+# -- tail-sensitive comparisons of hit-charge spectra ------------------------------------------------------------
+CHI2_SYSTEMATIC = 0.05  # relative per-bin allowance of the chi-square: a model is not asked to be exact
+CHI2_MIN_EXPECTED = 5.0  # tail bins are merged until the reference expects this many sample hits
+AD_HITS = 20_000  # hits drawn from each spectrum for the Anderson-Darling test
+AD_SIGNIFICANCE = 0.001  # below it the Anderson-Darling test fails
+
+
+def tail_fraction(counts: np.ndarray, cut: int) -> tuple[float, float]:
+    """Share of hits at or above ``cut`` ADC and its binomial standard deviation."""
+    n = float(counts.sum())
+    if n == 0:
+        return float("nan"), float("nan")
+    f = float(counts[cut:].sum()) / n
+    return f, float(np.sqrt(f * (1.0 - f) / n))
+
+
+def tail_check(
+    metric: str, sample_counts: np.ndarray, ref_counts: np.ndarray, cut: int, count_sd: float | None = None
+) -> Check:
+    """The share of hits above ``cut`` against the reference's: |ratio - 1| within THRESHOLDS["tail_fraction"],
+    or within three standard deviations where the counts cannot tell that much (few hits above the cut).
+
+    The sample's standard deviation is the larger of the binomial one and ``count_sd`` (the spread of the count
+    over events, when known): hits above a cut come in clusters, so their count spreads more than binomially.
+    """
+    f, sf = tail_fraction(sample_counts, cut)
+    r, sr = tail_fraction(ref_counts, cut)
+    if not (r > 0 and np.isfinite(f)):
+        return Check(metric, f, r, None, "", None, note="the reference has no hits above this cut")
+    n = float(sample_counts.sum())
+    expected = r * n  # sample hits above the cut if it followed the reference
+    rel_sd_sample = 1.0 / np.sqrt(expected)
+    spread = f"binomial sd {sf:.2g}"
+    if count_sd is not None and np.isfinite(count_sd):
+        rel_sd_sample = max(rel_sd_sample, count_sd / expected)
+        spread += f", from the events {count_sd / n:.2g}"
+    rel_sd = float(np.sqrt(rel_sd_sample**2 + (sr / r) ** 2))
+    threshold = max(THRESHOLDS["tail_fraction"], 3.0 * rel_sd)
+    return Check(metric, f, r, abs(f / r - 1.0), "|ratio - 1|", threshold, spread=spread)
+
+
+def _merge_tail(expected: np.ndarray, *arrays: np.ndarray) -> list[np.ndarray]:
+    """Merge bins from the top down until each expects CHI2_MIN_EXPECTED hits (sparse tails, Gaussian errors)."""
+    groups = np.zeros(expected.size, np.intp)
+    g, acc = 0, 0.0
+    for i in range(expected.size - 1, -1, -1):
+        groups[i] = g
+        acc += expected[i]
+        if acc >= CHI2_MIN_EXPECTED:
+            g, acc = g + 1, 0.0
+    return [np.bincount(groups, weights=a) for a in (expected, *arrays)]
+
+
+def chi2_spectrum(sample_counts: np.ndarray, ref_counts: np.ndarray) -> tuple[float, int]:
+    """Chi-square of a sample's hit-charge spectrum against the reference's counts (scaled to the sample's hits),
+    per-bin variance: both samples' Poisson counts plus CHI2_SYSTEMATIC of the expectation. (chi2, ndf)."""
+    n_s, n_r = float(sample_counts.sum()), float(ref_counts.sum())
+    if n_s == 0 or n_r == 0:
+        return float("nan"), 0
+    scale = n_s / n_r
+    expected, obs, ref = _merge_tail(ref_counts * scale, sample_counts.astype(float), ref_counts.astype(float))
+    var = obs + scale**2 * ref + (CHI2_SYSTEMATIC * expected) ** 2
+    used = var > 0
+    chi2 = float((((obs - expected) ** 2)[used] / var[used]).sum())
+    return chi2, int(used.sum()) - 1
+
+
+def anderson_darling(sample_counts: np.ndarray, ref_counts: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """scipy's k-sample Anderson-Darling test of AD_HITS hits drawn from each spectrum: (statistic, significance
+    level, which scipy bounds to [0.001, 0.25]). A fixed number of hits makes it a test of differences visible at
+    that size, where one of all the hits would call any difference significant."""
+    import warnings
+
+    from scipy.stats import anderson_ksamp
+
+    rng = np.random.default_rng(seed)
+    values = np.arange(sample_counts.size)
+    draws = []
+    for counts in (sample_counts, ref_counts):
+        total = counts.sum()
+        if total == 0:
+            return float("nan"), float("nan")
+        draws.append(np.repeat(values, rng.multinomial(AD_HITS, counts / total)))
+    with warnings.catch_warnings():  # scipy warns when it bounds the significance level; the bound is reported
+        warnings.simplefilter("ignore", UserWarning)
+        res = anderson_ksamp(draws)
+    return float(res.statistic), float(res.significance_level)
+
+
+def _second_differences(counts: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """Second differences of log counts over [lo, hi] ADC and the variance Poisson noise gives each."""
+    c = np.asarray(counts[lo - 1 : hi + 2], dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log = np.log(c)
+        noise = 1.0 / c[1:-1] + 0.25 * (1.0 / c[:-2] + 1.0 / c[2:])
+    return log[1:-1] - 0.5 * (log[:-2] + log[2:]), noise
+
+
+def spectrum_roughness(counts: np.ndarray, lo: int = 100, hi: int = 200) -> float:
+    """Bin-to-bin roughness of a spectrum over [lo, hi] ADC: the rms second difference of log counts, less what
+    the Poisson noise of the counts gives (0 when the noise explains it all); infinite with an empty bin. Spikes
+    raise it."""
+    d2, noise = _second_differences(counts, lo, hi)
+    if not np.all(np.isfinite(noise)):
+        return float("inf")
+    return float(np.sqrt(max(np.mean(d2**2) - np.mean(noise), 0.0)))
+
+
+def roughness_resolution(counts: np.ndarray, lo: int = 100, hi: int = 200) -> float:
+    """How large :func:`spectrum_roughness` comes out by chance for a smooth spectrum with these counts (three
+    standard deviations of the noise subtraction, neighbouring differences counted as correlated)."""
+    _, noise = _second_differences(counts, lo, hi)
+    return float(np.sqrt(3.0 * np.sqrt(6.0 / noise.size) * np.mean(noise)))
+
+
 #: Thresholds of the verdicts (relative differences as fractions, distances as defined above).
 THRESHOLDS = {
+    "tail_fraction": 0.20,
+    "hit_charge_chi2": 3.0,  # chi-square per degree of freedom
     "occupancy_per_sensor": 0.10,
     "occupancy_layer": 0.05,
     "per_image_occupancy_std": 0.25,
@@ -397,12 +575,13 @@ def compare(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -> lis
     worst = int(np.argmax(np.abs(rel)))
     checks.append(
         Check(
-            f"per-sensor mean occupancy (worst: sensor index {worst})",
+            f"per-sensor mean occupancy (worst: sensor {sensor_name(worst)})",
             float(occ[worst]),
             float(occ_ref[worst]),
             float(rel[worst]),
             "relative difference",
             t["occupancy_per_sensor"],
+            percent=True,
         )
     )
     for la in (1, 2):
@@ -414,6 +593,7 @@ def compare(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -> lis
                 rel_diff(sample.layer_occupancy(la), ref.layer_occupancy(la)),
                 "relative difference",
                 t["occupancy_layer"],
+                percent=True,
             )
         )
     for la in (1, 2):
@@ -426,6 +606,7 @@ def compare(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -> lis
                 rel_diff(v, r),
                 "relative difference",
                 t["per_image_occupancy_std"],
+                percent=True,
             )
         )
     checks.append(
@@ -461,11 +642,49 @@ def compare(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -> lis
             t["hit_charge_ks"],
         )
     )
+    checks += tail_checks(sample, ref)
     if isinstance(ref, SampleMetrics):
         checks += _structure_checks(sample, ref)
     else:
         for metric in ("cluster size and charge", "sensor-occupancy correlation matrix", "hit-density profiles"):
             checks.append(Check(metric, None, None, None, "", None, note="no reference figure to compare with"))
+    return checks
+
+
+def tail_checks(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -> list[Check]:
+    """The hit-charge spectrum's tail and shape: per layer, the share of hits above each of TAIL_CUTS; over all
+    hits, a chi-square of the binned spectrum and the Anderson-Darling test."""
+    checks = []
+    for la in (1, 2):
+        s, r = sample.layer_adc_counts(la), ref.layer_adc_counts(la)
+        for cut in TAIL_CUTS:
+            sd = sample.tail_count_sd(la, cut)
+            checks.append(tail_check(f"share of hits >= {cut} ADC, layer {la}", s, r, cut, sd))
+    chi2, ndf = chi2_spectrum(sample.adc_counts, ref.adc_counts)
+    checks.append(
+        Check(
+            f"hit-charge spectrum, chi-square ({ndf} degrees of freedom, {CHI2_SYSTEMATIC:.0%} per-bin allowance)",
+            chi2,
+            None,
+            chi2 / ndf if ndf > 0 else None,
+            "chi2 / ndf",
+            THRESHOLDS["hit_charge_chi2"],
+            note="" if ndf > 0 else "too few hits for a chi-square",
+        )
+    )
+    stat, significance = anderson_darling(sample.adc_counts, ref.adc_counts)
+    checks.append(
+        Check(
+            f"hit-charge spectrum, Anderson-Darling ({AD_HITS:,} hits from each)",
+            stat,
+            None,
+            significance if np.isfinite(significance) else None,
+            "significance level",
+            AD_SIGNIFICANCE if np.isfinite(significance) else None,
+            note="" if np.isfinite(significance) else "no hits",
+            at_least=True,
+        )
+    )
     return checks
 
 
@@ -479,7 +698,7 @@ def _charge_per_sensor_checks(sample: SampleMetrics, ref: SampleMetrics | Refere
     worst = int(np.argmax(np.abs(rel)))
     checks = [
         Check(
-            f"per-sensor mean hit charge (worst: sensor index {worst})",
+            f"per-sensor mean hit charge (worst: sensor {sensor_name(worst)})",
             float(adc[worst]),
             float(adc_ref[worst]),
             float(rel[worst]),
@@ -538,7 +757,7 @@ def _structure_checks(sample: SampleMetrics, ref: SampleMetrics) -> list[Check]:
         worst = int(np.argmax(per_sensor))
         checks.append(
             _chance_check(
-                f"per-sensor hit-density profile along {axis} (worst: sensor index {worst})",
+                f"per-sensor hit-density profile along {axis} (worst: sensor {sensor_name(worst)})",
                 "profile_ks",
                 float(per_sensor[worst]),
                 float(ks_distance_rows(s[0], s[1]).max()),

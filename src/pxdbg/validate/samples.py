@@ -1,9 +1,10 @@
 """Background samples on disk, read one event at a time: a digits file (``.npz``) or a ROOT file.
 
-A ROOT file holds one entry per event in a TTree with jagged branches ``vxd_id`` (Belle II VxdID), ``u``,
-``v`` and ``charge`` (ADC), as ``pxdbg generate --out x.root`` writes them; any tree with those four branches
-is read (charges above 255 ADC are clipped at 255, repeated pixels add up). Reading ROOT needs uproot and
-awkward (``pip install 'pxdbg[root]'``).
+A ROOT file is either basf2's own (a TTree ``tree`` with the ``PXDDigits`` array: beam-background overlay
+samples, any basf2 output; :mod:`pxdbg.basf2files`) or ours: one entry per event in a TTree with jagged branches
+``vxd_id`` (Belle II VxdID), ``u``, ``v`` and ``charge`` (ADC), as ``pxdbg generate --out x.root`` writes them;
+any tree with those four branches is read. Charges above 255 ADC are clipped at 255, repeated pixels add up.
+Reading ROOT needs uproot and awkward (``pip install 'pxdbg[root]'``), not ROOT.
 """
 
 from __future__ import annotations
@@ -51,6 +52,14 @@ def open_sample(path: str | os.PathLike) -> Sample:
     if not path.is_file():
         raise SampleError(f"no background sample at {path}: give a digits file (.npz) or a ROOT file (.root)")
     if path.suffix == ".root":
+        from pxdbg.basf2files import Basf2FileError, looks_like_basf2, open_basf2
+
+        if looks_like_basf2(path):
+            try:
+                b = open_basf2(path)
+            except Basf2FileError as exc:
+                raise SampleError(str(exc)) from None
+            return Sample(b.description, b.n_events, {**b.meta, "basf2": b.file_meta}, b.frames)
         return _open_root(path)
     from pxdbg.shared.digitsfile import DigitsFile, DigitsFileError
 
@@ -81,7 +90,7 @@ def _open_root(path: Path) -> Sample:
             if tree_name is None:
                 raise SampleError(
                     f"{path} has no TTree with the branches {', '.join(BRANCHES)} (one entry per "
-                    f"event, jagged: Belle II VxdID, u, v, charge in ADC)"
+                    f"event, jagged: Belle II VxdID, u, v, charge in ADC) and is not a basf2 file (no tree 'tree')"
                 )
             n_events = int(f[tree_name].num_entries)
     except (OSError, ValueError) as exc:
