@@ -73,7 +73,7 @@ class _Count(logging.Handler):
 
 
 def client_loop(endpoint: str, gil: float, events: int, via_prefetch: bool) -> dict:
-    from pxdbg.consumer import BackgroundClient
+    from pxdbg.consumer import BackgroundClient, PipelineError
     from pxdbg.consumer.prefetch import PrefetchConfig, PrefetchProcess
     from pxdbg.shared.spec import ProducerSpec
 
@@ -89,6 +89,7 @@ def client_loop(endpoint: str, gil: float, events: int, via_prefetch: bool) -> d
         else:
             client = BackgroundClient([endpoint], spec=spec, seed=1, prefetch=4)
             get, close = (lambda i: client.next()), client.close
+        failed = ""
         try:
             get(0)
             for i in range(1, events + 1):
@@ -96,16 +97,19 @@ def client_loop(endpoint: str, gil: float, events: int, via_prefetch: bool) -> d
                 t0 = time.perf_counter()
                 get(i)
                 waits.append(time.perf_counter() - t0)
-            reissued = 0 if via_prefetch else client.counters["frames_reissued"]
+        except PipelineError as exc:  # what the design without a prefetch process comes to with long holds
+            failed = f"failed after {len(waits)} events: {type(exc).__name__}"
         finally:
+            reissued = 0 if via_prefetch else client.counters["frames_reissued"]
             close()
     finally:
         logging.getLogger("pxdbg").removeHandler(counter)
-    w = np.array(waits) * 1e3
+    w = np.array(waits or [float("nan")]) * 1e3
     return {
         "wait": (float(np.percentile(w, 50)), float(np.percentile(w, 99))),
         "lost": counter.lost,
         "reissued": reissued,
+        "failed": failed,
     }
 
 
@@ -151,7 +155,7 @@ def main() -> int:
                     r = client_loop(endpoint, gil, min(n, 4), via)
                     where = "prefetch process" if via else "the GIL-holding one"
                     print(f"{gil:>18.0f} s {where:>24} {r['wait'][0]:>9.2f} / {r['wait'][1]:<8.2f} "
-                          f"{r['lost']:>5} {r['reissued']:>10}")  # fmt: skip
+                          f"{r['lost']:>5} {r['reissued']:>10}  {r['failed']}")  # fmt: skip
     return 0
 
 
