@@ -407,6 +407,8 @@ class PrefetchServer:
                         result = self.stream.get(index)
                     except PipelineError as exc:
                         failed = result = exc
+                    except PxdbgError as exc:  # a user error (a setting the client refuses): one line
+                        failed = result = PipelineError(str(exc))
                     except Exception as exc:  # a bug: its traceback goes to this process's stderr
                         log.exception("prefetch: fetching frame %d failed", index)
                         failed = result = PipelineError(f"the prefetch process failed: {exc!r}")

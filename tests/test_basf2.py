@@ -168,6 +168,16 @@ def test_constructor_checks_like_the_seed(basf2):
         PXDBackgroundGenerator(model="resnet", precision="bf16", compat_rng=True)
     with pytest.raises(ConfigError, match="first_frame"):
         PXDBackgroundGenerator(model="parametric", first_frame=3, compat_rng=True)
+    with pytest.raises(ConfigError, match="invalid `keying`"):
+        PXDBackgroundGenerator(model="parametric", keying="run")
+    with pytest.raises(ConfigError, match="keying='position'"):
+        PXDBackgroundGenerator(model="parametric", first_frame=3)  # event keys choose the frames themselves
+    for name in ("frame_timeout", "connect_timeout", "heartbeat_timeout"):
+        for bad in (0, -1, float("nan"), float("inf"), "5"):
+            with pytest.raises(ValueError, match=f"`{name}`"):
+                PXDBackgroundGenerator(model="parametric", **{name: bad})
+    with pytest.raises(ValueError, match="above 1 s"):
+        PXDBackgroundGenerator(model="parametric", heartbeat_timeout=0.8)
 
 
 def test_models_come_from_the_registry(basf2, monkeypatch):

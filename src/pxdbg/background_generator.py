@@ -285,6 +285,8 @@ def _module_class():
                     ("heartbeat_timeout", heartbeat_timeout),
                 )
             }
+            if self.timeouts["heartbeat_timeout"] <= 1.0:  # the client pings every 0.5 s
+                raise ValueError(f"expecting `heartbeat_timeout` above 1 s (got: {heartbeat_timeout!r})")
             self.curve = dict(curve_client_secret=curve_client_secret, curve_server_public=curve_server_public)
             if any(self.curve.values()) and endpoints is None:
                 raise ConfigError(
