@@ -69,6 +69,8 @@ INITIAL_LATENCY_S = 1.0
 #: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
 #: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
 HEDGE_BURST = 4.0
+#: Most producers one consumer uses at once (each costs two sockets and a connection).
+MAX_PRODUCERS = 128
 
 __all__ = [
     "BackgroundClient",
@@ -157,6 +159,7 @@ class BackgroundClient:
         straggler_min_s: float = 0.05,
         hedge_budget: float = 0.05,
         max_strikes: int = 3,
+        max_producers: int = MAX_PRODUCERS,
         **spec_keywords,
     ) -> None:
         unknown = set(spec_keywords) - set(_SPEC_KEYWORDS)
@@ -189,6 +192,10 @@ class BackgroundClient:
             raise ConfigError(f"hedge_budget must be a fraction of the frames received, 0..1, got {hedge_budget!r}")
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
             raise ConfigError(f"max_strikes must be a positive integer, got {max_strikes!r}")
+        if isinstance(max_producers, bool) or not isinstance(max_producers, int) or max_producers < 1:
+            raise ConfigError(f"max_producers must be a positive integer, got {max_producers!r}")
+        self.max_producers = max_producers
+        self._skipped_producers = 0
         self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
         self.straggler_factor = float(straggler_factor)
         self.max_strikes = max_strikes
@@ -393,16 +400,40 @@ class BackgroundClient:
                 peer.close_socket(say_bye=True)
 
     def _sync_peers(self, endpoints: list[str]) -> None:
-        """Use producers that appeared; drop vanished ones (what they owed is re-issued)."""
+        """Use producers that appeared (at most ``max_producers``); drop vanished ones (what they owed is
+        re-issued)."""
         with self._cv:
             known = dict(self._peers)
-        for ep in endpoints:
-            if ep not in known:
-                peer = Peer(ep, open_socket(self._ctx, ep, self.transport))
-                with self._cv:
-                    self._peers[ep] = peer
-                if known:
-                    log.info("producer %s appeared", ep)
+        fresh = [ep for ep in endpoints if ep not in known]
+        room = max(0, self.max_producers - sum(ep in known for ep in endpoints))
+        if len(fresh) > room:
+            # each producer costs sockets and file descriptors (libzmq allows 1,023 sockets per context):
+            # a directory of thousands of entries must not crash the consumer
+            skipped = len(fresh) - room
+            if skipped != self._skipped_producers:
+                log.warning(
+                    "%d producer endpoint(s) at %s skipped: this consumer uses at most %d producers "
+                    "(max_producers); first skipped: %s",
+                    skipped,
+                    self._source,
+                    self.max_producers,
+                    fresh[room][:200],
+                )
+            self._skipped_producers = skipped
+            self.counters["producers_skipped"] = skipped
+            fresh = fresh[:room]
+        for ep in fresh:
+            try:
+                sock = open_socket(self._ctx, ep, self.transport)
+            except zmq.ZMQError as exc:  # out of sockets or file descriptors: use the ones we have
+                self.counters["producers_skipped"] += 1
+                log.warning("cannot open a socket to producer %s (%s); skipping it", ep[:200], exc)
+                continue
+            peer = Peer(ep, sock)
+            with self._cv:
+                self._peers[ep] = peer
+            if known:
+                log.info("producer %s appeared", ep)
         for ep, peer in known.items():
             if ep not in endpoints:
                 lost = peer.forget_work()
