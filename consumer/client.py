@@ -53,6 +53,7 @@ from pxdbg.consumer.peers import (
 from pxdbg.consumer.stats import ClientStats
 from pxdbg.consumer.workers import LocalWorkers
 from pxdbg.shared import discovery, protocol, security
+from pxdbg.shared import transport as sockets
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
@@ -233,6 +234,7 @@ class BackgroundClient:
         self._budget = credits.HedgeBudget(ratio=float(hedge_budget), burst=HEDGE_BURST)
         self._skipped: dict[str, set[int]] = {"hedges_skipped_budget": set(), "hedges_skipped_busy": set()}
         self._peers: dict[str, Peer] = {}
+        self._trim_at = 0.0
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
         self._finalizer = None
@@ -495,6 +497,9 @@ class BackgroundClient:
             elif now - last_alive > self.connect_timeout:
                 self._fail(self._nobody_answered())
                 return
+            if self._trim_at and now >= self._trim_at:
+                self._trim_at = 0.0
+                sockets.release_freed_memory()
             self._hedge(now)
             self._assign_credits(now)
             self._account()
@@ -551,10 +556,19 @@ class BackgroundClient:
             if peer.sock is None or peer.state == QUARANTINED:
                 return
             try:
-                parts = peer.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                # a frame is a header and at most 4 buffers; past that, parts are released as they are read
+                parts, dropped = sockets.recv_bounded(
+                    peer.sock, max_parts=5, max_bytes=protocol.MAX_FRAME_MESSAGE, copy=False
+                )
             except zmq.Again:
                 return
             peer.last_recv = now
+            if dropped:
+                self.counters["bad_messages"] += 1
+                self.counters["oversized_messages"] += 1
+                self._quarantine(peer, f"sent a message of more than 5 parts or {protocol.MAX_FRAME_MESSAGE} bytes")
+                self._trim_at = now + 0.5  # once libzmq has freed what it held for the closed socket
+                return
             try:
                 header = protocol.unpack(parts[0].buffer)
                 self._handle(peer, header, parts[1:], now)

@@ -25,6 +25,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import OrderedDict
 
 import zmq
 
@@ -40,6 +41,11 @@ log = logging.getLogger("pxdbg.producer")
 MAX_PENDING_PER_CONSUMER = protocol.MAX_INDICES_PER_REQUEST
 #: Default most consumers one producer serves at once.
 MAX_CONSUMERS = 256
+#: Longest routing id libzmq gives a peer, bytes (a peer may choose its own, up to 255 bytes).
+MAX_ROUTING_ID = 256
+#: Seconds a peer that sent an oversized message is ignored; most such peers remembered.
+BAN_S = 60.0
+MAX_BANNED = 4096
 #: Messages libzmq may hold for one consumer's connection: the rest wait in that consumer's own send queue.
 SEND_HWM = 16
 
@@ -113,6 +119,8 @@ class ProducerServer:
         self._last_progress = self._started
         self._inproc = f"inproc://pxdbg-results-{id(self)}"
         self.allow_list: security.AllowList | None = None
+        self._trim_memory = False
+        self._banned: OrderedDict[bytes, float] = OrderedDict()  # routing id -> ignored until (monotonic)
         self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -206,9 +214,21 @@ class ProducerServer:
             if sock in events:
                 for _ in range(1000):  # drain, but let results through under a flood of requests
                     try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK)
+                        # routing id, header, and one more part to tell "unexpected buffers"; past that, the
+                        # parts are dropped as they are read (a 400-part message is not held whole)
+                        parts, dropped = transport.recv_bounded(
+                            sock, max_parts=3, max_bytes=MAX_ROUTING_ID + 2 * protocol.MAX_REQUEST_MESSAGE
+                        )
                     except zmq.Again:
                         break
+                    if dropped:
+                        self._oversized(parts[0], dropped)
+                        continue
+                    if parts[0] in self._banned:
+                        if time.monotonic() < self._banned[parts[0]]:
+                            self.stats.count("messages_from_banned_peers")
+                            continue
+                        del self._banned[parts[0]]
                     try:
                         self._handle(sock, parts)
                     except Exception:  # a bug here must not take the producer down with it
@@ -223,6 +243,9 @@ class ProducerServer:
             if now >= next_housekeeping:
                 next_housekeeping = now + 0.5
                 self._expire(now)
+                if self._trim_memory:
+                    self._trim_memory = False
+                    transport.release_freed_memory()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process %d is gone; stopping", self.parent_pid)
                     self.stop()
@@ -286,6 +309,16 @@ class ProducerServer:
                 raise
             self.stats.count("sends_to_gone_consumer")
             self._forget(cid, "its connection is gone")
+
+    def _oversized(self, cid: bytes, dropped: int) -> None:
+        """A message far beyond any request: its sender is forgotten and ignored for a while."""
+        self._bad("oversized_messages", f"a message with {dropped} parts beyond the bound; its sender is ignored")
+        self._forget(cid, "it sent an oversized message")
+        self._trim_memory = True  # after the whole message is read (the housekeeping pass)
+        self._banned[cid] = time.monotonic() + BAN_S
+        self._banned.move_to_end(cid)
+        while len(self._banned) > MAX_BANNED:
+            self._banned.popitem(last=False)
 
     def _bad(self, kind: str, detail: str) -> None:
         n = self.stats.count(kind)

@@ -7,6 +7,7 @@ Bounded queues, bounded linger, size limits, and endpoint checks before any sock
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -163,6 +164,46 @@ def router(
                 ) from None
             raise ConfigError(f"cannot bind {ep}: {exc}") from None
     return sock
+
+
+def recv_bounded(sock: zmq.Socket, *, max_parts: int, max_bytes: int, copy: bool = True) -> tuple[list, int]:
+    """One waiting message, part by part: ``(parts kept, parts dropped)``. Raises ``zmq.Again`` when none waits.
+
+    Keeps at most ``max_parts`` parts and ``max_bytes`` in all; the rest is received and released at once, so
+    a message of many parts (``MAXMSGSIZE`` bounds each part, not their number) never costs more than the bound
+    in this process's own copies. libzmq itself assembles a whole message before it hands over its first part:
+    that transient copy is bounded only by what the peer sends, and is freed as the parts are read here.
+    ``copy``: parts as ``bytes`` (else as ``zmq.Frame``)."""
+    first = sock.recv(zmq.NOBLOCK, copy=copy)
+    parts = [first]
+    size = len(first)
+    dropped = 0
+    while sock.getsockopt(zmq.RCVMORE):
+        part = sock.recv(copy=False)  # the rest of a message is here already: libzmq delivers whole messages
+        n = len(part)
+        if len(parts) < max_parts and size + n <= max_bytes:
+            parts.append(part.bytes if copy else part)
+            size += n
+        else:
+            dropped += 1
+        del part
+    return parts, dropped
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by dropped messages back to the system (glibc keeps freed heap pages otherwise: the
+    parts of one 400 MB message would stay resident for good). No-op where ``malloc_trim`` does not exist."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def bound_endpoints(sock: zmq.Socket, endpoints: list[str]) -> list[str]:

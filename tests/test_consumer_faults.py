@@ -332,3 +332,74 @@ def test_a_producer_s_pending_limit_is_learnt_not_punished(tmp_path):
     assert same(got, expected(0, 50))
     assert fake.refused >= 1 and counters["frames_over_producer_limit"] == fake.refused
     assert state == "alive" and "producers_quarantined" not in counters
+
+
+#: A producer that welcomes a consumer, then answers its first request with one frame message of 40 parts
+#: x 15 MB (argv: endpoint, identity as JSON).
+HUGE_MESSAGE_PRODUCER = """
+import json, sys, time, zmq
+from pxdbg.shared import protocol
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER)
+s.setsockopt(zmq.LINGER, 0)
+s.bind(sys.argv[1])
+identity = json.loads(sys.argv[2])
+info = {"pid": 1, "host": "hostile", "device": "cpu"}
+part = b"x" * (15 * 2**20)
+deadline = time.monotonic() + 60
+sent = False
+while time.monotonic() < deadline:
+    if not s.poll(100):
+        continue
+    cid, raw, *_ = s.recv_multipart()
+    h = protocol.unpack(raw)
+    if h["t"] == "hello":
+        s.send_multipart([cid, protocol.welcome(identity, info, version=protocol.PROTOCOL_VERSION, codec=None)])
+    elif h["t"] == "ping":
+        s.send_multipart([cid, protocol.pong()])
+    elif h["t"] == "req" and not sent:
+        header = protocol.pack({"t": "frame", "seed": h["seed"], "idx": h["idx"][0]})
+        s.send_multipart([cid, header, *[part] * 40], copy=False)
+        sent = True
+"""
+
+
+def _rss_mb() -> float:
+    import os
+    from pathlib import Path
+
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_a_producer_s_message_of_many_parts_is_dropped_and_the_producer_quarantined(tmp_path):
+    """Row: one hostile producer's frame message of 40 parts x 15 MB took a consumer from 53 to 677 MB."""
+    import json
+
+    good_ep, bad_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/huge.sock"
+    bad = subprocess.Popen(
+        [sys.executable, "-c", HUGE_MESSAGE_PRODUCER, bad_ep, json.dumps(IDENTITY.as_dict())],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        with FakeProducer(good_ep, IDENTITY, delay=0.002):
+            with BackgroundClient([good_ep], seed=SEED, prefetch=8, **FAST) as warm:
+                consume(warm, 20)  # steady state: this process has decoded frames before
+            rss0 = _rss_mb()
+            with BackgroundClient([bad_ep, good_ep], seed=SEED, prefetch=8, **FAST) as client:
+                client.wait_for_producers(2)
+                got, _ = consume(client, 60)
+                assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=20)
+                time.sleep(1.0)  # the quarantined socket's buffers are freed and given back
+                rss1 = _rss_mb()
+                counters = dict(client.counters)
+                why = client.producer_report()[bad_ep]
+    finally:
+        bad.kill()
+        bad.wait(10)
+    print(f"\nconsumer memory, a producer's message of 40 parts x 15 MB: {rss0:.0f} MB before, {rss1:.0f} MB after")
+    assert same(got, expected(0, 60))
+    assert counters["oversized_messages"] == 1 and "more than 5 parts" in why
+    assert rss1 - rss0 < 64
