@@ -197,6 +197,8 @@ class BackgroundClient:
             raise ConfigError(f"max_producers must be a positive integer, got {max_producers!r}")
         self.max_producers = max_producers
         self._skipped_producers = 0
+        #: seconds a pong may take before its producer counts as silent
+        self._pong_timeout = max(0.25, self.heartbeat_interval / 2)
         self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
         self.straggler_factor = float(straggler_factor)
         self.max_strikes = max_strikes
@@ -538,8 +540,30 @@ class BackgroundClient:
                         busy,
                         self.stall_timeout,
                     )
-        if now - peer.last_sent >= self.heartbeat_interval:
-            self._try_send(peer, ping if peer.state in (ALIVE, DRAINING) else hello, now)
+        if peer.state in (ALIVE, DRAINING):
+            # a ping every interval even while requests flow: a missed pong then means silence, not a busy model
+            if now - peer.last_ping >= self.heartbeat_interval and self._try_send(peer, ping, now):
+                peer.last_ping = now
+            if (
+                peer.state == ALIVE
+                and not peer.silent_since
+                and now - peer.last_recv > self.heartbeat_interval + self._pong_timeout
+            ):
+                self._silent(peer, now)
+        elif now - peer.last_sent >= self.heartbeat_interval:
+            self._try_send(peer, hello, now)
+
+    def _silent(self, peer: Peer, now: float) -> None:
+        """It missed a pong (a partition, a stopped process): what it owes is at risk as a whole, so its frames
+        are asked of the others now (no hedge budget) instead of after the heartbeat timeout's loss verdict."""
+        peer.silent_since = now
+        self.counters["producers_silent"] += 1
+        log.info(
+            "producer %s missed its heartbeat (silent for %.1f s); asking the others for its %d outstanding frame(s)",
+            peer.endpoint,
+            now - peer.last_recv,
+            len(peer.outstanding),
+        )
 
     def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool:
         if peer.sock is None:
@@ -563,6 +587,9 @@ class BackgroundClient:
             except zmq.Again:
                 return
             peer.last_recv = now
+            if peer.silent_since:
+                log.info("producer %s answers again after %.1f s", peer.endpoint, now - peer.silent_since)
+                peer.silent_since = 0.0
             if dropped:
                 self.counters["bad_messages"] += 1
                 self.counters["oversized_messages"] += 1
@@ -795,6 +822,7 @@ class BackgroundClient:
         lost = peer.forget_work()
         self._unhedge(peer.endpoint)
         peer.quarantines += 1
+        peer.silent_since = peer.last_ping = 0.0
         duration = self.quarantine * 2 ** min(peer.quarantines - 1, 10)
         peer.quarantined_until = time.monotonic() + duration
         peer.why = ("identity: " if identity else "") + why
@@ -820,6 +848,7 @@ class BackgroundClient:
         peer.last_sent = 0.0
         peer.judged_slow_at = 0.0
         peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)
+        peer.silent_since = peer.last_ping = 0.0
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)
         self._set_state(peer, CONNECTING)
@@ -908,7 +937,8 @@ class BackgroundClient:
         if not copies:
             return
         # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
-        draining = [p.endpoint for p in working if p.state == DRAINING]
+        # and so are a silent producer's (it missed a pong: a partition or a stopped process, not slowness)
+        draining = [p.endpoint for p in working if p.state == DRAINING or p.silent_since]
         if self._budget.ratio == 0 and not draining:
             return
         latency = {p.endpoint: p.latency for p in working}
@@ -916,7 +946,7 @@ class BackgroundClient:
             now,
             copies,
             latency,
-            self._loads(alive, now),
+            self._loads([p for p in alive if not p.silent_since], now),
             self._budget.tokens if self._budget.ratio > 0 else 0.0,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
@@ -943,7 +973,7 @@ class BackgroundClient:
             log.info("frame(s) %s overdue; asked %s too", indices, ep)
 
     def _assign_credits(self, now: float) -> None:
-        alive = [p for p in self._peers.values() if p.state == ALIVE]
+        alive = [p for p in self._peers.values() if p.state == ALIVE and not p.silent_since]
         if not alive:
             return
         with self._cv:

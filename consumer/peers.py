@@ -38,6 +38,9 @@ class Peer:
     state: str = CONNECTING
     last_recv: float = 0.0  # any message (heartbeat liveness)
     last_sent: float = 0.0
+    last_ping: float = 0.0
+    #: when it was found to have missed a pong (0: it answers); its frames are then asked of the others at once
+    silent_since: float = 0.0
     last_frame: float = 0.0  # a frame arrived (work liveness)
     #: frame index -> when it was requested from this peer
     outstanding: dict = field(default_factory=dict)

@@ -403,3 +403,59 @@ def test_a_producer_s_message_of_many_parts_is_dropped_and_the_producer_quaranti
     assert same(got, expected(0, 60))
     assert counters["oversized_messages"] == 1 and "more than 5 parts" in why
     assert rss1 - rss0 < 64
+
+
+def _run_with_work(client: BackgroundClient, n: int, work_s: float, at=None) -> tuple[list, float, float]:
+    """n frames with ``work_s`` seconds of event work each (``at``: {event: callable} run before that event);
+    (frames, elapsed seconds, longest wait for one frame)."""
+    got, longest = [], 0.0
+    t0 = time.perf_counter()
+    for i in range(n):
+        if at and i in at:
+            at[i]()
+        t = time.perf_counter()
+        got.append(client.next())
+        longest = max(longest, time.perf_counter() - t)
+        time.sleep(work_s)
+    return got, time.perf_counter() - t0, longest
+
+
+@pytest.mark.slow
+def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_loss_verdict(tmp_path):
+    """Row: one of two producers stopped (SIGSTOP, as a partition) for 8 s cost a run of 300 events with 15 ms of
+    work each the whole heartbeat timeout: 10.0 s instead of 5.7 s, while its 6 outstanding frames waited for
+    the 5 s loss verdict. Now a missed pong makes its frames go to the other producer at once."""
+    import signal
+    import threading
+
+    from pipeline_helpers import producers
+
+    n, work = 300, 0.015
+    with producers(tmp_path) as p:
+        eps = [p.start("p0", "--max-batch", "4"), p.start("p1", "--max-batch", "4")]
+        stopped = p.procs["p0"]
+        resume = threading.Timer(8.0, lambda: stopped.send_signal(signal.SIGCONT))
+        try:
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
+                client.wait_for_producers(2, timeout=60)
+                clean, clean_s, _ = _run_with_work(client, n, work)
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
+                client.wait_for_producers(2, timeout=60)
+
+                def stop() -> None:
+                    stopped.send_signal(signal.SIGSTOP)
+                    resume.start()
+
+                faulty, faulty_s, longest = _run_with_work(client, n, work, at={50: stop})
+                counters = dict(client.counters)
+        finally:
+            resume.cancel()
+            stopped.send_signal(signal.SIGCONT)
+    print(
+        f"\npartition stall, {n} events x {1e3 * work:.0f} ms, one of two producers SIGSTOPped for 8 s: "
+        f"{faulty_s:.2f} s against {clean_s:.2f} s fault-free (+{faulty_s - clean_s:.2f} s; longest wait "
+        f"{1e3 * longest:.0f} ms; heartbeat timeout 5 s); {counters}"
+    )
+    assert all(a == b for a, b in zip(clean, faulty)) and len(faulty) == n
+    assert counters["producers_silent"] >= 1
+    assert longest < 2.5, "the stopped producer's frames waited for the loss verdict"
