@@ -70,6 +70,8 @@ INITIAL_LATENCY_S = 1.0
 #: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
 #: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
 HEDGE_BURST = 4.0
+#: Hedged requests, as a fraction of the frames received, for a farm (local workers: none by default).
+DEFAULT_HEDGE_BUDGET = 0.05
 #: Most producers one consumer uses at once (each costs two sockets and a connection).
 MAX_PRODUCERS = 128
 
@@ -136,7 +138,8 @@ class BackgroundClient:
     the first time; doubled each time again). A frame outstanding longer than ``straggler_factor`` times its
     producer's recent latency and the other producers' typical latency (and at least ``straggler_min_s``) is
     asked of another producer too (a hedged request), if one has spare credit and within ``hedge_budget`` (about
-    that fraction of the frames received; 0: no hedging); see :func:`pxdbg.consumer.credits.hedges`.
+    that fraction of the frames received; 0: no hedging; default 0.05 for a farm, 0 for local workers, which
+    share this machine's CPUs); see :func:`pxdbg.consumer.credits.hedges`.
     """
 
     def __init__(
@@ -158,7 +161,7 @@ class BackgroundClient:
         quarantine: float = 60.0,
         straggler_factor: float = 4.0,
         straggler_min_s: float = 0.05,
-        hedge_budget: float = 0.05,
+        hedge_budget: float | None = None,
         max_strikes: int = 3,
         max_producers: int = MAX_PRODUCERS,
         **spec_keywords,
@@ -189,6 +192,10 @@ class BackgroundClient:
             raise ConfigError("heartbeat_timeout must exceed twice the heartbeat_interval")
         if not straggler_factor > 1 or not math.isfinite(straggler_factor):
             raise ConfigError(f"straggler_factor must be a number above 1, got {straggler_factor!r}")
+        if hedge_budget is None:
+            # local workers share this machine's CPUs: a hedged copy takes the CPU the first copy waits for, so it
+            # is no cure for a straggler there (a lost, draining or silent worker's frames still go elsewhere)
+            hedge_budget = 0.0 if workers is not None else DEFAULT_HEDGE_BUDGET
         if isinstance(hedge_budget, bool) or not isinstance(hedge_budget, (int, float)) or not 0 <= hedge_budget <= 1:
             raise ConfigError(f"hedge_budget must be a fraction of the frames received, 0..1, got {hedge_budget!r}")
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
@@ -662,13 +669,13 @@ class BackgroundClient:
     def _goodbye(self, peer: Peer, header: dict) -> None:
         final, dropped = parse_goodbye(header)
         reason = str(header.get("reason"))[:200]
-        if final:
-            self._peer_lost(peer, f"it said goodbye ({reason})")
+        if final:  # a clean shutdown (a rollout, scancel): expected, not a failure
+            self._peer_lost(peer, f"it said goodbye ({reason})", drained=True)
             return
         lost = [i for i in dropped.get(self.seed, []) if peer.outstanding.pop(i, None) is not None]
         self.counters["producers_draining"] += 1
         self.counters["frames_reissued"] += len(lost)
-        log.warning(
+        log.info(
             "producer %s is draining (%s); re-issuing %d dropped frame(s) now, %d still to come from it",
             peer.endpoint,
             reason,
@@ -838,13 +845,21 @@ class BackgroundClient:
         peer.close_socket(say_bye=True)
         self._set_state(peer, QUARANTINED)
 
-    def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True) -> None:
+    def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None:
+        """It is gone (``drained``: it shut down cleanly, an INFO and its own counter); what it owed goes elsewhere;
+        a fresh connection waits for it (or a successor) to say welcome."""
         lost = peer.forget_work()
         self._unhedge(peer.endpoint)
-        log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
-        self.counters["producer_failures"] += 1
+        if drained:
+            log.info(
+                "producer %s shut down (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost)
+            )
+            self.counters["producers_drained"] += 1
+        else:
+            log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
+            self.counters["producer_failures"] += 1
         self.counters["frames_reissued"] += len(lost)
-        peer.why = f"lost: {why}"
+        peer.why = f"{'shut down' if drained else 'lost'}: {why}"
         peer.last_sent = 0.0
         peer.judged_slow_at = 0.0
         peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)

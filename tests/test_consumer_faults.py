@@ -459,3 +459,36 @@ def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_los
     assert all(a == b for a, b in zip(clean, faulty)) and len(faulty) == n
     assert counters["producers_silent"] >= 1
     assert longest < 2.5, "the stopped producer's frames waited for the loss verdict"
+
+
+@pytest.mark.slow
+def test_a_clean_drain_is_an_info_and_its_own_counter_and_local_workers_do_not_hedge(tmp_path, caplog):
+    """Rows: a producer's SIGTERM drain (a rollout, scancel) logged three WARNINGs and counted as
+    producer_failures 1; local-worker runs hedged onto the same CPUs (hedged 12, hedges_wasted 12)."""
+    from pipeline_helpers import producers
+    from pxdbg import models
+
+    reference = models.load("parametric").frames(SEED, range(60))
+    caplog.set_level("INFO", logger="pxdbg.consumer")
+    with producers(tmp_path) as p:
+        eps = [p.start("p0", "--max-batch", "2"), p.start("p1", "--max-batch", "2")]
+        with BackgroundClient(eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, connect_timeout=60) as client:
+            client.wait_for_producers(2, timeout=60)
+            got, _ = consume(client, 20)
+            p.procs["p0"].terminate()
+            assert p.procs["p0"].wait(timeout=30) == 0
+            more, _ = consume(client, 40)
+            assert wait_until(lambda: client.counters["producers_drained"] == 1, 10), dict(client.counters)
+            counters = dict(client.counters)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")]
+    drained = [r for r in caplog.records if "shut down (" in r.getMessage()]
+    assert same(got + more, reference)
+    assert counters.get("producer_failures", 0) == 0 and not warnings, (counters, warnings)
+    assert len(drained) == 1 and drained[0].levelname == "INFO"
+    with BackgroundClient(workers=2, seed=SEED, prefetch=16, connect_timeout=60) as local:
+        local.wait_for_producers(2, timeout=60)
+        got, _ = consume(local, 60)
+        counters = dict(local.counters)
+    print(f"\nlocal workers, 60 frames: {counters}")
+    assert same(got, reference)
+    assert counters.get("hedged", 0) == 0 and counters.get("hedges_wasted", 0) == 0
