@@ -52,7 +52,7 @@ from pxdbg.consumer.peers import (
 )
 from pxdbg.consumer.stats import ClientStats
 from pxdbg.consumer.workers import LocalWorkers
-from pxdbg.shared import discovery, protocol, security
+from pxdbg.shared import codecs, discovery, protocol, security
 from pxdbg.shared import transport as sockets
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import SparseFrame
@@ -244,6 +244,7 @@ class BackgroundClient:
         self._skipped: dict[str, set[int]] = {"hedges_skipped_budget": set(), "hedges_skipped_busy": set()}
         self._peers: dict[str, Peer] = {}
         self._trim_at = 0.0
+        self._offered_codecs = codecs.available()  # what every hello of this consumer offers
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
         self._finalizer = None
@@ -518,7 +519,7 @@ class BackgroundClient:
             if now >= peer.quarantined_until:  # its quarantine is over: a fresh connection, a fresh start
                 log.info("producer %s: quarantine over; trying it again", peer.endpoint)
                 peer.reset_socket(self._ctx, self.transport)
-                peer.strikes = peer.slow_strikes = 0
+                peer.strikes = peer.slow_strikes = peer.rehellos = 0
                 peer.judged_slow_at = 0.0
                 peer.last_sent = 0.0
                 self._set_state(peer, CONNECTING)
@@ -642,6 +643,11 @@ class BackgroundClient:
 
     def _error_message(self, peer: Peer, header: dict) -> None:
         if header.get("rehello"):  # the producer restarted and forgot us: what we asked for is lost
+            peer.rehellos += 1
+            if peer.rehellos >= self.max_strikes:  # a restart is rare: one that forgets us every time is broken
+                self.counters["producer_errors"] += 1
+                self._quarantine(peer, f"forgot this consumer {peer.rehellos} times in a row (rehello) without a frame")
+                return
             self._peer_lost(peer, "it restarted", reconnect=False)
             return
         msg = str(header.get("msg"))[:500]
@@ -700,6 +706,24 @@ class BackgroundClient:
                 identity=True,
             )
             return
+        version, codec = header.get("version"), header.get("codec")
+        if version is not None and not protocol.MIN_PROTOCOL_VERSION <= version <= protocol.PROTOCOL_VERSION:
+            self.counters["bad_welcomes"] += 1
+            self._quarantine(
+                peer,
+                f"welcomed this consumer with protocol version {version}, which it never offered (it speaks "
+                f"{protocol.MIN_PROTOCOL_VERSION}..{protocol.PROTOCOL_VERSION})",
+            )
+            return
+        if codec is not None and codec not in self._offered_codecs:
+            self.counters["bad_welcomes"] += 1
+            self._quarantine(
+                peer,
+                f"welcomed this consumer with wire codec {codec[:64]!r}, which it never offered (it offered "
+                f"{', '.join(self._offered_codecs) or 'none'})",
+            )
+            return
+        peer.codec = codec
         if peer.state == CONNECTING:
             info = header.get("producer", {})
             peer.info = info if isinstance(info, dict) else {}
@@ -724,6 +748,10 @@ class BackgroundClient:
                 f"sent a frame of stream {str(header.get('seed'))[:24]} / model {str(header.get('id'))[:80]}, "
                 f"but was asked for stream {self.seed} / model {self.identity_str}",
             )
+            return
+        if header.get("codec") not in (None, peer.codec):
+            self.counters["corrupt_frames"] += 1
+            self._strike(peer, "corrupt_frame_messages", "sent frames in a wire codec not agreed on")
             return
         requested_at = peer.outstanding.get(idx) if isinstance(idx, int) else None
         if requested_at is None:

@@ -58,6 +58,10 @@ _HANDSHAKE_FAILED = (
 _MONITORED = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 
 
+#: Largest key file read, bytes (a ZeroMQ certificate has about 300).
+MAX_KEY_FILE_BYTES = 64 * 1024
+
+
 class KeyFileError(ConfigError):
     """A key file or allow-list directory is missing, malformed or readable by other users."""
 
@@ -142,6 +146,8 @@ def _load(path) -> tuple[bytes, bytes | None]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise KeyFileError(f"no key file at {path}; write a key pair with 'pxdbg keys new NAME'")
+    if os.stat(path).st_size > MAX_KEY_FILE_BYTES:  # a certificate is a few hundred bytes: never read a huge file
+        raise KeyFileError(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes, so no ZeroMQ CURVE certificate")
     try:
         public, secret = zmq.auth.load_certificate(path)
         if public is None or len(z85.decode(public)) != 32 or (secret is not None and len(z85.decode(secret)) != 32):
@@ -241,11 +247,24 @@ class AllowList:
         """Re-read the directory; a malformed file is skipped with a warning, the others still count."""
         signature = self._scan()
         keys: dict[bytes, str] = {}
-        for name, _, _ in signature if signature != ("unreadable",) else ():
+        skipped: list[tuple[str, str]] = []
+        for name, _, size in signature if signature != ("unreadable",) else ():
+            if size > MAX_KEY_FILE_BYTES:
+                skipped.append((name, f"larger than {MAX_KEY_FILE_BYTES} bytes"))
+                continue
             try:
                 keys[z85.decode(load_public(os.path.join(self.directory, name)))] = name
             except (KeyFileError, OSError) as exc:
-                log.warning("allow-list: skipping %s: %s", name, exc)
+                skipped.append((name, str(exc)))
+        if skipped:  # one line per reload, however many junk files: a directory of 10,000 is no log flood
+            name, why = skipped[0]
+            log.warning(
+                "allow-list %s: skipping %d file(s) that hold no CURVE public key (first: %s: %s)",
+                self.directory,
+                len(skipped),
+                name[:200],
+                why[:300],
+            )
         if signature == ("unreadable",):
             log.error("allow-list directory %s is unreadable; admitting no consumer", self.directory)
         self.keys, self._signature = keys, signature

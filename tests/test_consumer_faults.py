@@ -64,6 +64,9 @@ BAD = [
     ("mute", "came first from another producer|delivered none"),
     ("error", "failed on frame.*CUDA out of memory"),
     ("nested", "malformed"),
+    ("rehello", "forgot this consumer 3 times in a row"),
+    ("bad_version", "protocol version 99, which it never offered"),
+    ("bad_codec", "wire codec 'rot13', which it never offered"),
 ]
 
 
