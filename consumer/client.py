@@ -72,6 +72,8 @@ INITIAL_LATENCY_S = 1.0
 HEDGE_BURST = 4.0
 #: Hedged requests, as a fraction of the frames received, for a farm (local workers: none by default).
 DEFAULT_HEDGE_BUDGET = 0.05
+#: Seconds between two hellos to a producer that said it serves its most consumers.
+FULL_RETRY_S = 1.0
 #: Most producers one consumer uses at once (each costs two sockets and a connection).
 MAX_PRODUCERS = 128
 
@@ -664,6 +666,14 @@ class BackgroundClient:
                 msg,
                 peer.cap,
             )
+            return
+        if header.get("code") == protocol.E_LIMIT and idx is None and peer.state == CONNECTING:
+            # it serves its most consumers: a reason to wait for a slot (its hello is repeated) or use others
+            self.counters["producers_full"] += 1
+            if not peer.why.startswith("full"):
+                log.info("producer %s is full (%s); using the others and asking it again", peer.endpoint, msg)
+            peer.why = f"full: {msg}"
+            peer.last_sent = time.monotonic() + FULL_RETRY_S - self.heartbeat_interval  # the next hello, later
             return
         if idx is not None:
             what = f"failed on frame(s) {str(idx)[:80]} of stream {header.get('seed')}: {msg}"

@@ -80,6 +80,9 @@ class Consumer:
     version: int
     last_seen: float
     serial: int = 0
+    #: when it said hello; it holds a slot only once it sends more than hellos (see ``active``)
+    admitted: float = 0.0
+    active: bool = False  # it sent a ping or a request since its hello
     requests: RequestQueue = field(default_factory=RequestQueue)  # (seed, idx) not yet taken
     working: int = 0  # taken for generation, not yet in the send queue
     outbox: deque = field(default_factory=deque)  # messages waiting for the socket (frames or errors)
@@ -147,7 +150,7 @@ class ConsumerQueues:
                     f"use other producers or raise its --max-consumers"
                 )
             self._serial += 1
-            consumer = self._consumers[cid] = Consumer(cid, name, codec, version, now, self._serial)
+            consumer = self._consumers[cid] = Consumer(cid, name, codec, version, now, self._serial, admitted=now)
             return consumer
 
     def remove(self, cid: bytes) -> Consumer | None:

@@ -46,6 +46,9 @@ MAX_ROUTING_ID = 256
 #: Seconds a peer that sent an oversized message is ignored; most such peers remembered.
 BAN_S = 60.0
 MAX_BANNED = 4096
+#: ``status`` requests answered per peer: per second, and at once (the rest are dropped and counted).
+STATUS_PER_S = 5.0
+STATUS_BURST = 10.0
 #: Messages libzmq may hold for one consumer's connection: the rest wait in that consumer's own send queue.
 SEND_HWM = 16
 
@@ -65,8 +68,10 @@ class ProducerServer:
 
     Limits (settings; a consumer over one gets an ``error`` that says so, the others are unaffected):
     ``max_consumers`` served at once; ``max_pending`` frames asked but not yet sent per consumer. Consumers that
-    send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for ``stall_timeout`` seconds
-    while frames wait for them, are forgotten with their frames (they say hello again if they come back).
+    say hello and nothing else (no ping, no request) for ``hello_timeout`` seconds (they would hold a slot for
+    nothing), that send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for
+    ``stall_timeout`` seconds while frames wait for them, are forgotten with their frames (they say hello again
+    if they come back).
     ``grace``: seconds a shutdown may take to finish batches in progress.
     """
 
@@ -77,6 +82,7 @@ class ProducerServer:
         *,
         max_batch: int = 8,
         client_timeout: float = 30.0,
+        hello_timeout: float = 10.0,
         parent_pid: int | None = None,
         report_interval: float = 60.0,
         max_pending: int = MAX_PENDING_PER_CONSUMER,
@@ -89,7 +95,12 @@ class ProducerServer:
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        for name, value in (("client_timeout", client_timeout), ("stall_timeout", stall_timeout), ("grace", grace)):
+        for name, value in (
+            ("client_timeout", client_timeout),
+            ("hello_timeout", hello_timeout),
+            ("stall_timeout", stall_timeout),
+            ("grace", grace),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds, at least 0, got {value!r}")
         self.model = model
@@ -100,6 +111,8 @@ class ProducerServer:
             transport.check_endpoint(ep, bind=True)
         self.max_batch = max_batch
         self.client_timeout = client_timeout
+        self.hello_timeout = hello_timeout
+        self._status_limit = RateLimit(STATUS_PER_S, STATUS_BURST)
         self.stall_timeout = stall_timeout
         self.grace = grace
         self.parent_pid = parent_pid
@@ -341,12 +354,15 @@ class ProducerServer:
         if kind == protocol.HELLO:
             return self._on_hello(sock, cid, header)
         if kind == protocol.STATUS:
+            if not self._status_limit.allow(cid, time.monotonic()):
+                return self.stats.count("status_rate_limited")
             return self._send(sock, cid, protocol.snapshot(self.snapshot()))
         if not protocol.MIN_PROTOCOL_VERSION <= header["v"] <= protocol.PROTOCOL_VERSION:
             return self._bad("malformed_messages", f"a {kind!r} message of protocol version {header['v']}")
         consumer = self.queues.get(cid)
         if consumer is not None:
             consumer.last_seen = time.monotonic()
+            consumer.active = True
         if kind == protocol.PING:
             if consumer is None:  # we forgot it (or restarted): make it say hello again
                 self._send(
@@ -387,8 +403,7 @@ class ProducerServer:
                 self._bad("consumers_over_limit", str(exc))
                 return self._send(sock, cid, protocol.error(str(exc), code=protocol.E_LIMIT))
             log.info("consumer %s connected (protocol %d, wire codec %s)", consumer.name, version, codec or "none")
-        else:
-            existing.last_seen = time.monotonic()
+        else:  # a hello again is no sign of use: a peer that only says hello keeps no slot for long
             codec = existing.codec  # frames already queued keep their codec
         self._send(sock, cid, protocol.welcome(self.identity.as_dict(), self._info, version=version, codec=codec))
 
@@ -428,7 +443,10 @@ class ProducerServer:
 
     def _expire(self, now: float) -> None:
         for consumer in self.queues.consumers():
-            if now - consumer.last_seen > self.client_timeout:
+            if not consumer.active and now - consumer.admitted > self.hello_timeout:
+                self.stats.count("consumers_idle")
+                self._forget(consumer.cid, f"it said hello and nothing else for {now - consumer.admitted:.0f} s")
+            elif now - consumer.last_seen > self.client_timeout:
                 self.stats.count("consumers_expired")
                 self._forget(consumer.cid, f"silent for {now - consumer.last_seen:.0f} s")
             elif consumer.blocked_since is not None and now - consumer.blocked_since > self.stall_timeout:
@@ -541,6 +559,24 @@ class ProducerServer:
                 self.stats.histograms["post_seconds"].observe(time.perf_counter() - t0)
         finally:
             out.close(self.transport_options.linger_ms)
+
+
+class RateLimit:
+    """A token bucket per peer (``rate`` per second, ``burst`` at once), for at most ``max_peers`` peers (the
+    least recently seen are forgotten: a forgotten peer starts with a full bucket)."""
+
+    def __init__(self, rate: float, burst: float, max_peers: int = 4096) -> None:
+        self.rate, self.burst, self.max_peers = rate, burst, max_peers
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # peer -> (tokens, at)
+
+    def allow(self, peer: bytes, now: float) -> bool:
+        tokens, at = self._buckets.pop(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[peer] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.max_peers:
+            self._buckets.popitem(last=False)
+        return allowed
 
 
 def _routed(work: Work, parts: list) -> list:

@@ -386,3 +386,62 @@ def test_a_message_of_many_parts_costs_the_producer_bounded_memory(server_factor
     assert rss1 - rss0 < 64, "nothing of the oversized messages is kept"
     assert srv.proc.poll() is None
     _consume(srv.endpoint, 5, reference)
+
+
+def test_slot_squatters_make_a_consumer_wait_not_fail(server_factory, reference):
+    """Row: hellos from one unauthenticated process filled --max-consumers, and a real consumer failed at once
+    (ProducerFailure after 0.1 s: the limit error quarantined the only producer). Now a full producer is a
+    reason to wait, and a peer that says hello and nothing else loses its slot after hello_timeout."""
+    srv = server_factory(max_consumers=10, hello_timeout=2.0)
+    ctx = zmq.Context()
+    squatters = []
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        for _ in range(10):
+            s = _dealer(ctx, srv.endpoint)
+            s.send(protocol.hello(None, "squatter"))
+            assert protocol.unpack(s.recv())["t"] == "welcome"
+            squatters.append(s)
+        t0 = time.perf_counter()
+        with BackgroundClient([srv.endpoint], seed=SEED, prefetch=8, connect_timeout=30, frame_timeout=60) as c:
+            got = [c.next() for _ in range(10)]
+            waited = time.perf_counter() - t0
+            counters = dict(c.counters)
+        snap = _status(ctx, srv.endpoint)
+    finally:
+        for s in squatters:
+            s.close()
+        ctx.term()
+    print(f"\n10 hello-only squatters on a producer of 10 slots: the first 10 frames after {waited:.1f} s; {counters}")
+    assert all(a == b for a, b in zip(got, reference[:10]))
+    assert counters["producers_full"] >= 1 and counters.get("producers_quarantined", 0) == 0
+    assert snap["counters"]["consumers_idle"] == 10
+    assert "said hello and nothing else" in srv.log()
+
+
+def test_status_requests_are_rate_limited_per_peer(server_factory, reference):
+    """Row: status needs no hello and no key on a plaintext producer: an 800k-request flood cost its consumers
+    1.6x. Now each peer gets a few answers a second; the rest are dropped and counted."""
+    srv = server_factory()
+    ctx = zmq.Context()
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        flood = _dealer(ctx, srv.endpoint)
+        t0 = time.monotonic()
+        for _ in range(5000):
+            flood.send(protocol.status())
+        answers = 0
+        while flood.poll(1000):
+            flood.recv()
+            answers += 1
+        elapsed = time.monotonic() - t0
+        beside = _consume(srv.endpoint, 10, reference)
+        snap = _status(ctx, srv.endpoint)  # another peer is answered
+        flood.close()
+    finally:
+        ctx.term()
+    print(
+        f"\n5000 status requests from one peer: {answers} answered in {elapsed:.1f} s; 10 frames beside: {beside:.1f} s"
+    )
+    assert answers <= 10 + 5 * elapsed + 1
+    assert snap["counters"]["status_rate_limited"] >= 5000 - answers - 1
