@@ -72,6 +72,8 @@ INITIAL_LATENCY_S = 1.0
 HEDGE_BURST = 4.0
 #: Hedged requests, as a fraction of the frames received, for a farm (local workers: none by default).
 DEFAULT_HEDGE_BUDGET = 0.05
+#: Seconds without any producer after which a consumer says what it waits for.
+WAITING_NOTICE_S = 2.0
 #: Seconds between two hellos to a producer that said it serves its most consumers.
 FULL_RETRY_S = 1.0
 #: Most producers one consumer uses at once (each costs two sockets and a connection).
@@ -246,6 +248,7 @@ class BackgroundClient:
         self._skipped: dict[str, set[int]] = {"hedges_skipped_budget": set(), "hedges_skipped_busy": set()}
         self._peers: dict[str, Peer] = {}
         self._trim_at = 0.0
+        self._waiting_said = False
         self._offered_codecs = codecs.available()  # what every hello of this consumer offers
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
@@ -503,12 +506,26 @@ class BackgroundClient:
                 return
             if any(p.state in (ALIVE, DRAINING) for p in self._peers.values()):
                 last_alive = now
+                self._waiting_said = False
             elif (refused := security.refusal(self._ctx, list(self._peers))) is not None:  # every producer said no
                 self._fail(security.AuthenticationRefused(refused))
                 return
             elif now - last_alive > self.connect_timeout:
                 self._fail(self._nobody_answered())
                 return
+            elif now - last_alive > WAITING_NOTICE_S and not self._waiting_said:
+                self._waiting_said = True
+                where = self._why_waiting()
+                if len(where) == 1:  # "at tcp://h:46997 yet (connection refused)"
+                    ep, _, why = where[0].partition(" (")
+                    where_text = f"at {ep} yet" + (f" ({why}" if why else "")
+                else:
+                    where_text = "yet: " + "; ".join(where)
+                log.warning(
+                    "no producer has answered %s; waiting up to %.0f s in all (connect_timeout)",
+                    where_text,
+                    self.connect_timeout,
+                )
             if self._trim_at and now >= self._trim_at:
                 self._trim_at = 0.0
                 sockets.release_freed_memory()
@@ -931,18 +948,30 @@ class BackgroundClient:
             return IdentityMismatchError(f"no producer serves the model asked for: producer {text}")
         return ProducerFailure(f"no usable producer left for stream {self.seed}: producer {text}")
 
+    def _why_waiting(self, most: int = 3) -> list[str]:
+        """Where this consumer waits and why each producer has not answered, e.g. "tcp://h:46997 (connection
+        refused)", from the socket monitor (see :func:`pxdbg.shared.transport.why_no_answer`)."""
+        waiting = [p for p in self._peers.values() if p.state == CONNECTING]
+        if not waiting:
+            where = str(self._source)[:200]
+            return [where if self._peers else f"{where} (no producer is registered or resolved there)"]
+        out = []
+        for p in waiting[:most]:
+            why = p.why or sockets.why_no_answer(p.endpoint, security.connection_state(self._ctx, p.endpoint))
+            out.append(f"{p.endpoint[:200]} ({why})")
+        if len(waiting) > most:
+            out.append(f"and {len(waiting) - most} more")
+        return out
+
     def _nobody_answered(self) -> NoProducerError:
         extra = ""
         if self._workers is not None:
             extra = " Local worker logs:\n" + "\n".join(
                 f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers
             )
-        history = [p.describe() for p in self._peers.values() if p.why]
-        if history:
-            extra = f" Producers: {'; '.join(history)}." + extra
         return NoProducerError(
-            f"no producer answered for {self.connect_timeout:.0f} s at {self._source}; "
-            f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
+            f"no producer answered within {self.connect_timeout:.0f} s: {'; '.join(self._why_waiting())}; "
+            f"start producers there ('pxdbg produce --bind ...') or check the endpoints{extra}"
         )
 
     def _loads(self, peers: list[Peer], now: float = 0.0) -> list[credits.PeerLoad]:

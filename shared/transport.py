@@ -190,6 +190,46 @@ def recv_bounded(sock: zmq.Socket, *, max_parts: int, max_bytes: int, copy: bool
     return parts, dropped
 
 
+def why_no_answer(endpoint: str, monitored: str | None) -> str:
+    """Why a producer at ``endpoint`` has not welcomed a consumer yet, in a few words, from what the socket
+    monitor saw (``monitored``: see :func:`pxdbg.shared.security.connection_state`) and, where each attempt fails
+    at once, a probe that names the reason (it fails at once too, so it never blocks for long)."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return f"no socket file at {path[:200]}"
+        except OSError as exc:
+            return f"cannot reach {path[:200]}: {exc.strerror}"
+        if not stat.S_ISSOCK(mode):
+            return f"{path[:200]} is not a socket"
+        return _probe(socket.AF_UNIX, path) or "connected, no welcome yet: a full producer, or no pxdbg producer?"
+    if monitored == "connected":
+        return "connected, no welcome yet: a full producer, or no pxdbg producer?"
+    if monitored == "pending":
+        return "no answer: a firewall, or a host that is down?"
+    if monitored == "failing":
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        return _probe(socket.AF_INET6 if host.startswith("[") else socket.AF_INET, (host.strip("[]"), int(port))) or (
+            "each connection attempt fails"
+        )
+    return "no answer yet"
+
+
+def _probe(family: int, address) -> str | None:
+    """The reason a connection to ``address`` fails (e.g. "connection refused"), None if it connects."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.settimeout(0.2)
+    try:
+        probe.connect(address)
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower() if not isinstance(exc, TimeoutError) else "no answer"
+    finally:
+        probe.close()
+    return None
+
+
 def release_freed_memory() -> None:
     """Give memory freed by dropped messages back to the system (glibc keeps freed heap pages otherwise: the
     parts of one 400 MB message would stay resident for good). No-op where ``malloc_trim`` does not exist."""

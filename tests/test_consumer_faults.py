@@ -495,3 +495,48 @@ def test_a_clean_drain_is_an_info_and_its_own_counter_and_local_workers_do_not_h
     print(f"\nlocal workers, 60 frames: {counters}")
     assert same(got, reference)
     assert counters.get("hedged", 0) == 0 and counters.get("hedges_wasted", 0) == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_consumer_says_what_it_waits_for_and_fails_in_one_line(tmp_path, caplog):
+    """Row: a wrong endpoint gave 60 s of silence, then a generic line. Now after about 2 s the consumer says
+    where it waits and why (its socket monitor tells a refused connection from one that gets no answer, and
+    from a peer that accepts but never welcomes), and the final error is one line with the reason."""
+    import socket
+
+    from pxdbg.consumer import NoProducerError
+
+    refused = f"tcp://127.0.0.1:{_free_port()}"
+    silent = socket.socket()  # accepts TCP connections but speaks no ZeroMQ
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    mute = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    t0, wall0 = time.monotonic(), time.time()
+    try:
+        with BackgroundClient([refused, mute, f"ipc://{tmp_path}/none.sock"], seed=1, connect_timeout=4) as c:
+            with pytest.raises(NoProducerError) as err:
+                c.next()
+    finally:
+        silent.close()
+    elapsed = time.monotonic() - t0
+    waiting = [r for r in caplog.records if "no producer has answered" in r.getMessage()]
+    print(f"\n{waiting[0].getMessage() if waiting else None}\n{err.value}")
+    assert len(waiting) == 1 and waiting[0].created - wall0 < 3.5
+    said = waiting[0].getMessage()
+    assert f"{refused} (connection refused)" in said and f"{mute} (connected, no welcome yet" in said
+    assert "none.sock (no socket file at" in said
+    final = str(err.value)
+    assert "\n" not in final and f"{refused} (connection refused)" in final and elapsed < 10
+    caplog.clear()
+    with BackgroundClient([refused], seed=1, connect_timeout=3) as c, pytest.raises(NoProducerError):
+        c.next()
+    said = [r.getMessage() for r in caplog.records if "no producer has answered" in r.getMessage()]
+    assert said and said[0].startswith(f"no producer has answered at {refused} yet (connection refused);")
