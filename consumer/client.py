@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -76,6 +77,8 @@ DEFAULT_HEDGE_BUDGET = 0.05
 WAITING_NOTICE_S = 2.0
 #: Seconds between two hellos to a producer that said it serves its most consumers.
 FULL_RETRY_S = 1.0
+#: Fraction of a farm's frames asked of a second producer too and compared (local workers: none by default).
+DEFAULT_AUDIT = 0.01
 #: Most producers one consumer uses at once (each costs two sockets and a connection).
 MAX_PRODUCERS = 128
 
@@ -143,7 +146,11 @@ class BackgroundClient:
     producer's recent latency and the other producers' typical latency (and at least ``straggler_min_s``) is
     asked of another producer too (a hedged request), if one has spare credit and within ``hedge_budget`` (about
     that fraction of the frames received; 0: no hedging; default 0.05 for a farm, 0 for local workers, which
-    share this machine's CPUs); see :func:`pxdbg.consumer.credits.hedges`.
+    share this machine's CPUs); see :func:`pxdbg.consumer.credits.hedges`. ``audit``: the fraction of frames
+    also asked of a second producer and handed out only when both copies agree (default 0.01 for a farm, 0 for
+    local workers; nothing is audited while only one producer answers); a producer whose copy differs from the
+    others' is quarantined for the run. ``max_producers``: most producers used at once (the rest are skipped,
+    with a warning).
     """
 
     def __init__(
@@ -168,6 +175,7 @@ class BackgroundClient:
         hedge_budget: float | None = None,
         max_strikes: int = 3,
         max_producers: int = MAX_PRODUCERS,
+        audit: float | None = None,
         **spec_keywords,
     ) -> None:
         unknown = set(spec_keywords) - set(_SPEC_KEYWORDS)
@@ -207,6 +215,13 @@ class BackgroundClient:
         if isinstance(max_producers, bool) or not isinstance(max_producers, int) or max_producers < 1:
             raise ConfigError(f"max_producers must be a positive integer, got {max_producers!r}")
         self.max_producers = max_producers
+        if audit is None:  # local workers are this consumer's own processes; a farm's producers may not be
+            audit = 0.0 if workers is not None else DEFAULT_AUDIT
+        if isinstance(audit, bool) or not isinstance(audit, (int, float)) or not 0 <= audit <= 1:
+            raise ConfigError(f"audit must be a fraction of the frames, 0..1, got {audit!r}")
+        self.audit = float(audit)
+        self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
+        self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
         self._skipped_producers = 0
         #: seconds a pong may take before its producer counts as silent
         self._pong_timeout = max(0.25, self.heartbeat_interval / 2)
@@ -521,7 +536,8 @@ class BackgroundClient:
                     where_text = f"at {ep} yet" + (f" ({why}" if why else "")
                 else:
                     where_text = "yet: " + "; ".join(where)
-                log.warning(
+                log.log(
+                    logging.INFO if self._workers is not None else logging.WARNING,  # local ones take time to start
                     "no producer has answered %s; waiting up to %.0f s in all (connect_timeout)",
                     where_text,
                     self.connect_timeout,
@@ -813,10 +829,92 @@ class BackgroundClient:
         self.frames_per_producer[peer.endpoint] += 1
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
         self.wire_digits += frame.n_digits
+        if self.audit:
+            frame = self._audit(peer, idx, frame, now)
+            if frame is None:  # held back until another producer's copy confirms it
+                return
         with self._cv:
             self._ready[idx] = frame
             self.max_buffered = max(self.max_buffered, len(self._ready))
             self._cv.notify_all()
+
+    def _audit(self, peer: Peer, idx: int, frame: SparseFrame, now: float) -> SparseFrame | None:
+        """The frame to hand out for ``idx``, or None while it is held for the audit.
+
+        A fraction ``audit`` of the frames is asked of a second producer too, and handed out only when both
+        copies agree: a checksum cannot catch a producer that labels frame i+1 as frame i with a valid checksum
+        (CRC-32 is no MAC), a comparison can. Copies that differ go to a third producer; the producers that
+        disagree with the majority are quarantined for the run. With no third producer, both are (which copy is
+        right cannot be told), and the frame waits for another producer."""
+        copies = self._audits.get(idx)
+        if copies is None:
+            if self._audit_rng.random() >= self.audit:
+                return frame
+            if not self._audit_ask(idx, {peer.endpoint}, now):
+                return frame  # no second producer now: nothing to compare with
+            self._audits[idx] = {peer.endpoint: frame}
+            self.counters["audits"] += 1
+            return None
+        if peer.endpoint in copies:  # its own copy again (the second producer was lost): nothing to compare
+            del self._audits[idx]
+            self.counters["audits_inconclusive"] += 1
+            return frame
+        copies[peer.endpoint] = frame
+        groups: list[tuple[SparseFrame, list[str]]] = []
+        for ep, f in copies.items():
+            for g in groups:
+                if g[0] == f:
+                    g[1].append(ep)
+                    break
+            else:
+                groups.append((f, [ep]))
+        groups.sort(key=lambda g: -len(g[1]))
+        if len(groups) == 1:
+            del self._audits[idx]
+            self.counters["audits_passed"] += 1
+            return frame
+        self.counters["audit_mismatches"] += 1
+        log.warning(
+            "audit: frame %d of stream %d differs between producers %s",
+            idx,
+            self.seed,
+            " and ".join(ep for g in groups for ep in g[1]),
+        )
+        if len(groups[0][1]) > len(groups[1][1]):  # a majority
+            winner, agreed = groups[0]
+            for _, eps in groups[1:]:
+                for ep in eps:
+                    self._forger(ep, idx, agreed)
+            del self._audits[idx]
+            return winner
+        if self._audit_ask(idx, set(copies), now):
+            return None
+        for ep in copies:  # which copy is right cannot be told: neither is used again in this run
+            self._forger(ep, idx, [e for e in copies if e != ep])
+        del self._audits[idx]
+        return None
+
+    def _audit_ask(self, idx: int, exclude: set[str], now: float) -> bool:
+        """Ask a producer outside ``exclude`` for frame ``idx`` (for the audit); False if none can be asked."""
+        others = [
+            p
+            for p in self._peers.values()
+            if p.endpoint not in exclude and p.state == ALIVE and not p.silent_since and idx not in p.outstanding
+        ]
+        for other in sorted(others, key=lambda p: len(p.outstanding)):
+            if self._try_send(other, request_message(self.seed, [idx]), now):
+                other.outstanding[idx] = now
+                return True
+        return False
+
+    def _forger(self, endpoint: str, idx: int, others: list[str]) -> None:
+        peer = self._peers.get(endpoint)
+        if peer is not None:
+            self._quarantine(
+                peer,
+                f"its frame {idx} of stream {self.seed} differs from the copy of {' and '.join(others)} (audit)",
+                for_run=True,
+            )
 
     def _overtaken(self, endpoint: str, idx: int) -> None:
         """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
@@ -878,20 +976,22 @@ class BackgroundClient:
         for idx in [i for i, ep in self._hedged.items() if ep == endpoint]:
             del self._hedged[idx]
 
-    def _quarantine(self, peer: Peer, why: str, identity: bool = False) -> None:
+    def _quarantine(self, peer: Peer, why: str, identity: bool = False, for_run: bool = False) -> None:
         if peer.state == QUARANTINED:
+            if for_run:
+                peer.quarantined_until = math.inf
             return
         lost = peer.forget_work()
         self._unhedge(peer.endpoint)
         peer.quarantines += 1
         peer.silent_since = peer.last_ping = 0.0
-        duration = self.quarantine * 2 ** min(peer.quarantines - 1, 10)
+        duration = math.inf if for_run else self.quarantine * 2 ** min(peer.quarantines - 1, 10)
         peer.quarantined_until = time.monotonic() + duration
         peer.why = ("identity: " if identity else "") + why
         log.warning(
-            "producer %s quarantined for %.0f s: %s; re-issuing its %d outstanding frame(s) elsewhere",
+            "producer %s quarantined for %s: %s; re-issuing its %d outstanding frame(s) elsewhere",
             peer.endpoint,
-            duration,
+            "the run" if for_run else f"{duration:.0f} s",
             why,
             len(lost),
         )

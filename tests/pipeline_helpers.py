@@ -112,6 +112,7 @@ BEHAVIOURS = (
     "rehello",  # answers every request with "unknown consumer, say hello again"
     "bad_version",  # welcomes with a protocol version the consumer never offered
     "bad_codec",  # welcomes with a wire codec the consumer never offered
+    "forge",  # sends frame i+1's digits as frame i, with a valid checksum for frame i (CRC-32 is no MAC)
 )
 
 
@@ -210,7 +211,12 @@ class FakeProducer(threading.Thread):
                 deep = [deep]
             self.sock.send_multipart([cid, msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "frame", "seed": deep})])
             return
-        if b == "relabel":
+        if b == "forge":
+            from pxdbg.shared import protocol as proto
+
+            enc = proto.encode_frame(seed, idx, str(self.identity), synthetic_frame(seed, idx + 1))
+            parts = [bytes(memoryview(p)) for p in enc.parts()]
+        elif b == "relabel":
             parts = self._frame_parts(seed, idx + 1, label=idx)
         elif b == "wrong_seed":
             parts = self._frame_parts(seed + 1, idx)
