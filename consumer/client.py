@@ -1074,11 +1074,13 @@ class BackgroundClient:
             f"start producers there ('pxdbg produce --bind ...') or check the endpoints{extra}"
         )
 
-    def _loads(self, peers: list[Peer], now: float = 0.0) -> list[credits.PeerLoad]:
+    def _loads(self, peers: list[Peer], now: float = 0.0, trust_all: bool = False) -> list[credits.PeerLoad]:
         """What the planner knows of ``peers``. A producer under suspicion of being slow takes one frame at a
-        time; one whose speed is not known yet (it delivered nothing) at most its share of the window among the
-        producers not quarantined, so the producer that welcomes first does not take the whole window."""
-        suspects = set(self._hedged.values())
+        time (unless ``trust_all``: the frames of a silent or draining producer must go somewhere, and being
+        overtaken by a producer that then went silent is no sign of slowness); one whose speed is not known yet
+        (it delivered nothing) at most its share of the window among the producers not quarantined, so the
+        producer that welcomes first does not take the whole window."""
+        suspects = set() if trust_all else set(self._hedged.values())
         usable = sum(p.state != QUARANTINED for p in self._peers.values())
         share = -(-self.prefetch // max(1, usable))
         return [
@@ -1087,7 +1089,7 @@ class BackgroundClient:
                 len(p.outstanding),
                 p.seconds_per_frame,
                 1
-                if (p.endpoint in suspects or p.slow_strikes)
+                if (p.endpoint in suspects or (p.slow_strikes and not trust_all))
                 else min(self.prefetch, p.cap, share if p.seconds_per_frame is None else self.prefetch),
                 p.latency,
                 now - min(p.outstanding.values()) if p.outstanding else 0.0,
@@ -1128,7 +1130,7 @@ class BackgroundClient:
             now,
             copies,
             latency,
-            self._loads([p for p in alive if not p.silent_since], now),
+            self._loads([p for p in alive if not p.silent_since], now, trust_all=bool(draining)),
             self._budget.tokens if self._budget.ratio > 0 else 0.0,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
