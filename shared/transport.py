@@ -18,7 +18,7 @@ import zmq
 
 from pxdbg.shared import security
 from pxdbg.shared.errors import ConfigError, PxdbgError
-from pxdbg.shared.protocol import MAX_FRAME_MESSAGE, MAX_REQUEST_MESSAGE
+from pxdbg.shared.protocol import MAX_FRAME_PART, MAX_REQUEST_MESSAGE
 from pxdbg.shared.spec import TransportOptions
 
 #: Defaults of :class:`~pxdbg.shared.spec.TransportOptions`, kept under their old names.
@@ -119,7 +119,7 @@ def dealer(ctx: zmq.Context, endpoint: str, options: TransportOptions | None = N
     sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing to a peer that is not connected
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_MESSAGE)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_PART)
     try:
         security.apply_client(sock, options, endpoint)  # CURVE keys; a monitor that tells a refusal
     except BaseException:

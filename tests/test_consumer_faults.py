@@ -15,6 +15,7 @@ import pytest
 
 from pipeline_helpers import FakeProducer, synthetic_frame, wait_until
 from pxdbg.consumer import BackgroundClient, IdentityMismatchError, ProducerFailure
+from pxdbg.shared import protocol
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import ProducerSpec
 
@@ -337,8 +338,8 @@ def test_a_producer_s_pending_limit_is_learnt_not_punished(tmp_path):
     assert state == "alive" and "producers_quarantined" not in counters
 
 
-#: A producer that welcomes a consumer, then answers its first request with one frame message of 40 parts
-#: x 15 MB (argv: endpoint, identity as JSON).
+#: A producer that welcomes a consumer, then answers its first request with one frame message of many parts
+#: (argv: endpoint, identity as JSON, number of parts, bytes per part); it answers pings, and never sends a frame.
 HUGE_MESSAGE_PRODUCER = """
 import json, sys, time, zmq
 from pxdbg.shared import protocol
@@ -347,8 +348,8 @@ s = ctx.socket(zmq.ROUTER)
 s.setsockopt(zmq.LINGER, 0)
 s.bind(sys.argv[1])
 identity = json.loads(sys.argv[2])
+n_parts, part = int(sys.argv[3]), b"x" * int(sys.argv[4])
 info = {"pid": 1, "host": "hostile", "device": "cpu"}
-part = b"x" * (15 * 2**20)
 deadline = time.monotonic() + 60
 sent = False
 while time.monotonic() < deadline:
@@ -362,7 +363,7 @@ while time.monotonic() < deadline:
         s.send_multipart([cid, protocol.pong()])
     elif h["t"] == "req" and not sent:
         header = protocol.pack({"t": "frame", "seed": h["seed"], "idx": h["idx"][0]})
-        s.send_multipart([cid, header, *[part] * 40], copy=False)
+        s.send_multipart([cid, header, *[part] * n_parts], copy=False)
         sent = True
 """
 
@@ -377,13 +378,49 @@ def _rss_mb() -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_a_producer_s_message_of_many_parts_is_dropped_and_the_producer_quarantined(tmp_path):
-    """Row: one hostile producer's frame message of 40 parts x 15 MB took a consumer from 53 to 677 MB."""
+class _PeakRss:
+    """This process's resident memory, sampled every few milliseconds in a thread; ``peak`` in MB."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("n_parts", "part_mb", "what"),
+    [(40, 15, "libzmq drops the connection at the first part over 8 MiB"), (60, 4, "quarantined at once")],
+    ids=["15MB-parts", "4MB-parts"],
+)
+def test_a_producer_s_message_of_many_parts_costs_the_consumer_bounded_memory(tmp_path, n_parts, part_mb, what):
+    """Row: one hostile producer's frame message of 40 parts x 15 MB took a consumer from 53 to 677 MB. A part
+    over 8 MiB (a dense frame is 7.68 MB) makes libzmq drop the connection before it holds more than that part;
+    smaller parts make a message libzmq assembles whole (a transient peak, printed), after which the parts past
+    a frame's bound are released as read and the producer is quarantined at once."""
     import json
 
     good_ep, bad_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/huge.sock"
     bad = subprocess.Popen(
-        [sys.executable, "-c", HUGE_MESSAGE_PRODUCER, bad_ep, json.dumps(IDENTITY.as_dict())],
+        [
+            sys.executable,
+            "-c",
+            HUGE_MESSAGE_PRODUCER,
+            bad_ep,
+            json.dumps(IDENTITY.as_dict()),
+            str(n_parts),
+            str(part_mb * 2**20),
+        ],
         stdin=subprocess.DEVNULL,
     )
     try:
@@ -391,21 +428,29 @@ def test_a_producer_s_message_of_many_parts_is_dropped_and_the_producer_quaranti
             with BackgroundClient([good_ep], seed=SEED, prefetch=8, **FAST) as warm:
                 consume(warm, 20)  # steady state: this process has decoded frames before
             rss0 = _rss_mb()
-            with BackgroundClient([bad_ep, good_ep], seed=SEED, prefetch=8, **FAST) as client:
-                client.wait_for_producers(2)
-                got, _ = consume(client, 60)
-                assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=20)
-                time.sleep(1.0)  # the quarantined socket's buffers are freed and given back
-                rss1 = _rss_mb()
-                counters = dict(client.counters)
-                why = client.producer_report()[bad_ep]
+            with _PeakRss() as peak:
+                with BackgroundClient([bad_ep, good_ep], seed=SEED, prefetch=8, stall_timeout=3.0, **FAST) as client:
+                    client.wait_for_producers(2)
+                    got, _ = consume(client, 60)
+                    if part_mb * 2**20 <= protocol.MAX_FRAME_PART:
+                        assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=20)
+                    time.sleep(1.0)  # a quarantined socket's buffers are freed and given back
+                    rss1 = _rss_mb()
+                    counters = dict(client.counters)
+                    why = client.producer_report()[bad_ep]
     finally:
         bad.kill()
         bad.wait(10)
-    print(f"\nconsumer memory, a producer's message of 40 parts x 15 MB: {rss0:.0f} MB before, {rss1:.0f} MB after")
+    print(
+        f"\nconsumer memory, a producer's message of {n_parts} parts x {part_mb} MB ({what}): {rss0:.0f} MB "
+        f"before, peak {peak.peak:.0f} MB, {rss1:.0f} MB after; {why}"
+    )
     assert same(got, expected(0, 60))
-    assert counters["oversized_messages"] == 1 and "more than 5 parts" in why
     assert rss1 - rss0 < 64
+    if part_mb * 2**20 > protocol.MAX_FRAME_PART:
+        assert peak.peak - rss0 < 64, "libzmq dropped the connection before it held the message"
+    else:
+        assert counters["oversized_messages"] == 1 and "more than 5 parts" in why
 
 
 def _run_with_work(client: BackgroundClient, n: int, work_s: float, at=None) -> tuple[list, float, float]:
