@@ -472,13 +472,16 @@ def _run_with_work(client: BackgroundClient, n: int, work_s: float, at=None) -> 
 def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_loss_verdict(tmp_path):
     """Row: one of two producers stopped (SIGSTOP, as a partition) for 8 s cost a run of 300 events with 15 ms of
     work each the whole heartbeat timeout: 10.0 s instead of 5.7 s, while its 6 outstanding frames waited for
-    the 5 s loss verdict. Now a missed pong makes its frames go to the other producer at once."""
+    the 5 s loss verdict. Now a missed pong makes its frames go to the other producer at once. Here the work is
+    2 ms per event: with 15 ms the producers on this machine run far ahead of the consumer and owe nothing when
+    one stops (a stall needs a producer that owes frames; before the fix, 2 ms gave 7.30 s against 1.83 s,
+    longest wait 4.77 s: 9 frames waited for the loss verdict)."""
     import signal
     import threading
 
     from pipeline_helpers import producers
 
-    n, work = 300, 0.015
+    n, work = 300, 0.002
     with producers(tmp_path) as p:
         eps = [p.start("p0", "--max-batch", "4"), p.start("p1", "--max-batch", "4")]
         stopped = p.procs["p0"]
