@@ -243,8 +243,8 @@ def _open_entry(directory: str, de: os.DirEntry) -> bytes | None:
     directory is refused (links inside it, as a kubelet-style atomic swap makes, are followed)."""
     path = de.path
     if de.is_symlink():
-        target = os.path.realpath(path)
-        if os.path.dirname(target) != os.path.realpath(directory):
+        target, inside = os.path.realpath(path), os.path.realpath(directory)
+        if os.path.commonpath([target, inside]) != inside:
             return None
         path = target
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))

@@ -274,8 +274,10 @@ def test_fifos_links_out_huge_files_and_lying_entries_never_block_or_stay_fresh(
     os.mkfifo(rdv / "fifo.json")
     (outside / "secret.json").write_text(entry("tcp://10.0.0.3:1"))
     os.symlink(outside / "secret.json", rdv / "out.json")  # a link out of the directory
-    (rdv / ".data").write_text(entry("tcp://10.0.0.4:1"))
-    os.symlink(rdv / ".data", rdv / "swap.json")  # a link inside it (an atomic swap): followed
+    (rdv / "..2024_01").mkdir()
+    (rdv / "..2024_01" / "swap.json").write_text(entry("tcp://10.0.0.4:1"))
+    os.symlink("..2024_01", rdv / "..data")  # a kubelet-style atomic swap: links inside the directory, followed
+    os.symlink("..data/swap.json", rdv / "swap.json")
     with open(rdv / "sparse.json", "wb") as f:  # 10 GB that cost nothing on disk
         f.truncate(10 * 2**30)
     os.symlink("/dev/zero", rdv / "zero.json")
