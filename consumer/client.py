@@ -126,6 +126,21 @@ _SPEC_KEYWORDS = (
 )
 
 
+def agreeing(copies: dict) -> list[tuple[object, list]]:
+    """The copies of one frame grouped by equality, largest group first: ``[(frame, [producers]), ...]``
+    (``copies``: {producer: its copy}). One group: they agree; a first group larger than the second: a majority."""
+    groups: list[tuple[object, list]] = []
+    for key, frame in copies.items():
+        for same_frame, keys in groups:
+            if same_frame == frame:
+                keys.append(key)
+                break
+        else:
+            groups.append((frame, [key]))
+    groups.sort(key=lambda g: -len(g[1]))
+    return groups
+
+
 def _seconds(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -860,15 +875,7 @@ class BackgroundClient:
             self.counters["audits_inconclusive"] += 1
             return frame
         copies[peer.endpoint] = frame
-        groups: list[tuple[SparseFrame, list[str]]] = []
-        for ep, f in copies.items():
-            for g in groups:
-                if g[0] == f:
-                    g[1].append(ep)
-                    break
-            else:
-                groups.append((f, [ep]))
-        groups.sort(key=lambda g: -len(g[1]))
+        groups = agreeing(copies)
         if len(groups) == 1:
             del self._audits[idx]
             self.counters["audits_passed"] += 1

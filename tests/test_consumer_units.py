@@ -149,6 +149,15 @@ def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_
     assert credits.hedges(1.0, copies, latency, full, 0, factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
 
 
+def test_audit_copies_are_grouped_by_equality_largest_first():
+    from pxdbg.consumer.client import agreeing
+
+    assert agreeing({"a": 1, "b": 1}) == [(1, ["a", "b"])]
+    assert agreeing({"forger": 2, "a": 1, "b": 1}) == [(1, ["a", "b"]), (2, ["forger"])]  # a majority
+    tie = agreeing({"a": 1, "b": 2})
+    assert len(tie) == 2 and len(tie[0][1]) == len(tie[1][1]) == 1  # no majority: a third copy is needed
+
+
 def test_histogram_percentiles_within_a_bucket():
     h = WaitHistogram()
     assert math.isnan(h.percentile(50))
