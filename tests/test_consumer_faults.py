@@ -490,6 +490,15 @@ def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_los
             with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
                 client.wait_for_producers(2, timeout=60)
                 clean, clean_s, _ = _run_with_work(client, n, work)
+            # the capacity the stopped producer takes away, without any stall: both producers for the first 50
+            # events, then the other one alone (a stop noticed at no cost)
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60, events=50) as client:
+                client.wait_for_producers(2, timeout=60)
+                head, head_s, _ = _run_with_work(client, 50, work)
+            with BackgroundClient(eps[1:], seed=SEED, first_frame=50, connect_timeout=60) as client:
+                client.wait_for_producers(1, timeout=60)
+                rest, rest_s, _ = _run_with_work(client, n - 50, work)
+            one_s = head_s + rest_s
             with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
                 client.wait_for_producers(2, timeout=60)
 
@@ -503,11 +512,13 @@ def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_los
             resume.cancel()
             stopped.send_signal(signal.SIGCONT)
     print(
-        f"\npartition stall, {n} events x {1e3 * work:.0f} ms, one of two producers SIGSTOPped for 8 s: "
-        f"{faulty_s:.2f} s against {clean_s:.2f} s fault-free (+{faulty_s - clean_s:.2f} s; longest wait "
-        f"{1e3 * longest:.0f} ms; heartbeat timeout 5 s); {counters}"
+        f"\npartition stall, {n} events x {1e3 * work:.0f} ms, one of two producers SIGSTOPped for 8 s at event 50: "
+        f"{faulty_s:.2f} s against {clean_s:.2f} s fault-free and {one_s:.2f} s with the other producer alone from "
+        f"event 50 (the stall: +{faulty_s - one_s:.2f} s; longest wait {1e3 * longest:.0f} ms; heartbeat timeout "
+        f"5 s); {counters}"
     )
     assert all(a == b for a, b in zip(clean, faulty)) and len(faulty) == n
+    assert all(a == b for a, b in zip(clean, head + rest)) and len(head + rest) == n
     assert counters["producers_silent"] >= 1
     assert longest < 2.5, "the stopped producer's frames waited for the loss verdict"
 
