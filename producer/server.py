@@ -432,20 +432,27 @@ class ProducerServer:
                 ),
             )
 
-    def _forget(self, cid: bytes, why: str | None) -> None:
+    def _forget(self, cid: bytes, why: str | None, counter: str | None = None) -> None:
+        """Forget a consumer; ``counter``: count it there and log sparsely (a flood of squatters or oversized
+        messages must not flood the log)."""
         consumer = self.queues.remove(cid)
         if consumer is None:
             return
         if why is None:
             log.info("consumer %s left; %d pending frames dropped", consumer.name, consumer.pending)
+        elif counter is not None:
+            self._bad(counter, f"consumer {consumer.name} forgotten ({why}); {consumer.pending} pending frames dropped")
         else:
             log.warning("consumer %s forgotten (%s); %d pending frames dropped", consumer.name, why, consumer.pending)
 
     def _expire(self, now: float) -> None:
         for consumer in self.queues.consumers():
             if not consumer.active and now - consumer.admitted > self.hello_timeout:
-                self.stats.count("consumers_idle")
-                self._forget(consumer.cid, f"it said hello and nothing else for {now - consumer.admitted:.0f} s")
+                self._forget(
+                    consumer.cid,
+                    f"it said hello and nothing else for {now - consumer.admitted:.0f} s",
+                    "consumers_idle",
+                )
             elif now - consumer.last_seen > self.client_timeout:
                 self.stats.count("consumers_expired")
                 self._forget(consumer.cid, f"silent for {now - consumer.last_seen:.0f} s")
