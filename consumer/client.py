@@ -11,9 +11,11 @@ lost, draining or quarantined producer's frames to the others, and follows a dyn
 
 Robustness (each a test in ``tests/test_consumer_faults.py``): a frame is accepted only from a producer it
 was asked of, for this stream and model, intact (checksum over seed, index, identity and payload); anything
-else is dropped and counted. A producer that sends corrupt or foreign frames or garbage, reports errors, is
-mute (answers heartbeats but delivers nothing) or is far slower than the others is quarantined and its frames
-go elsewhere; the run fails only when no usable producer is left, naming what each did.
+else is dropped and counted. A producer that sends corrupt or foreign frames, garbage or oversized messages,
+reports errors, welcomes with a version or codec never offered, forgets this consumer again and again, is mute
+(answers heartbeats but delivers nothing) or is far slower than the others is quarantined and its frames go
+elsewhere; one that misses a pong has its frames asked of the others at once; a sample of frames is audited
+against a second producer's copy. The run fails only when no usable producer is left, naming what each did.
 """
 
 from __future__ import annotations
