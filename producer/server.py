@@ -17,6 +17,7 @@ thread is joined with a timeout and sockets close with a bounded linger.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -67,7 +68,8 @@ class ProducerServer:
     """Serve ``model`` on ``bind`` (one endpoint or a list).
 
     Limits (settings; a consumer over one gets an ``error`` that says so, the others are unaffected):
-    ``max_consumers`` served at once; ``max_pending`` frames asked but not yet sent per consumer. Consumers that
+    ``max_consumers`` served at once (at most ``max_per_address`` from one IP address, default half of them, so
+    one host cannot take every slot); ``max_pending`` frames asked but not yet sent per consumer. Consumers that
     say hello and nothing else (no ping, no request) for ``hello_timeout`` seconds (they would hold a slot for
     nothing), that send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for
     ``stall_timeout`` seconds while frames wait for them, are forgotten with their frames (they say hello again
@@ -87,6 +89,7 @@ class ProducerServer:
         report_interval: float = 60.0,
         max_pending: int = MAX_PENDING_PER_CONSUMER,
         max_consumers: int = MAX_CONSUMERS,
+        max_per_address: int | None = None,
         max_unsent: int | None = None,
         stall_timeout: float = 30.0,
         grace: float = 10.0,
@@ -121,7 +124,10 @@ class ProducerServer:
         self.transport_options = transport_options or TransportOptions()
         self.stats = ProducerStats()
         self.queues = ConsumerQueues(
-            max_consumers=max_consumers, max_pending=max_pending, max_unsent=max_unsent or max(16, 2 * max_batch)
+            max_consumers=max_consumers,
+            max_pending=max_pending,
+            max_unsent=max_unsent or max(16, 2 * max_batch),
+            max_per_address=max_per_address or max(1, max_consumers // 2),
         )
         self.codecs = codecs.available()
         self._stop = threading.Event()
@@ -229,11 +235,12 @@ class ProducerServer:
                     try:
                         # routing id, header, and one more part to tell "unexpected buffers"; past that, the
                         # parts are dropped as they are read (a 400-part message is not held whole)
-                        parts, dropped = transport.recv_bounded(
-                            sock, max_parts=3, max_bytes=MAX_ROUTING_ID + 2 * protocol.MAX_REQUEST_MESSAGE
+                        frames, dropped = transport.recv_bounded(
+                            sock, max_parts=3, max_bytes=MAX_ROUTING_ID + 2 * protocol.MAX_REQUEST_MESSAGE, copy=False
                         )
                     except zmq.Again:
                         break
+                    parts = [f.bytes for f in frames]
                     if dropped:
                         self._oversized(parts[0], dropped)
                         continue
@@ -243,7 +250,7 @@ class ProducerServer:
                             continue
                         del self._banned[parts[0]]
                     try:
-                        self._handle(sock, parts)
+                        self._handle(sock, parts, frames[0])
                     except Exception:  # a bug here must not take the producer down with it
                         log.exception("internal error while handling a message")
                         self.stats.count("internal_errors")
@@ -338,7 +345,9 @@ class ProducerServer:
         if n <= 5 or n % 1000 == 0:
             log.warning("%s (%d so far): %s", kind.replace("_", " "), n, detail)
 
-    def _handle(self, sock: zmq.Socket, parts: list) -> None:
+    def _handle(self, sock: zmq.Socket, parts: list, first: zmq.Frame | None = None) -> None:
+        """One message: ``parts`` as bytes (routing id first); ``first``: its first part as received (it knows
+        the sender's address)."""
         cid = parts[0]
         if len(parts) < 2:
             return self._bad("malformed_messages", "a message without a header")
@@ -352,7 +361,7 @@ class ProducerServer:
         if len(parts) > 2:
             return self._bad("malformed_messages", f"a {kind!r} message with {len(parts) - 2} unexpected buffers")
         if kind == protocol.HELLO:
-            return self._on_hello(sock, cid, header)
+            return self._on_hello(sock, cid, header, _peer_ip(first))
         if kind == protocol.STATUS:
             if not self._status_limit.allow(cid, time.monotonic()):
                 return self.stats.count("status_rate_limited")
@@ -379,7 +388,7 @@ class ProducerServer:
         elif kind == protocol.BYE:
             self._forget(cid, None)
 
-    def _on_hello(self, sock: zmq.Socket, cid: bytes, header: dict) -> None:
+    def _on_hello(self, sock: zmq.Socket, cid: bytes, header: dict, address: str | None = None) -> None:
         try:
             hello = protocol.parse_hello(header)
         except protocol.ProtocolError as exc:
@@ -398,7 +407,7 @@ class ProducerServer:
         codec = codecs.negotiate(hello.codecs, self.codecs)
         if existing is None:
             try:
-                consumer = self.queues.add(cid, hello.client, codec, version, time.monotonic())
+                consumer = self.queues.add(cid, hello.client, codec, version, time.monotonic(), address=address)
             except LimitError as exc:
                 self._bad("consumers_over_limit", str(exc))
                 return self._send(sock, cid, protocol.error(str(exc), code=protocol.E_LIMIT))
@@ -584,6 +593,18 @@ class RateLimit:
         if len(self._buckets) > self.max_peers:
             self._buckets.popitem(last=False)
         return allowed
+
+
+def _peer_ip(frame: zmq.Frame | None) -> str | None:
+    """The IP address a message came from (tcp), or None (ipc, inproc, unknown)."""
+    if frame is None:
+        return None
+    try:
+        address = frame.get("Peer-Address")
+        ipaddress.ip_address(address)
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+    return address
 
 
 def _routed(work: Work, parts: list) -> list:

@@ -37,8 +37,8 @@ server.serve()
 
 
 class Server:
-    def __init__(self, tmp_path: Path, **settings) -> None:
-        self.endpoint = f"ipc://{tmp_path}/hostile.sock"
+    def __init__(self, tmp_path: Path, bind: str | None = None, **settings) -> None:
+        self.endpoint = bind or f"ipc://{tmp_path}/hostile.sock"
         self.log_path = tmp_path / "producer.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -71,8 +71,8 @@ class Server:
 def server_factory(tmp_path):
     started = []
 
-    def start(**settings) -> Server:
-        s = Server(tmp_path, **settings)
+    def start(bind: str | None = None, **settings) -> Server:
+        s = Server(tmp_path, bind, **settings)
         started.append(s)
         return s
 
@@ -460,3 +460,38 @@ def test_status_requests_are_rate_limited_per_peer(server_factory, reference):
     )
     assert answers <= 10 + 5 * elapsed + 1
     assert snap["counters"]["status_rate_limited"] >= 5000 - answers - 1
+
+
+def test_one_address_takes_at_most_half_the_slots(server_factory, reference):
+    """Squatters that also ping (so no idle expiry frees their slots) from one host take at most
+    ``max_per_address`` slots (half by default): a consumer from another address is admitted at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = server_factory(f"tcp://127.0.0.1:{port}", max_consumers=10)
+    ctx = zmq.Context()
+    squatters, replies = [], []
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        for _ in range(10):
+            s = _dealer(ctx, f"tcp://127.0.0.2:0;127.0.0.1:{port}")  # from 127.0.0.2
+            s.send(protocol.hello(None, "squatter"))
+            s.send(protocol.ping())
+            replies.append(protocol.unpack(s.recv()))
+            squatters.append(s)
+        t0 = time.perf_counter()
+        _consume(srv.endpoint, 5, reference)  # from 127.0.0.1
+        waited = time.perf_counter() - t0
+    finally:
+        for s in squatters:
+            s.close()
+        ctx.term()
+    print(
+        f"\n10 pinging squatters from one address, 10 slots: 5 admitted; a consumer from another address took "
+        f"{waited:.1f} s for 5 frames"
+    )
+    assert [r["t"] for r in replies].count("welcome") == 5
+    refused = [r for r in replies if r["t"] == "error"]
+    assert len(refused) == 5 and all("from one address (5)" in r["msg"] for r in refused)
