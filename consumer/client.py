@@ -11,9 +11,11 @@ lost, draining or quarantined producer's frames to the others, and follows a dyn
 
 Robustness (each a test in ``tests/test_consumer_faults.py``): a frame is accepted only from a producer it
 was asked of, for this stream and model, intact (checksum over seed, index, identity and payload); anything
-else is dropped and counted. A producer that sends corrupt or foreign frames or garbage, reports errors, is
-mute (answers heartbeats but delivers nothing) or is far slower than the others is quarantined and its frames
-go elsewhere; the run fails only when no usable producer is left, naming what each did.
+else is dropped and counted. A producer that sends corrupt or foreign frames, garbage or oversized messages,
+reports errors, welcomes with a version or codec never offered, forgets this consumer again and again, is mute
+(answers heartbeats but delivers nothing) or is far slower than the others is quarantined and its frames go
+elsewhere; one that misses a pong has its frames asked of the others at once; a sample of frames is audited
+against a second producer's copy. The run fails only when no usable producer is left, naming what each did.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
@@ -52,7 +55,8 @@ from pxdbg.consumer.peers import (
 )
 from pxdbg.consumer.stats import ClientStats
 from pxdbg.consumer.workers import LocalWorkers
-from pxdbg.shared import discovery, protocol, security
+from pxdbg.shared import codecs, discovery, protocol, security
+from pxdbg.shared import transport as sockets
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
@@ -69,6 +73,16 @@ INITIAL_LATENCY_S = 1.0
 #: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
 #: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
 HEDGE_BURST = 4.0
+#: Hedged requests, as a fraction of the frames received, for a farm (local workers: none by default).
+DEFAULT_HEDGE_BUDGET = 0.05
+#: Seconds without any producer after which a consumer says what it waits for.
+WAITING_NOTICE_S = 2.0
+#: Seconds between two hellos to a producer that said it serves its most consumers.
+FULL_RETRY_S = 1.0
+#: Fraction of a farm's frames asked of a second producer too and compared (local workers: none by default).
+DEFAULT_AUDIT = 0.01
+#: Most producers one consumer uses at once (each costs two sockets and a connection).
+MAX_PRODUCERS = 128
 
 __all__ = [
     "BackgroundClient",
@@ -114,6 +128,21 @@ _SPEC_KEYWORDS = (
 )
 
 
+def agreeing(copies: dict) -> list[tuple[object, list]]:
+    """The copies of one frame grouped by equality, largest group first: ``[(frame, [producers]), ...]``
+    (``copies``: {producer: its copy}). One group: they agree; a first group larger than the second: a majority."""
+    groups: list[tuple[object, list]] = []
+    for key, frame in copies.items():
+        for same_frame, keys in groups:
+            if same_frame == frame:
+                keys.append(key)
+                break
+        else:
+            groups.append((frame, [key]))
+    groups.sort(key=lambda g: -len(g[1]))
+    return groups
+
+
 def _seconds(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
@@ -133,7 +162,12 @@ class BackgroundClient:
     the first time; doubled each time again). A frame outstanding longer than ``straggler_factor`` times its
     producer's recent latency and the other producers' typical latency (and at least ``straggler_min_s``) is
     asked of another producer too (a hedged request), if one has spare credit and within ``hedge_budget`` (about
-    that fraction of the frames received; 0: no hedging); see :func:`pxdbg.consumer.credits.hedges`.
+    that fraction of the frames received; 0: no hedging; default 0.05 for a farm, 0 for local workers, which
+    share this machine's CPUs); see :func:`pxdbg.consumer.credits.hedges`. ``audit``: the fraction of frames
+    also asked of a second producer and handed out only when both copies agree (default 0.01 for a farm, 0 for
+    local workers; nothing is audited while only one producer answers); a producer whose copy differs from the
+    others' is quarantined for the run. ``max_producers``: most producers used at once (the rest are skipped,
+    with a warning).
     """
 
     def __init__(
@@ -155,8 +189,10 @@ class BackgroundClient:
         quarantine: float = 60.0,
         straggler_factor: float = 4.0,
         straggler_min_s: float = 0.05,
-        hedge_budget: float = 0.05,
+        hedge_budget: float | None = None,
         max_strikes: int = 3,
+        max_producers: int = MAX_PRODUCERS,
+        audit: float | None = None,
         **spec_keywords,
     ) -> None:
         unknown = set(spec_keywords) - set(_SPEC_KEYWORDS)
@@ -185,10 +221,27 @@ class BackgroundClient:
             raise ConfigError("heartbeat_timeout must exceed twice the heartbeat_interval")
         if not straggler_factor > 1 or not math.isfinite(straggler_factor):
             raise ConfigError(f"straggler_factor must be a number above 1, got {straggler_factor!r}")
+        if hedge_budget is None:
+            # local workers share this machine's CPUs: a hedged copy takes the CPU the first copy waits for, so it
+            # is no cure for a straggler there (a lost, draining or silent worker's frames still go elsewhere)
+            hedge_budget = 0.0 if workers is not None else DEFAULT_HEDGE_BUDGET
         if isinstance(hedge_budget, bool) or not isinstance(hedge_budget, (int, float)) or not 0 <= hedge_budget <= 1:
             raise ConfigError(f"hedge_budget must be a fraction of the frames received, 0..1, got {hedge_budget!r}")
         if isinstance(max_strikes, bool) or not isinstance(max_strikes, int) or max_strikes < 1:
             raise ConfigError(f"max_strikes must be a positive integer, got {max_strikes!r}")
+        if isinstance(max_producers, bool) or not isinstance(max_producers, int) or max_producers < 1:
+            raise ConfigError(f"max_producers must be a positive integer, got {max_producers!r}")
+        self.max_producers = max_producers
+        if audit is None:  # local workers are this consumer's own processes; a farm's producers may not be
+            audit = 0.0 if workers is not None else DEFAULT_AUDIT
+        if isinstance(audit, bool) or not isinstance(audit, (int, float)) or not 0 <= audit <= 1:
+            raise ConfigError(f"audit must be a fraction of the frames, 0..1, got {audit!r}")
+        self.audit = float(audit)
+        self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
+        self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
+        self._skipped_producers = 0
+        #: seconds a pong may take before its producer counts as silent
+        self._pong_timeout = max(0.25, self.heartbeat_interval / 2)
         self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
         self.straggler_factor = float(straggler_factor)
         self.max_strikes = max_strikes
@@ -226,6 +279,9 @@ class BackgroundClient:
         self._budget = credits.HedgeBudget(ratio=float(hedge_budget), burst=HEDGE_BURST)
         self._skipped: dict[str, set[int]] = {"hedges_skipped_budget": set(), "hedges_skipped_busy": set()}
         self._peers: dict[str, Peer] = {}
+        self._trim_at = 0.0
+        self._waiting_said = False
+        self._offered_codecs = codecs.available()  # what every hello of this consumer offers
         self._workers: LocalWorkers | None = None
         self._ctx = zmq.Context()
         self._finalizer = None
@@ -393,16 +449,40 @@ class BackgroundClient:
                 peer.close_socket(say_bye=True)
 
     def _sync_peers(self, endpoints: list[str]) -> None:
-        """Use producers that appeared; drop vanished ones (what they owed is re-issued)."""
+        """Use producers that appeared (at most ``max_producers``); drop vanished ones (what they owed is
+        re-issued)."""
         with self._cv:
             known = dict(self._peers)
-        for ep in endpoints:
-            if ep not in known:
-                peer = Peer(ep, open_socket(self._ctx, ep, self.transport))
-                with self._cv:
-                    self._peers[ep] = peer
-                if known:
-                    log.info("producer %s appeared", ep)
+        fresh = [ep for ep in endpoints if ep not in known]
+        room = max(0, self.max_producers - sum(ep in known for ep in endpoints))
+        if len(fresh) > room:
+            # each producer costs sockets and file descriptors (libzmq allows 1,023 sockets per context):
+            # a directory of thousands of entries must not crash the consumer
+            skipped = len(fresh) - room
+            if skipped != self._skipped_producers:
+                log.warning(
+                    "%d producer endpoint(s) at %s skipped: this consumer uses at most %d producers "
+                    "(max_producers); first skipped: %s",
+                    skipped,
+                    self._source,
+                    self.max_producers,
+                    fresh[room][:200],
+                )
+            self._skipped_producers = skipped
+            self.counters["producers_skipped"] = skipped
+            fresh = fresh[:room]
+        for ep in fresh:
+            try:
+                sock = open_socket(self._ctx, ep, self.transport)
+            except zmq.ZMQError as exc:  # out of sockets or file descriptors: use the ones we have
+                self.counters["producers_skipped"] += 1
+                log.warning("cannot open a socket to producer %s (%s); skipping it", ep[:200], exc)
+                continue
+            peer = Peer(ep, sock)
+            with self._cv:
+                self._peers[ep] = peer
+            if known:
+                log.info("producer %s appeared", ep)
         for ep, peer in known.items():
             if ep not in endpoints:
                 lost = peer.forget_work()
@@ -458,12 +538,30 @@ class BackgroundClient:
                 return
             if any(p.state in (ALIVE, DRAINING) for p in self._peers.values()):
                 last_alive = now
+                self._waiting_said = False
             elif (refused := security.refusal(self._ctx, list(self._peers))) is not None:  # every producer said no
                 self._fail(security.AuthenticationRefused(refused))
                 return
             elif now - last_alive > self.connect_timeout:
                 self._fail(self._nobody_answered())
                 return
+            elif now - last_alive > WAITING_NOTICE_S and not self._waiting_said:
+                self._waiting_said = True
+                where = self._why_waiting()
+                if len(where) == 1:  # "at tcp://h:46997 yet (connection refused)"
+                    ep, _, why = where[0].partition(" (")
+                    where_text = f"at {ep} yet" + (f" ({why}" if why else "")
+                else:
+                    where_text = "yet: " + "; ".join(where)
+                log.log(
+                    logging.INFO if self._workers is not None else logging.WARNING,  # local ones take time to start
+                    "no producer has answered %s; waiting up to %.0f s in all (connect_timeout)",
+                    where_text,
+                    self.connect_timeout,
+                )
+            if self._trim_at and now >= self._trim_at:
+                self._trim_at = 0.0
+                sockets.release_freed_memory()
             self._hedge(now)
             self._assign_credits(now)
             self._account()
@@ -473,7 +571,7 @@ class BackgroundClient:
             if now >= peer.quarantined_until:  # its quarantine is over: a fresh connection, a fresh start
                 log.info("producer %s: quarantine over; trying it again", peer.endpoint)
                 peer.reset_socket(self._ctx, self.transport)
-                peer.strikes = peer.slow_strikes = 0
+                peer.strikes = peer.slow_strikes = peer.rehellos = 0
                 peer.judged_slow_at = 0.0
                 peer.last_sent = 0.0
                 self._set_state(peer, CONNECTING)
@@ -502,8 +600,30 @@ class BackgroundClient:
                         busy,
                         self.stall_timeout,
                     )
-        if now - peer.last_sent >= self.heartbeat_interval:
-            self._try_send(peer, ping if peer.state in (ALIVE, DRAINING) else hello, now)
+        if peer.state in (ALIVE, DRAINING):
+            # a ping every interval even while requests flow: a missed pong then means silence, not a busy model
+            if now - peer.last_ping >= self.heartbeat_interval and self._try_send(peer, ping, now):
+                peer.last_ping = now
+            if (
+                peer.state == ALIVE
+                and not peer.silent_since
+                and now - peer.last_recv > self.heartbeat_interval + self._pong_timeout
+            ):
+                self._silent(peer, now)
+        elif now - peer.last_sent >= self.heartbeat_interval:
+            self._try_send(peer, hello, now)
+
+    def _silent(self, peer: Peer, now: float) -> None:
+        """It missed a pong (a partition, a stopped process): what it owes is at risk as a whole, so its frames
+        are asked of the others now (no hedge budget) instead of after the heartbeat timeout's loss verdict."""
+        peer.silent_since = now
+        self.counters["producers_silent"] += 1
+        log.info(
+            "producer %s missed its heartbeat (silent for %.1f s); asking the others for its %d outstanding frame(s)",
+            peer.endpoint,
+            now - peer.last_recv,
+            len(peer.outstanding),
+        )
 
     def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool:
         if peer.sock is None:
@@ -520,10 +640,22 @@ class BackgroundClient:
             if peer.sock is None or peer.state == QUARANTINED:
                 return
             try:
-                parts = peer.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+                # a frame is a header and at most 4 buffers; past that, parts are released as they are read
+                parts, dropped = sockets.recv_bounded(
+                    peer.sock, max_parts=5, max_bytes=protocol.MAX_FRAME_MESSAGE, copy=False
+                )
             except zmq.Again:
                 return
             peer.last_recv = now
+            if peer.silent_since:
+                log.info("producer %s answers again after %.1f s", peer.endpoint, now - peer.silent_since)
+                peer.silent_since = 0.0
+            if dropped:
+                self.counters["bad_messages"] += 1
+                self.counters["oversized_messages"] += 1
+                self._quarantine(peer, f"sent a message of more than 5 parts or {protocol.MAX_FRAME_MESSAGE} bytes")
+                self._trim_at = now + 0.5  # once libzmq has freed what it held for the closed socket
+                return
             try:
                 header = protocol.unpack(parts[0].buffer)
                 self._handle(peer, header, parts[1:], now)
@@ -563,6 +695,11 @@ class BackgroundClient:
 
     def _error_message(self, peer: Peer, header: dict) -> None:
         if header.get("rehello"):  # the producer restarted and forgot us: what we asked for is lost
+            peer.rehellos += 1
+            if peer.rehellos >= self.max_strikes:  # a restart is rare: one that forgets us every time is broken
+                self.counters["producer_errors"] += 1
+                self._quarantine(peer, f"forgot this consumer {peer.rehellos} times in a row (rehello) without a frame")
+                return
             self._peer_lost(peer, "it restarted", reconnect=False)
             return
         msg = str(header.get("msg"))[:500]
@@ -580,6 +717,14 @@ class BackgroundClient:
                 peer.cap,
             )
             return
+        if header.get("code") == protocol.E_LIMIT and idx is None and peer.state == CONNECTING:
+            # it serves its most consumers: a reason to wait for a slot (its hello is repeated) or use others
+            self.counters["producers_full"] += 1
+            if not peer.why.startswith("full"):
+                log.info("producer %s is full (%s); using the others and asking it again", peer.endpoint, msg)
+            peer.why = f"full: {msg}"
+            peer.last_sent = time.monotonic() + FULL_RETRY_S - self.heartbeat_interval  # the next hello, later
+            return
         if idx is not None:
             what = f"failed on frame(s) {str(idx)[:80]} of stream {header.get('seed')}: {msg}"
         else:
@@ -590,13 +735,13 @@ class BackgroundClient:
     def _goodbye(self, peer: Peer, header: dict) -> None:
         final, dropped = parse_goodbye(header)
         reason = str(header.get("reason"))[:200]
-        if final:
-            self._peer_lost(peer, f"it said goodbye ({reason})")
+        if final:  # a clean shutdown (a rollout, scancel): expected, not a failure
+            self._peer_lost(peer, f"it said goodbye ({reason})", drained=True)
             return
         lost = [i for i in dropped.get(self.seed, []) if peer.outstanding.pop(i, None) is not None]
         self.counters["producers_draining"] += 1
         self.counters["frames_reissued"] += len(lost)
-        log.warning(
+        log.info(
             "producer %s is draining (%s); re-issuing %d dropped frame(s) now, %d still to come from it",
             peer.endpoint,
             reason,
@@ -621,6 +766,24 @@ class BackgroundClient:
                 identity=True,
             )
             return
+        version, codec = header.get("version"), header.get("codec")
+        if version is not None and not protocol.MIN_PROTOCOL_VERSION <= version <= protocol.PROTOCOL_VERSION:
+            self.counters["bad_welcomes"] += 1
+            self._quarantine(
+                peer,
+                f"welcomed this consumer with protocol version {version}, which it never offered (it speaks "
+                f"{protocol.MIN_PROTOCOL_VERSION}..{protocol.PROTOCOL_VERSION})",
+            )
+            return
+        if codec is not None and codec not in self._offered_codecs:
+            self.counters["bad_welcomes"] += 1
+            self._quarantine(
+                peer,
+                f"welcomed this consumer with wire codec {codec[:64]!r}, which it never offered (it offered "
+                f"{', '.join(self._offered_codecs) or 'none'})",
+            )
+            return
+        peer.codec = codec
         if peer.state == CONNECTING:
             info = header.get("producer", {})
             peer.info = info if isinstance(info, dict) else {}
@@ -645,6 +808,10 @@ class BackgroundClient:
                 f"sent a frame of stream {str(header.get('seed'))[:24]} / model {str(header.get('id'))[:80]}, "
                 f"but was asked for stream {self.seed} / model {self.identity_str}",
             )
+            return
+        if header.get("codec") not in (None, peer.codec):
+            self.counters["corrupt_frames"] += 1
+            self._strike(peer, "corrupt_frame_messages", "sent frames in a wire codec not agreed on")
             return
         requested_at = peer.outstanding.get(idx) if isinstance(idx, int) else None
         if requested_at is None:
@@ -679,10 +846,84 @@ class BackgroundClient:
         self.frames_per_producer[peer.endpoint] += 1
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
         self.wire_digits += frame.n_digits
+        if self.audit:
+            frame = self._audit(peer, idx, frame, now)
+            if frame is None:  # held back until another producer's copy confirms it
+                return
         with self._cv:
             self._ready[idx] = frame
             self.max_buffered = max(self.max_buffered, len(self._ready))
             self._cv.notify_all()
+
+    def _audit(self, peer: Peer, idx: int, frame: SparseFrame, now: float) -> SparseFrame | None:
+        """The frame to hand out for ``idx``, or None while it is held for the audit.
+
+        A fraction ``audit`` of the frames is asked of a second producer too, and handed out only when both
+        copies agree: a checksum cannot catch a producer that labels frame i+1 as frame i with a valid checksum
+        (CRC-32 is no MAC), a comparison can. Copies that differ go to a third producer; the producers that
+        disagree with the majority are quarantined for the run. With no third producer, both are (which copy is
+        right cannot be told), and the frame waits for another producer."""
+        copies = self._audits.get(idx)
+        if copies is None:
+            if self._audit_rng.random() >= self.audit:
+                return frame
+            if not self._audit_ask(idx, {peer.endpoint}, now):
+                return frame  # no second producer now: nothing to compare with
+            self._audits[idx] = {peer.endpoint: frame}
+            self.counters["audits"] += 1
+            return None
+        if peer.endpoint in copies:  # its own copy again (the second producer was lost): nothing to compare
+            del self._audits[idx]
+            self.counters["audits_inconclusive"] += 1
+            return frame
+        copies[peer.endpoint] = frame
+        groups = agreeing(copies)
+        if len(groups) == 1:
+            del self._audits[idx]
+            self.counters["audits_passed"] += 1
+            return frame
+        self.counters["audit_mismatches"] += 1
+        log.warning(
+            "audit: frame %d of stream %d differs between producers %s",
+            idx,
+            self.seed,
+            " and ".join(ep for g in groups for ep in g[1]),
+        )
+        if len(groups[0][1]) > len(groups[1][1]):  # a majority
+            winner, agreed = groups[0]
+            for _, eps in groups[1:]:
+                for ep in eps:
+                    self._forger(ep, idx, agreed)
+            del self._audits[idx]
+            return winner
+        if self._audit_ask(idx, set(copies), now):
+            return None
+        for ep in copies:  # which copy is right cannot be told: neither is used again in this run
+            self._forger(ep, idx, [e for e in copies if e != ep])
+        del self._audits[idx]
+        return None
+
+    def _audit_ask(self, idx: int, exclude: set[str], now: float) -> bool:
+        """Ask a producer outside ``exclude`` for frame ``idx`` (for the audit); False if none can be asked."""
+        others = [
+            p
+            for p in self._peers.values()
+            if p.endpoint not in exclude and p.state == ALIVE and not p.silent_since and idx not in p.outstanding
+        ]
+        for other in sorted(others, key=lambda p: len(p.outstanding)):
+            if self._try_send(other, request_message(self.seed, [idx]), now):
+                other.outstanding[idx] = now
+                return True
+        return False
+
+    def _forger(self, endpoint: str, idx: int, others: list[str]) -> None:
+        peer = self._peers.get(endpoint)
+        if peer is not None:
+            self._quarantine(
+                peer,
+                f"its frame {idx} of stream {self.seed} differs from the copy of {' and '.join(others)} (audit)",
+                for_run=True,
+            )
 
     def _overtaken(self, endpoint: str, idx: int) -> None:
         """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
@@ -744,19 +985,22 @@ class BackgroundClient:
         for idx in [i for i, ep in self._hedged.items() if ep == endpoint]:
             del self._hedged[idx]
 
-    def _quarantine(self, peer: Peer, why: str, identity: bool = False) -> None:
+    def _quarantine(self, peer: Peer, why: str, identity: bool = False, for_run: bool = False) -> None:
         if peer.state == QUARANTINED:
+            if for_run:
+                peer.quarantined_until = math.inf
             return
         lost = peer.forget_work()
         self._unhedge(peer.endpoint)
         peer.quarantines += 1
-        duration = self.quarantine * 2 ** min(peer.quarantines - 1, 10)
+        peer.silent_since = peer.last_ping = 0.0
+        duration = math.inf if for_run else self.quarantine * 2 ** min(peer.quarantines - 1, 10)
         peer.quarantined_until = time.monotonic() + duration
         peer.why = ("identity: " if identity else "") + why
         log.warning(
-            "producer %s quarantined for %.0f s: %s; re-issuing its %d outstanding frame(s) elsewhere",
+            "producer %s quarantined for %s: %s; re-issuing its %d outstanding frame(s) elsewhere",
             peer.endpoint,
-            duration,
+            "the run" if for_run else f"{duration:.0f} s",
             why,
             len(lost),
         )
@@ -765,16 +1009,25 @@ class BackgroundClient:
         peer.close_socket(say_bye=True)
         self._set_state(peer, QUARANTINED)
 
-    def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True) -> None:
+    def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None:
+        """It is gone (``drained``: it shut down cleanly, an INFO and its own counter); what it owed goes elsewhere;
+        a fresh connection waits for it (or a successor) to say welcome."""
         lost = peer.forget_work()
         self._unhedge(peer.endpoint)
-        log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
-        self.counters["producer_failures"] += 1
+        if drained:
+            log.info(
+                "producer %s shut down (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost)
+            )
+            self.counters["producers_drained"] += 1
+        else:
+            log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
+            self.counters["producer_failures"] += 1
         self.counters["frames_reissued"] += len(lost)
-        peer.why = f"lost: {why}"
+        peer.why = f"{'shut down' if drained else 'lost'}: {why}"
         peer.last_sent = 0.0
         peer.judged_slow_at = 0.0
         peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)
+        peer.silent_since = peer.last_ping = 0.0
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)
         self._set_state(peer, CONNECTING)
@@ -804,25 +1057,39 @@ class BackgroundClient:
             return IdentityMismatchError(f"no producer serves the model asked for: producer {text}")
         return ProducerFailure(f"no usable producer left for stream {self.seed}: producer {text}")
 
+    def _why_waiting(self, most: int = 3) -> list[str]:
+        """Where this consumer waits and why each producer has not answered, e.g. "tcp://h:46997 (connection
+        refused)", from the socket monitor (see :func:`pxdbg.shared.transport.why_no_answer`)."""
+        waiting = [p for p in self._peers.values() if p.state == CONNECTING]
+        if not waiting:
+            where = str(self._source)[:200]
+            return [where if self._peers else f"{where} (no producer is registered or resolved there)"]
+        out = []
+        for p in waiting[:most]:
+            why = p.why or sockets.why_no_answer(p.endpoint, security.connection_state(self._ctx, p.endpoint))
+            out.append(f"{p.endpoint[:200]} ({why})")
+        if len(waiting) > most:
+            out.append(f"and {len(waiting) - most} more")
+        return out
+
     def _nobody_answered(self) -> NoProducerError:
         extra = ""
         if self._workers is not None:
             extra = " Local worker logs:\n" + "\n".join(
                 f"--- worker {w.index}:\n{w.log_tail()}" for w in self._workers.workers
             )
-        history = [p.describe() for p in self._peers.values() if p.why]
-        if history:
-            extra = f" Producers: {'; '.join(history)}." + extra
         return NoProducerError(
-            f"no producer answered for {self.connect_timeout:.0f} s at {self._source}; "
-            f"start producers there ('pxdbg produce --bind ...') or check the endpoints.{extra}"
+            f"no producer answered within {self.connect_timeout:.0f} s: {'; '.join(self._why_waiting())}; "
+            f"start producers there ('pxdbg produce --bind ...') or check the endpoints{extra}"
         )
 
-    def _loads(self, peers: list[Peer], now: float = 0.0) -> list[credits.PeerLoad]:
+    def _loads(self, peers: list[Peer], now: float = 0.0, trust_all: bool = False) -> list[credits.PeerLoad]:
         """What the planner knows of ``peers``. A producer under suspicion of being slow takes one frame at a
-        time; one whose speed is not known yet (it delivered nothing) at most its share of the window among the
-        producers not quarantined, so the producer that welcomes first does not take the whole window."""
-        suspects = set(self._hedged.values())
+        time (unless ``trust_all``: the frames of a silent or draining producer must go somewhere, and being
+        overtaken by a producer that then went silent is no sign of slowness); one whose speed is not known yet
+        (it delivered nothing) at most its share of the window among the producers not quarantined, so the
+        producer that welcomes first does not take the whole window."""
+        suspects = set() if trust_all else set(self._hedged.values())
         usable = sum(p.state != QUARANTINED for p in self._peers.values())
         share = -(-self.prefetch // max(1, usable))
         return [
@@ -831,7 +1098,7 @@ class BackgroundClient:
                 len(p.outstanding),
                 p.seconds_per_frame,
                 1
-                if (p.endpoint in suspects or p.slow_strikes)
+                if (p.endpoint in suspects or (p.slow_strikes and not trust_all))
                 else min(self.prefetch, p.cap, share if p.seconds_per_frame is None else self.prefetch),
                 p.latency,
                 now - min(p.outstanding.values()) if p.outstanding else 0.0,
@@ -863,7 +1130,8 @@ class BackgroundClient:
         if not copies:
             return
         # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
-        draining = [p.endpoint for p in working if p.state == DRAINING]
+        # and so are a silent producer's (it missed a pong: a partition or a stopped process, not slowness)
+        draining = [p.endpoint for p in working if p.state == DRAINING or p.silent_since]
         if self._budget.ratio == 0 and not draining:
             return
         latency = {p.endpoint: p.latency for p in working}
@@ -871,7 +1139,7 @@ class BackgroundClient:
             now,
             copies,
             latency,
-            self._loads(alive, now),
+            self._loads([p for p in alive if not p.silent_since], now, trust_all=bool(draining)),
             self._budget.tokens if self._budget.ratio > 0 else 0.0,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
@@ -898,7 +1166,7 @@ class BackgroundClient:
             log.info("frame(s) %s overdue; asked %s too", indices, ep)
 
     def _assign_credits(self, now: float) -> None:
-        alive = [p for p in self._peers.values() if p.state == ALIVE]
+        alive = [p for p in self._peers.values() if p.state == ALIVE and not p.silent_since]
         if not alive:
             return
         with self._cv:

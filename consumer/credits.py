@@ -98,7 +98,8 @@ def overdue(
     A producer whose own latency is more than ``factor`` times the others' is a straggler as a whole: its frames
     are judged by the others' latency alone. So a farm that is uniformly slow (every producer saturated) makes
     no stragglers, while a producer far slower than the others, or one that hangs, does. Frames held by an
-    ``urgent`` producer (one that is draining: it may stop before sending them) are overdue after ``min_age``.
+    ``urgent`` producer (one that is draining: it may stop before sending them; or silent: it missed a pong) are
+    overdue after ``min_age``.
     """
     urgent = set(urgent)
     typical = {key: _median(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
@@ -176,25 +177,27 @@ def hedges(
     ``urgent``). ``candidates``: the producers that may be asked (alive). Each overdue frame goes, like
     :func:`plan`, to the candidate with the earliest expected delivery among those that do not hold it and
     have spare credit (:func:`has_spare`, counting what this pass gave them); each costs one of ``tokens``,
-    except a copy of an ``urgent`` producer's frame (a re-issue it asked for by draining, not a hedge)."""
+    except a copy of an ``urgent`` producer's frame (a re-issue, not a hedge), which any candidate below its
+    limit takes, spare credit or not."""
     urgent = set(urgent)
     out = HedgePlan()
     late = overdue(now, copies, latency, factor=factor, min_age=min_age, initial_latency=initial_latency, urgent=urgent)
     added: dict = {}
     for idx in late:
         holders = {key for key, _ in copies[idx]}
+        first = min(copies[idx], key=lambda r: r[1])[0]
         spare = []
         for p in candidates:
             if p.key in holders:
                 continue
             n = added.get(p.key, 0)
             q = PeerLoad(p.key, p.outstanding + n, p.seconds_per_frame, p.limit, p.latency, p.oldest_age)
-            if has_spare(q):
+            # an urgent frame will not come from its producer: any producer below its limit takes it, busy or not
+            if has_spare(q) or (first in urgent and q.outstanding < q.limit):
                 spare.append(q)
         if not spare:
             out.no_spare.append(idx)
             continue
-        first = min(copies[idx], key=lambda r: r[1])[0]
         if first not in urgent:
             if tokens - out.tokens_spent < 1 - 1e-9:
                 out.over_budget.append(idx)

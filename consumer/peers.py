@@ -38,6 +38,9 @@ class Peer:
     state: str = CONNECTING
     last_recv: float = 0.0  # any message (heartbeat liveness)
     last_sent: float = 0.0
+    last_ping: float = 0.0
+    #: when it was found to have missed a pong (0: it answers); its frames are then asked of the others at once
+    silent_since: float = 0.0
     last_frame: float = 0.0  # a frame arrived (work liveness)
     #: frame index -> when it was requested from this peer
     outstanding: dict = field(default_factory=dict)
@@ -53,6 +56,8 @@ class Peer:
     frames: int = 0
     process_exited: bool = False  # a local worker's process exit was seen and reported
     warned: float = 0.0  # when a stall was last reported
+    codec: str | None = None  # the wire codec its welcome chose (one of those offered)
+    rehellos: int = 0  # times in a row it forgot this consumer (rehello) without delivering a frame
     cap: int = 1 << 30  # most frames it takes from this consumer at once (learnt from its limit errors)
 
     def note_frame(self, now: float, requested_at: float) -> None:
@@ -66,6 +71,7 @@ class Peer:
             self.seconds_per_frame = (1 - EWMA) * self.seconds_per_frame + EWMA * per_frame
         self.last_frame = now
         self.frames += 1
+        self.rehellos = 0
 
     def busy_for(self, now: float) -> float:
         """Seconds it has owed frames without delivering one (0 when it owes nothing)."""

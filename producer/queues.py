@@ -4,7 +4,8 @@ Each consumer has its own request queue (frames asked for, not yet generated) an
 generated, not yet accepted by its socket). The generation thread takes work round robin across consumers, one
 frame from each in turn, so a consumer asking thousands of frames gets its share and no more; it skips a consumer
 whose send queue is full (one that does not read), so such a consumer costs no model time and the others do not
-wait behind it. Limits: ``max_consumers``, and ``max_pending`` frames asked but not yet sent per consumer.
+wait behind it. Limits: ``max_consumers`` (``max_per_address`` of them from one IP address), and ``max_pending``
+frames asked but not yet sent per consumer.
 
 Memory: at most ``max_consumers * max_pending`` queued frame indices (8 bytes each: 8 MB at the defaults) and
 ``max_consumers * max_unsent`` encoded frames, and per consumer at most about ``max_unsent_bytes`` of them (plus
@@ -80,6 +81,10 @@ class Consumer:
     version: int
     last_seen: float
     serial: int = 0
+    #: when it said hello; it holds a slot only once it sends more than hellos (see ``active``)
+    admitted: float = 0.0
+    active: bool = False  # it sent a ping or a request since its hello
+    address: str | None = None  # the IP address it connects from (tcp), for the per-address limit
     requests: RequestQueue = field(default_factory=RequestQueue)  # (seed, idx) not yet taken
     working: int = 0  # taken for generation, not yet in the send queue
     outbox: deque = field(default_factory=deque)  # messages waiting for the socket (frames or errors)
@@ -105,9 +110,12 @@ class ConsumerQueues:
         max_pending: int = 4096,
         max_unsent: int = 16,
         max_unsent_bytes: int = 32 * 2**20,
+        max_per_address: int | None = None,
     ) -> None:
+        max_per_address = max_consumers if max_per_address is None else max_per_address
         for name, value in (
             ("max_consumers", max_consumers),
+            ("max_per_address", max_per_address),
             ("max_pending", max_pending),
             ("max_unsent", max_unsent),
             ("max_unsent_bytes", max_unsent_bytes),
@@ -118,6 +126,8 @@ class ConsumerQueues:
         self.max_pending = max_pending
         self.max_unsent = max_unsent
         self.max_unsent_bytes = max_unsent_bytes
+        self.max_per_address = max_per_address
+        self._per_address: dict[str, int] = {}  # IP address -> consumers admitted from it
         self._consumers: OrderedDict[bytes, Consumer] = OrderedDict()  # round-robin order
         self._cond = threading.Condition()
         self._closed = False
@@ -137,7 +147,10 @@ class ConsumerQueues:
         with self._cond:
             return list(self._consumers.values())
 
-    def add(self, cid: bytes, name: str, codec: str | None, version: int, now: float) -> Consumer:
+    def add(
+        self, cid: bytes, name: str, codec: str | None, version: int, now: float, address: str | None = None
+    ) -> Consumer:
+        """Admit a consumer (``address``: the IP address it connects from, if known, for the per-address limit)."""
         with self._cond:
             if cid in self._consumers:
                 return self._consumers[cid]
@@ -146,8 +159,17 @@ class ConsumerQueues:
                     f"this producer already serves its most consumers ({self.max_consumers}); "
                     f"use other producers or raise its --max-consumers"
                 )
+            if address is not None and self._per_address.get(address, 0) >= self.max_per_address:
+                raise LimitError(
+                    f"this producer already serves its most consumers from one address ({self.max_per_address}); "
+                    f"use other producers"
+                )
             self._serial += 1
-            consumer = self._consumers[cid] = Consumer(cid, name, codec, version, now, self._serial)
+            consumer = self._consumers[cid] = Consumer(
+                cid, name, codec, version, now, self._serial, admitted=now, address=address
+            )
+            if address is not None:
+                self._per_address[address] = self._per_address.get(address, 0) + 1
             return consumer
 
     def remove(self, cid: bytes) -> Consumer | None:
@@ -155,6 +177,10 @@ class ConsumerQueues:
         it finishes)."""
         with self._cond:
             consumer = self._consumers.pop(cid, None)
+            if consumer is not None and consumer.address is not None:
+                left = self._per_address.pop(consumer.address) - 1
+                if left:
+                    self._per_address[consumer.address] = left
             self._cond.notify_all()
             return consumer
 

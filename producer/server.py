@@ -17,6 +17,7 @@ thread is joined with a timeout and sockets close with a bounded linger.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+from collections import OrderedDict
 
 import zmq
 
@@ -40,6 +42,14 @@ log = logging.getLogger("pxdbg.producer")
 MAX_PENDING_PER_CONSUMER = protocol.MAX_INDICES_PER_REQUEST
 #: Default most consumers one producer serves at once.
 MAX_CONSUMERS = 256
+#: Longest routing id libzmq gives a peer, bytes (a peer may choose its own, up to 255 bytes).
+MAX_ROUTING_ID = 256
+#: Seconds a peer that sent an oversized message is ignored; most such peers remembered.
+BAN_S = 60.0
+MAX_BANNED = 4096
+#: ``status`` requests answered per peer: per second, and at once (the rest are dropped and counted).
+STATUS_PER_S = 5.0
+STATUS_BURST = 10.0
 #: Messages libzmq may hold for one consumer's connection: the rest wait in that consumer's own send queue.
 SEND_HWM = 16
 
@@ -58,9 +68,12 @@ class ProducerServer:
     """Serve ``model`` on ``bind`` (one endpoint or a list).
 
     Limits (settings; a consumer over one gets an ``error`` that says so, the others are unaffected):
-    ``max_consumers`` served at once; ``max_pending`` frames asked but not yet sent per consumer. Consumers that
-    send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for ``stall_timeout`` seconds
-    while frames wait for them, are forgotten with their frames (they say hello again if they come back).
+    ``max_consumers`` served at once (at most ``max_per_address`` from one IP address, default half of them, so
+    one host cannot take every slot); ``max_pending`` frames asked but not yet sent per consumer. Consumers that
+    say hello and nothing else (no ping, no request) for ``hello_timeout`` seconds (they would hold a slot for
+    nothing), that send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for
+    ``stall_timeout`` seconds while frames wait for them, are forgotten with their frames (they say hello again
+    if they come back).
     ``grace``: seconds a shutdown may take to finish batches in progress.
     """
 
@@ -71,10 +84,12 @@ class ProducerServer:
         *,
         max_batch: int = 8,
         client_timeout: float = 30.0,
+        hello_timeout: float = 10.0,
         parent_pid: int | None = None,
         report_interval: float = 60.0,
         max_pending: int = MAX_PENDING_PER_CONSUMER,
         max_consumers: int = MAX_CONSUMERS,
+        max_per_address: int | None = None,
         max_unsent: int | None = None,
         stall_timeout: float = 30.0,
         grace: float = 10.0,
@@ -83,7 +98,12 @@ class ProducerServer:
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        for name, value in (("client_timeout", client_timeout), ("stall_timeout", stall_timeout), ("grace", grace)):
+        for name, value in (
+            ("client_timeout", client_timeout),
+            ("hello_timeout", hello_timeout),
+            ("stall_timeout", stall_timeout),
+            ("grace", grace),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ConfigError(f"{name} must be a finite number of seconds, at least 0, got {value!r}")
         self.model = model
@@ -94,6 +114,8 @@ class ProducerServer:
             transport.check_endpoint(ep, bind=True)
         self.max_batch = max_batch
         self.client_timeout = client_timeout
+        self.hello_timeout = hello_timeout
+        self._status_limit = RateLimit(STATUS_PER_S, STATUS_BURST)
         self.stall_timeout = stall_timeout
         self.grace = grace
         self.parent_pid = parent_pid
@@ -102,7 +124,10 @@ class ProducerServer:
         self.transport_options = transport_options or TransportOptions()
         self.stats = ProducerStats()
         self.queues = ConsumerQueues(
-            max_consumers=max_consumers, max_pending=max_pending, max_unsent=max_unsent or max(16, 2 * max_batch)
+            max_consumers=max_consumers,
+            max_pending=max_pending,
+            max_unsent=max_unsent or max(16, 2 * max_batch),
+            max_per_address=max_per_address or max(1, max_consumers // 2),
         )
         self.codecs = codecs.available()
         self._stop = threading.Event()
@@ -113,6 +138,8 @@ class ProducerServer:
         self._last_progress = self._started
         self._inproc = f"inproc://pxdbg-results-{id(self)}"
         self.allow_list: security.AllowList | None = None
+        self._trim_memory = False
+        self._banned: OrderedDict[bytes, float] = OrderedDict()  # routing id -> ignored until (monotonic)
         self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -206,11 +233,24 @@ class ProducerServer:
             if sock in events:
                 for _ in range(1000):  # drain, but let results through under a flood of requests
                     try:
-                        parts = sock.recv_multipart(zmq.NOBLOCK)
+                        # routing id, header, and one more part to tell "unexpected buffers"; past that, the
+                        # parts are dropped as they are read (a 400-part message is not held whole)
+                        frames, dropped = transport.recv_bounded(
+                            sock, max_parts=3, max_bytes=MAX_ROUTING_ID + 2 * protocol.MAX_REQUEST_MESSAGE, copy=False
+                        )
                     except zmq.Again:
                         break
+                    parts = [f.bytes for f in frames]
+                    if dropped:
+                        self._oversized(parts[0], dropped)
+                        continue
+                    if parts[0] in self._banned:
+                        if time.monotonic() < self._banned[parts[0]]:
+                            self.stats.count("messages_from_banned_peers")
+                            continue
+                        del self._banned[parts[0]]
                     try:
-                        self._handle(sock, parts)
+                        self._handle(sock, parts, frames[0])
                     except Exception:  # a bug here must not take the producer down with it
                         log.exception("internal error while handling a message")
                         self.stats.count("internal_errors")
@@ -223,6 +263,9 @@ class ProducerServer:
             if now >= next_housekeeping:
                 next_housekeeping = now + 0.5
                 self._expire(now)
+                if self._trim_memory:
+                    self._trim_memory = False
+                    transport.release_freed_memory()
                 if self.parent_pid is not None and os.getppid() != self.parent_pid:
                     log.warning("parent process %d is gone; stopping", self.parent_pid)
                     self.stop()
@@ -287,12 +330,24 @@ class ProducerServer:
             self.stats.count("sends_to_gone_consumer")
             self._forget(cid, "its connection is gone")
 
+    def _oversized(self, cid: bytes, dropped: int) -> None:
+        """A message far beyond any request: its sender is forgotten and ignored for a while."""
+        self._bad("oversized_messages", f"a message with {dropped} parts beyond the bound; its sender is ignored")
+        self._forget(cid, "it sent an oversized message")
+        self._trim_memory = True  # after the whole message is read (the housekeeping pass)
+        self._banned[cid] = time.monotonic() + BAN_S
+        self._banned.move_to_end(cid)
+        while len(self._banned) > MAX_BANNED:
+            self._banned.popitem(last=False)
+
     def _bad(self, kind: str, detail: str) -> None:
         n = self.stats.count(kind)
         if n <= 5 or n % 1000 == 0:
             log.warning("%s (%d so far): %s", kind.replace("_", " "), n, detail)
 
-    def _handle(self, sock: zmq.Socket, parts: list) -> None:
+    def _handle(self, sock: zmq.Socket, parts: list, first: zmq.Frame | None = None) -> None:
+        """One message: ``parts`` as bytes (routing id first); ``first``: its first part as received (it knows
+        the sender's address)."""
         cid = parts[0]
         if len(parts) < 2:
             return self._bad("malformed_messages", "a message without a header")
@@ -306,14 +361,17 @@ class ProducerServer:
         if len(parts) > 2:
             return self._bad("malformed_messages", f"a {kind!r} message with {len(parts) - 2} unexpected buffers")
         if kind == protocol.HELLO:
-            return self._on_hello(sock, cid, header)
+            return self._on_hello(sock, cid, header, _peer_ip(first))
         if kind == protocol.STATUS:
+            if not self._status_limit.allow(cid, time.monotonic()):
+                return self.stats.count("status_rate_limited")
             return self._send(sock, cid, protocol.snapshot(self.snapshot()))
         if not protocol.MIN_PROTOCOL_VERSION <= header["v"] <= protocol.PROTOCOL_VERSION:
             return self._bad("malformed_messages", f"a {kind!r} message of protocol version {header['v']}")
         consumer = self.queues.get(cid)
         if consumer is not None:
             consumer.last_seen = time.monotonic()
+            consumer.active = True
         if kind == protocol.PING:
             if consumer is None:  # we forgot it (or restarted): make it say hello again
                 self._send(
@@ -330,7 +388,7 @@ class ProducerServer:
         elif kind == protocol.BYE:
             self._forget(cid, None)
 
-    def _on_hello(self, sock: zmq.Socket, cid: bytes, header: dict) -> None:
+    def _on_hello(self, sock: zmq.Socket, cid: bytes, header: dict, address: str | None = None) -> None:
         try:
             hello = protocol.parse_hello(header)
         except protocol.ProtocolError as exc:
@@ -349,13 +407,12 @@ class ProducerServer:
         codec = codecs.negotiate(hello.codecs, self.codecs)
         if existing is None:
             try:
-                consumer = self.queues.add(cid, hello.client, codec, version, time.monotonic())
+                consumer = self.queues.add(cid, hello.client, codec, version, time.monotonic(), address=address)
             except LimitError as exc:
                 self._bad("consumers_over_limit", str(exc))
                 return self._send(sock, cid, protocol.error(str(exc), code=protocol.E_LIMIT))
             log.info("consumer %s connected (protocol %d, wire codec %s)", consumer.name, version, codec or "none")
-        else:
-            existing.last_seen = time.monotonic()
+        else:  # a hello again is no sign of use: a peer that only says hello keeps no slot for long
             codec = existing.codec  # frames already queued keep their codec
         self._send(sock, cid, protocol.welcome(self.identity.as_dict(), self._info, version=version, codec=codec))
 
@@ -384,18 +441,28 @@ class ProducerServer:
                 ),
             )
 
-    def _forget(self, cid: bytes, why: str | None) -> None:
+    def _forget(self, cid: bytes, why: str | None, counter: str | None = None) -> None:
+        """Forget a consumer; ``counter``: count it there and log sparsely (a flood of squatters or oversized
+        messages must not flood the log)."""
         consumer = self.queues.remove(cid)
         if consumer is None:
             return
         if why is None:
             log.info("consumer %s left; %d pending frames dropped", consumer.name, consumer.pending)
+        elif counter is not None:
+            self._bad(counter, f"consumer {consumer.name} forgotten ({why}); {consumer.pending} pending frames dropped")
         else:
             log.warning("consumer %s forgotten (%s); %d pending frames dropped", consumer.name, why, consumer.pending)
 
     def _expire(self, now: float) -> None:
         for consumer in self.queues.consumers():
-            if now - consumer.last_seen > self.client_timeout:
+            if not consumer.active and now - consumer.admitted > self.hello_timeout:
+                self._forget(
+                    consumer.cid,
+                    f"it said hello and nothing else for {now - consumer.admitted:.0f} s",
+                    "consumers_idle",
+                )
+            elif now - consumer.last_seen > self.client_timeout:
                 self.stats.count("consumers_expired")
                 self._forget(consumer.cid, f"silent for {now - consumer.last_seen:.0f} s")
             elif consumer.blocked_since is not None and now - consumer.blocked_since > self.stall_timeout:
@@ -508,6 +575,36 @@ class ProducerServer:
                 self.stats.histograms["post_seconds"].observe(time.perf_counter() - t0)
         finally:
             out.close(self.transport_options.linger_ms)
+
+
+class RateLimit:
+    """A token bucket per peer (``rate`` per second, ``burst`` at once), for at most ``max_peers`` peers (the
+    least recently seen are forgotten: a forgotten peer starts with a full bucket)."""
+
+    def __init__(self, rate: float, burst: float, max_peers: int = 4096) -> None:
+        self.rate, self.burst, self.max_peers = rate, burst, max_peers
+        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # peer -> (tokens, at)
+
+    def allow(self, peer: bytes, now: float) -> bool:
+        tokens, at = self._buckets.pop(peer, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        allowed = tokens >= 1
+        self._buckets[peer] = (tokens - 1 if allowed else tokens, now)
+        if len(self._buckets) > self.max_peers:
+            self._buckets.popitem(last=False)
+        return allowed
+
+
+def _peer_ip(frame: zmq.Frame | None) -> str | None:
+    """The IP address a message came from (tcp), or None (ipc, inproc, unknown)."""
+    if frame is None:
+        return None
+    try:
+        address = frame.get("Peer-Address")
+        ipaddress.ip_address(address)
+    except (zmq.ZMQError, ValueError, TypeError):
+        return None
+    return address
 
 
 def _routed(work: Work, parts: list) -> list:

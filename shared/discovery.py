@@ -27,6 +27,7 @@ import math
 import os
 import re
 import socket
+import stat
 import sys
 import tempfile
 import threading
@@ -51,6 +52,12 @@ DNS_TIMEOUT = 2.0
 MAX_DIR_ENTRIES = 4096
 #: Largest rendezvous entry file read, bytes.
 MAX_ENTRY_BYTES = 64 * 1024
+#: Bounds on an entry's heartbeat interval, seconds: a registration that claims ``interval: 1e308`` would
+#: otherwise never go stale.
+MIN_ENTRY_INTERVAL = 0.01
+MAX_ENTRY_INTERVAL = 600.0
+#: A heartbeat further in the future than this (clock skew between hosts), seconds, is a lie: stale.
+MAX_CLOCK_SKEW = 60.0
 SUFFIX = ".json"
 
 _HOSTPORT = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>\*|[A-Za-z0-9_.\-]+)):(?P<port>[0-9]{1,5})$")
@@ -228,12 +235,39 @@ def entry_name(endpoint: str) -> str:
     return re.sub(r"[^A-Za-z0-9.\-]+", "_", endpoint.split("://", 1)[-1]).strip("_") + SUFFIX
 
 
-def read_directory(directory: str | os.PathLike, now: float | None = None) -> list[dict]:
-    """The entries of a rendezvous directory, each with a ``stale`` flag; unreadable files are skipped.
+def _open_entry(directory: str, de: os.DirEntry) -> bytes | None:
+    """The bytes of one entry file, or None when it is not a small regular file inside ``directory``.
 
+    Never blocks and never leaves the directory: a FIFO opened for reading would block until a writer comes
+    (every consumer of the directory hung), a device or a huge file is no entry, and a link pointing out of the
+    directory is refused (links inside it, as a kubelet-style atomic swap makes, are followed)."""
+    path = de.path
+    if de.is_symlink():
+        target, inside = os.path.realpath(path), os.path.realpath(directory)
+        if os.path.commonpath([target, inside]) != inside:
+            return None
+        path = target
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_ENTRY_BYTES:
+            return None
+        raw = os.read(fd, MAX_ENTRY_BYTES + 1)
+    finally:
+        os.close(fd)
+    return raw if len(raw) <= MAX_ENTRY_BYTES else None
+
+
+def read_directory(directory: str | os.PathLike, now: float | None = None) -> list[dict]:
+    """The entries of a rendezvous directory, each with a ``stale`` flag; files that are not small regular JSON
+    entries (FIFOs, devices, links out of the directory, huge or malformed files) are skipped.
+
+    An entry's ``interval`` is clamped to [:data:`MIN_ENTRY_INTERVAL`, :data:`MAX_ENTRY_INTERVAL`] and a
+    heartbeat more than :data:`MAX_CLOCK_SKEW` seconds in the future is stale, so no entry stays fresh forever.
     Raises :class:`OSError` if the directory itself cannot be listed.
     """
     now = time.time() if now is None else now
+    directory = os.fspath(directory)
     out = []
     with os.scandir(directory) as it:
         for i, de in enumerate(it):
@@ -243,17 +277,23 @@ def read_directory(directory: str | os.PathLike, now: float | None = None) -> li
             if de.name.startswith(".") or not de.name.endswith(SUFFIX):
                 continue
             try:
-                with open(de.path, "rb") as f:
-                    raw = f.read(MAX_ENTRY_BYTES + 1)
-                entry = json.loads(raw) if len(raw) <= MAX_ENTRY_BYTES else None
+                raw = _open_entry(directory, de)
+                if raw is None:
+                    log.debug("skipping rendezvous file %s: not a small regular file in the directory", de.path)
+                    continue
+                entry = json.loads(raw)
                 endpoint, beat, interval = entry["endpoint"], float(entry["heartbeat"]), float(entry["interval"])
+                if not (math.isfinite(beat) and math.isfinite(interval)):
+                    raise ValueError("heartbeat and interval must be finite")
                 parsed = _parse_entry(endpoint)
-            except (OSError, ValueError, TypeError, KeyError, ConfigError) as exc:
-                log.debug("skipping rendezvous file %s: %r", de.path, exc)
+            except (OSError, ValueError, TypeError, KeyError, ConfigError, RecursionError) as exc:
+                log.debug("skipping rendezvous file %s: %s", de.path, type(exc).__name__)
                 continue
             if not isinstance(parsed, _Static):
                 continue
-            entry["stale"] = not (now - beat <= STALE_INTERVALS * interval)
+            interval = min(max(interval, MIN_ENTRY_INTERVAL), MAX_ENTRY_INTERVAL)
+            entry["interval"] = interval
+            entry["stale"] = not (-MAX_CLOCK_SKEW <= now - beat <= STALE_INTERVALS * interval)
             entry["age_s"] = now - beat
             out.append(entry)
     return out

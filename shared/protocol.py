@@ -52,8 +52,12 @@ PROTOCOL_VERSION = 2
 MIN_PROTOCOL_VERSION = 2
 #: Largest message a consumer accepts (a dense frame plus headroom), bytes.
 MAX_FRAME_MESSAGE = 16 * 1024 * 1024
-#: Largest message a producer accepts (requests are small), bytes.
-MAX_REQUEST_MESSAGE = 1024 * 1024
+#: Largest part of a message a consumer accepts (a dense frame's buffer, 7.68 MB, fits), bytes: libzmq drops a
+#: connection that sends a larger one before it holds more than that part.
+MAX_FRAME_PART = 8 * 1024 * 1024
+#: Largest message part a producer accepts, bytes: the largest request (4,096 indices, about 37 kB) or hello
+#: fits; libzmq drops a connection that sends a larger part before it holds more than that part.
+MAX_REQUEST_MESSAGE = 64 * 1024
 #: Most frame indices in one request.
 MAX_INDICES_PER_REQUEST = 4096
 #: Longest text field (client names, error messages, reasons), characters.

@@ -56,6 +56,12 @@ _HANDSHAKE_FAILED = (
     zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 _MONITORED = _HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+#: What a consumer's monitor also reads: how its connection attempts go (to say what a consumer waits for).
+_CONNECTING = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
+
+
+#: Largest key file read, bytes (a ZeroMQ certificate has about 300).
+MAX_KEY_FILE_BYTES = 64 * 1024
 
 
 class KeyFileError(ConfigError):
@@ -142,6 +148,8 @@ def _load(path) -> tuple[bytes, bytes | None]:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise KeyFileError(f"no key file at {path}; write a key pair with 'pxdbg keys new NAME'")
+    if os.stat(path).st_size > MAX_KEY_FILE_BYTES:  # a certificate is a few hundred bytes: never read a huge file
+        raise KeyFileError(f"{path} is larger than {MAX_KEY_FILE_BYTES} bytes, so no ZeroMQ CURVE certificate")
     try:
         public, secret = zmq.auth.load_certificate(path)
         if public is None or len(z85.decode(public)) != 32 or (secret is not None and len(z85.decode(secret)) != 32):
@@ -241,11 +249,24 @@ class AllowList:
         """Re-read the directory; a malformed file is skipped with a warning, the others still count."""
         signature = self._scan()
         keys: dict[bytes, str] = {}
-        for name, _, _ in signature if signature != ("unreadable",) else ():
+        skipped: list[tuple[str, str]] = []
+        for name, _, size in signature if signature != ("unreadable",) else ():
+            if size > MAX_KEY_FILE_BYTES:
+                skipped.append((name, f"larger than {MAX_KEY_FILE_BYTES} bytes"))
+                continue
             try:
                 keys[z85.decode(load_public(os.path.join(self.directory, name)))] = name
             except (KeyFileError, OSError) as exc:
-                log.warning("allow-list: skipping %s: %s", name, exc)
+                skipped.append((name, str(exc)))
+        if skipped:  # one line per reload, however many junk files: a directory of 10,000 is no log flood
+            name, why = skipped[0]
+            log.warning(
+                "allow-list %s: skipping %d file(s) that hold no CURVE public key (first: %s: %s)",
+                self.directory,
+                len(skipped),
+                name[:200],
+                why[:300],
+            )
         if signature == ("unreadable",):
             log.error("allow-list directory %s is unreadable; admitting no consumer", self.directory)
         self.keys, self._signature = keys, signature
@@ -285,6 +306,9 @@ class _ContextGuard:
         self.domains: dict[str, AllowList] = {}
         # consumer side: endpoint -> (why the producer refused us, failed handshakes in a row)
         self.refusals: dict[str, tuple[str, int]] = {}
+        # consumer side: endpoint -> how its connection attempts go: "connected", "failing" (each attempt ends at
+        # once: refused or unreachable) or "pending" (an attempt has had no answer yet)
+        self.connections: dict[str, str] = {}
         self._zap: zmq.Socket | None = None
         self._monitors: dict[zmq.Socket, tuple] = {}  # PAIR -> ("server", AllowList) | ("client", ep, why)
         self._serial = 0
@@ -309,11 +333,11 @@ class _ContextGuard:
 
     def add_client(self, sock: zmq.Socket, endpoint: str, why_refused: dict[int, str]) -> None:
         with self.lock:
-            self._monitors[self._monitor(sock)] = ("client", endpoint, why_refused)
+            self._monitors[self._monitor(sock, _MONITORED | _CONNECTING)] = ("client", endpoint, why_refused)
 
-    def _monitor(self, sock: zmq.Socket) -> zmq.Socket:
+    def _monitor(self, sock: zmq.Socket, events: int = _MONITORED) -> zmq.Socket:
         addr = f"inproc://pxdbg-monitor-{id(self)}-{self._next()}"
-        sock.monitor(addr, _MONITORED)
+        sock.monitor(addr, events)
         pair = _own_socket(self.ctx, zmq.PAIR)
         pair.connect(addr)
         return pair
@@ -405,6 +429,10 @@ class _ContextGuard:
                 continue
             _, endpoint, why = role
             with self.lock:
+                state = _CONNECTION_STATES.get(event["event"])
+                if state is not None:
+                    self.connections[endpoint] = state
+                    continue
                 if failed:
                     # AUTH (a ZAP "no") and PROTOCOL (e.g. a mechanism mismatch) are final: libzmq gives up on
                     # the connection. NO_DETAIL is a connection lost during the handshake, which a producer dying
@@ -419,6 +447,14 @@ class _ContextGuard:
                     self.refusals[endpoint] = (reason, count)
                 elif event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                     self.refusals.pop(endpoint, None)
+
+
+_CONNECTION_STATES = {
+    zmq.EVENT_CONNECTED: "connected",
+    zmq.EVENT_CONNECT_DELAYED: "pending",  # a connect in progress: only its end says how it went
+    zmq.EVENT_CONNECT_RETRIED: "failing",  # it ended at once (refused, unreachable), and libzmq tries again
+    zmq.EVENT_DISCONNECTED: "failing",
+}
 
 
 _GUARDS: dict[int, _ContextGuard] = {}  # id(context) -> its guard; ZAP is one handler per context by design
@@ -538,6 +574,17 @@ def refusal(ctx: zmq.Context, endpoints: list[str]) -> str | None:
     if any(count < CONFIRMING_FAILURES for _, count in found):
         return None
     return "; ".join(dict.fromkeys(reason for reason, _ in found))
+
+
+def connection_state(ctx: zmq.Context, endpoint: str) -> str | None:
+    """How a consumer's connection attempts to tcp ``endpoint`` go, as its socket monitor saw them:
+    ``"connected"``, ``"failing"`` (each attempt fails at once), ``"pending"`` (no answer yet), or None (not
+    monitored: not tcp, or no attempt seen yet)."""
+    guard = _guard(ctx, create=False)
+    if guard is None:
+        return None
+    with guard.lock:
+        return guard.connections.get(endpoint)
 
 
 def refused_endpoints(ctx: zmq.Context) -> dict[str, str]:

@@ -7,6 +7,7 @@ Bounded queues, bounded linger, size limits, and endpoint checks before any sock
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import re
@@ -17,7 +18,7 @@ import zmq
 
 from pxdbg.shared import security
 from pxdbg.shared.errors import ConfigError, PxdbgError
-from pxdbg.shared.protocol import MAX_FRAME_MESSAGE, MAX_REQUEST_MESSAGE
+from pxdbg.shared.protocol import MAX_FRAME_PART, MAX_REQUEST_MESSAGE
 from pxdbg.shared.spec import TransportOptions
 
 #: Defaults of :class:`~pxdbg.shared.spec.TransportOptions`, kept under their old names.
@@ -118,7 +119,7 @@ def dealer(ctx: zmq.Context, endpoint: str, options: TransportOptions | None = N
     sock.setsockopt(zmq.IMMEDIATE, 1)  # queue nothing to a peer that is not connected
     sock.setsockopt(zmq.RECONNECT_IVL, 100)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_MESSAGE)
+    sock.setsockopt(zmq.MAXMSGSIZE, MAX_FRAME_PART)
     try:
         security.apply_client(sock, options, endpoint)  # CURVE keys; a monitor that tells a refusal
     except BaseException:
@@ -163,6 +164,86 @@ def router(
                 ) from None
             raise ConfigError(f"cannot bind {ep}: {exc}") from None
     return sock
+
+
+def recv_bounded(sock: zmq.Socket, *, max_parts: int, max_bytes: int, copy: bool = True) -> tuple[list, int]:
+    """One waiting message, part by part: ``(parts kept, parts dropped)``. Raises ``zmq.Again`` when none waits.
+
+    Keeps at most ``max_parts`` parts and ``max_bytes`` in all; the rest is received and released at once, so
+    a message of many parts (``MAXMSGSIZE`` bounds each part, not their number) never costs more than the bound
+    in this process's own copies. libzmq itself assembles a whole message before it hands over its first part:
+    that transient copy is bounded only by what the peer sends, and is freed as the parts are read here.
+    ``copy``: parts as ``bytes`` (else as ``zmq.Frame``)."""
+    first = sock.recv(zmq.NOBLOCK, copy=copy)
+    parts = [first]
+    size = len(first)
+    dropped = 0
+    while sock.getsockopt(zmq.RCVMORE):
+        part = sock.recv(copy=False)  # the rest of a message is here already: libzmq delivers whole messages
+        n = len(part)
+        if len(parts) < max_parts and size + n <= max_bytes:
+            parts.append(part.bytes if copy else part)
+            size += n
+        else:
+            dropped += 1
+        del part
+    return parts, dropped
+
+
+def why_no_answer(endpoint: str, monitored: str | None) -> str:
+    """Why a producer at ``endpoint`` has not welcomed a consumer yet, in a few words, from what the socket
+    monitor saw (``monitored``: see :func:`pxdbg.shared.security.connection_state`) and, where each attempt fails
+    at once, a probe that names the reason (it fails at once too, so it never blocks for long)."""
+    if endpoint.startswith("ipc://"):
+        path = endpoint[len("ipc://") :]
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            return f"no socket file at {path[:200]}"
+        except OSError as exc:
+            return f"cannot reach {path[:200]}: {exc.strerror}"
+        if not stat.S_ISSOCK(mode):
+            return f"{path[:200]} is not a socket"
+        return _probe(socket.AF_UNIX, path) or "connected, no welcome yet: a full producer, or no pxdbg producer?"
+    if monitored == "connected":
+        return "connected, no welcome yet: a full producer, or no pxdbg producer?"
+    if monitored == "pending":
+        return "no answer: a firewall, or a host that is down?"
+    if monitored == "failing":
+        host, _, port = endpoint[len("tcp://") :].rpartition(":")
+        return _probe(socket.AF_INET6 if host.startswith("[") else socket.AF_INET, (host.strip("[]"), int(port))) or (
+            "each connection attempt fails"
+        )
+    return "no answer yet"
+
+
+def _probe(family: int, address) -> str | None:
+    """The reason a connection to ``address`` fails (e.g. "connection refused"), None if it connects."""
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.settimeout(0.2)
+    try:
+        probe.connect(address)
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower() if not isinstance(exc, TimeoutError) else "no answer"
+    finally:
+        probe.close()
+    return None
+
+
+def release_freed_memory() -> None:
+    """Give memory freed by dropped messages back to the system (glibc keeps freed heap pages otherwise: the
+    parts of one 400 MB message would stay resident for good). No-op where ``malloc_trim`` does not exist."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            _malloc_trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
 
 
 def bound_endpoints(sock: zmq.Socket, endpoints: list[str]) -> list[str]:

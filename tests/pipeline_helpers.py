@@ -109,6 +109,10 @@ BEHAVIOURS = (
     "unrequested",  # serves what is asked, and frames far ahead nobody asked for
     "drain",  # after `after` frames says goodbye (draining), listing what it will not send
     "limit",  # takes at most `after` pending frames per consumer, refuses the rest with a limit error
+    "rehello",  # answers every request with "unknown consumer, say hello again"
+    "bad_version",  # welcomes with a protocol version the consumer never offered
+    "bad_codec",  # welcomes with a wire codec the consumer never offered
+    "forge",  # sends frame i+1's digits as frame i, with a valid checksum for frame i (CRC-32 is no MAC)
 )
 
 
@@ -163,6 +167,10 @@ class FakeProducer(threading.Thread):
         from pxdbg.shared import protocol
 
         info = {"pid": os.getpid(), "host": "fake", "device": "cpu"}
+        if self.behaviour in ("bad_version", "bad_codec"):
+            version = 99 if self.behaviour == "bad_version" else protocol.PROTOCOL_VERSION
+            codec = "rot13" if self.behaviour == "bad_codec" else None
+            return protocol.welcome(self._identity_dict(), info, version=version, codec=codec)
         if hasattr(protocol, "welcome"):
             return protocol.welcome(self._identity_dict(), info, version=protocol.PROTOCOL_VERSION, codec=None)
         return protocol.pack({"t": "welcome", "identity": self._identity_dict(), "producer": info})
@@ -182,6 +190,10 @@ class FakeProducer(threading.Thread):
         b = self.behaviour
         if b == "mute" and self.sent >= self.after:
             return
+        if b == "rehello":
+            msg = protocol.error("unknown consumer", code="unknown_consumer", fatal=False, rehello=True)
+            self.sock.send_multipart([cid, msg])
+            return
         if b == "error":
             msg = {
                 "t": "error",
@@ -199,7 +211,12 @@ class FakeProducer(threading.Thread):
                 deep = [deep]
             self.sock.send_multipart([cid, msgpack.packb({"v": protocol.PROTOCOL_VERSION, "t": "frame", "seed": deep})])
             return
-        if b == "relabel":
+        if b == "forge":
+            from pxdbg.shared import protocol as proto
+
+            enc = proto.encode_frame(seed, idx, str(self.identity), synthetic_frame(seed, idx + 1))
+            parts = [bytes(memoryview(p)) for p in enc.parts()]
+        elif b == "relabel":
             parts = self._frame_parts(seed, idx + 1, label=idx)
         elif b == "wrong_seed":
             parts = self._frame_parts(seed + 1, idx)

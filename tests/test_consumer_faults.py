@@ -15,6 +15,7 @@ import pytest
 
 from pipeline_helpers import FakeProducer, synthetic_frame, wait_until
 from pxdbg.consumer import BackgroundClient, IdentityMismatchError, ProducerFailure
+from pxdbg.shared import protocol
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import ProducerSpec
 
@@ -64,6 +65,9 @@ BAD = [
     ("mute", "came first from another producer|delivered none"),
     ("error", "failed on frame.*CUDA out of memory"),
     ("nested", "malformed"),
+    ("rehello", "forgot this consumer 3 times in a row"),
+    ("bad_version", "protocol version 99, which it never offered"),
+    ("bad_codec", "wire codec 'rot13', which it never offered"),
 ]
 
 
@@ -332,3 +336,315 @@ def test_a_producer_s_pending_limit_is_learnt_not_punished(tmp_path):
     assert same(got, expected(0, 50))
     assert fake.refused >= 1 and counters["frames_over_producer_limit"] == fake.refused
     assert state == "alive" and "producers_quarantined" not in counters
+
+
+#: A producer that welcomes a consumer, then answers its first request with one frame message of many parts
+#: (argv: endpoint, identity as JSON, number of parts, bytes per part); it answers pings, and never sends a frame.
+HUGE_MESSAGE_PRODUCER = """
+import json, sys, time, zmq
+from pxdbg.shared import protocol
+ctx = zmq.Context()
+s = ctx.socket(zmq.ROUTER)
+s.setsockopt(zmq.LINGER, 0)
+s.bind(sys.argv[1])
+identity = json.loads(sys.argv[2])
+n_parts, part = int(sys.argv[3]), b"x" * int(sys.argv[4])
+info = {"pid": 1, "host": "hostile", "device": "cpu"}
+deadline = time.monotonic() + 60
+sent = False
+while time.monotonic() < deadline:
+    if not s.poll(100):
+        continue
+    cid, raw, *_ = s.recv_multipart()
+    h = protocol.unpack(raw)
+    if h["t"] == "hello":
+        s.send_multipart([cid, protocol.welcome(identity, info, version=protocol.PROTOCOL_VERSION, codec=None)])
+    elif h["t"] == "ping":
+        s.send_multipart([cid, protocol.pong()])
+    elif h["t"] == "req" and not sent:
+        header = protocol.pack({"t": "frame", "seed": h["seed"], "idx": h["idx"][0]})
+        s.send_multipart([cid, header, *[part] * n_parts], copy=False)
+        sent = True
+"""
+
+
+def _rss_mb() -> float:
+    import os
+    from pathlib import Path
+
+    for line in Path(f"/proc/{os.getpid()}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+class _PeakRss:
+    """This process's resident memory, sampled every few milliseconds in a thread; ``peak`` in MB."""
+
+    def __enter__(self):
+        import threading
+
+        self.peak, self._stop = _rss_mb(), threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, _rss_mb())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+@pytest.mark.parametrize(
+    ("n_parts", "part_mb", "what"),
+    [(40, 15, "libzmq drops the connection at the first part over 8 MiB"), (60, 4, "quarantined at once")],
+    ids=["15MB-parts", "4MB-parts"],
+)
+def test_a_producer_s_message_of_many_parts_costs_the_consumer_bounded_memory(tmp_path, n_parts, part_mb, what):
+    """Row: one hostile producer's frame message of 40 parts x 15 MB took a consumer from 53 to 677 MB. A part
+    over 8 MiB (a dense frame is 7.68 MB) makes libzmq drop the connection before it holds more than that part;
+    smaller parts make a message libzmq assembles whole (a transient peak, printed), after which the parts past
+    a frame's bound are released as read and the producer is quarantined at once."""
+    import json
+
+    good_ep, bad_ep = f"ipc://{tmp_path}/good.sock", f"ipc://{tmp_path}/huge.sock"
+    bad = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            HUGE_MESSAGE_PRODUCER,
+            bad_ep,
+            json.dumps(IDENTITY.as_dict()),
+            str(n_parts),
+            str(part_mb * 2**20),
+        ],
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        with FakeProducer(good_ep, IDENTITY, delay=0.002):
+            with BackgroundClient([good_ep], seed=SEED, prefetch=8, **FAST) as warm:
+                consume(warm, 20)  # steady state: this process has decoded frames before
+            rss0 = _rss_mb()
+            with _PeakRss() as peak:
+                with BackgroundClient([bad_ep, good_ep], seed=SEED, prefetch=8, stall_timeout=3.0, **FAST) as client:
+                    client.wait_for_producers(2)
+                    got, _ = consume(client, 60)
+                    if part_mb * 2**20 <= protocol.MAX_FRAME_PART:
+                        assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=20)
+                    time.sleep(1.0)  # a quarantined socket's buffers are freed and given back
+                    rss1 = _rss_mb()
+                    counters = dict(client.counters)
+                    why = client.producer_report()[bad_ep]
+    finally:
+        bad.kill()
+        bad.wait(10)
+    print(
+        f"\nconsumer memory, a producer's message of {n_parts} parts x {part_mb} MB ({what}): {rss0:.0f} MB "
+        f"before, peak {peak.peak:.0f} MB, {rss1:.0f} MB after; {why}"
+    )
+    assert same(got, expected(0, 60))
+    assert rss1 - rss0 < 64
+    if part_mb * 2**20 > protocol.MAX_FRAME_PART:
+        assert peak.peak - rss0 < 64, "libzmq dropped the connection before it held the message"
+    else:
+        assert counters["oversized_messages"] == 1 and "more than 5 parts" in why
+
+
+def _run_with_work(client: BackgroundClient, n: int, work_s: float, at=None) -> tuple[list, float, float]:
+    """n frames with ``work_s`` seconds of event work each (``at``: {event: callable} run before that event);
+    (frames, elapsed seconds, longest wait for one frame)."""
+    got, longest = [], 0.0
+    t0 = time.perf_counter()
+    for i in range(n):
+        if at and i in at:
+            at[i]()
+        t = time.perf_counter()
+        got.append(client.next())
+        longest = max(longest, time.perf_counter() - t)
+        time.sleep(work_s)
+    return got, time.perf_counter() - t0, longest
+
+
+@pytest.mark.slow
+def test_partition_stall_a_stopped_producer_s_frames_go_elsewhere_before_the_loss_verdict(tmp_path):
+    """Row: one of two producers stopped (SIGSTOP, as a partition) for 8 s cost a run of 300 events with 15 ms of
+    work each the whole heartbeat timeout: 10.0 s instead of 5.7 s, while its 6 outstanding frames waited for
+    the 5 s loss verdict. Now a missed pong makes its frames go to the other producer at once. Here the work is
+    2 ms per event: with 15 ms the producers on this machine run far ahead of the consumer and owe nothing when
+    one stops (a stall needs a producer that owes frames; before the fix, 2 ms gave 7.30 s against 1.83 s,
+    longest wait 4.77 s: 9 frames waited for the loss verdict)."""
+    import signal
+    import threading
+
+    from pipeline_helpers import producers
+
+    n, work = 300, 0.002
+    with producers(tmp_path) as p:
+        eps = [p.start("p0", "--max-batch", "4"), p.start("p1", "--max-batch", "4")]
+        stopped = p.procs["p0"]
+        resume = threading.Timer(8.0, lambda: stopped.send_signal(signal.SIGCONT))
+        try:
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
+                client.wait_for_producers(2, timeout=60)
+                clean, clean_s, _ = _run_with_work(client, n, work)
+            # the capacity the stopped producer takes away, without any stall: both producers for the first 50
+            # events, then the other one alone (a stop noticed at no cost)
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60, events=50) as client:
+                client.wait_for_producers(2, timeout=60)
+                head, head_s, _ = _run_with_work(client, 50, work)
+            with BackgroundClient(eps[1:], seed=SEED, first_frame=50, connect_timeout=60) as client:
+                client.wait_for_producers(1, timeout=60)
+                rest, rest_s, _ = _run_with_work(client, n - 50, work)
+            one_s = head_s + rest_s
+            with BackgroundClient(eps, seed=SEED, connect_timeout=60) as client:
+                client.wait_for_producers(2, timeout=60)
+
+                def stop() -> None:
+                    stopped.send_signal(signal.SIGSTOP)
+                    resume.start()
+
+                faulty, faulty_s, longest = _run_with_work(client, n, work, at={50: stop})
+                counters = dict(client.counters)
+        finally:
+            resume.cancel()
+            stopped.send_signal(signal.SIGCONT)
+    print(
+        f"\npartition stall, {n} events x {1e3 * work:.0f} ms, one of two producers SIGSTOPped for 8 s at event 50: "
+        f"{faulty_s:.2f} s against {clean_s:.2f} s fault-free and {one_s:.2f} s with the other producer alone from "
+        f"event 50 (the stall: +{faulty_s - one_s:.2f} s; longest wait {1e3 * longest:.0f} ms; heartbeat timeout "
+        f"5 s); {counters}"
+    )
+    assert all(a == b for a, b in zip(clean, faulty)) and len(faulty) == n
+    assert all(a == b for a, b in zip(clean, head + rest)) and len(head + rest) == n
+    assert counters["producers_silent"] >= 1
+    assert longest < 2.5, "the stopped producer's frames waited for the loss verdict"
+
+
+@pytest.mark.slow
+def test_a_clean_drain_is_an_info_and_its_own_counter_and_local_workers_do_not_hedge(tmp_path, caplog):
+    """Rows: a producer's SIGTERM drain (a rollout, scancel) logged three WARNINGs and counted as
+    producer_failures 1; local-worker runs hedged onto the same CPUs (hedged 12, hedges_wasted 12)."""
+    from pipeline_helpers import producers
+    from pxdbg import models
+
+    reference = models.load("parametric").frames(SEED, range(60))
+    caplog.set_level("INFO", logger="pxdbg.consumer")
+    with producers(tmp_path) as p:
+        eps = [p.start("p0", "--max-batch", "2"), p.start("p1", "--max-batch", "2")]
+        with BackgroundClient(eps, seed=SEED, prefetch=12, heartbeat_interval=0.2, connect_timeout=60) as client:
+            client.wait_for_producers(2, timeout=60)
+            got, _ = consume(client, 20)
+            p.procs["p0"].terminate()
+            assert p.procs["p0"].wait(timeout=30) == 0
+            more, _ = consume(client, 40)
+            assert wait_until(lambda: client.counters["producers_drained"] == 1, 10), dict(client.counters)
+            counters = dict(client.counters)
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelname in ("WARNING", "ERROR") and "no producer has answered" not in r.getMessage()  # start-up
+    ]
+    drained = [r for r in caplog.records if "shut down (" in r.getMessage()]
+    assert same(got + more, reference)
+    assert counters.get("producer_failures", 0) == 0 and not warnings, (counters, warnings)
+    assert len(drained) == 1 and drained[0].levelname == "INFO"
+    with BackgroundClient(workers=2, seed=SEED, prefetch=16, connect_timeout=60) as local:
+        local.wait_for_producers(2, timeout=60)
+        got, _ = consume(local, 60)
+        counters = dict(local.counters)
+    print(f"\nlocal workers, 60 frames: {counters}")
+    assert same(got, reference)
+    assert counters.get("hedged", 0) == 0 and counters.get("hedges_wasted", 0) == 0
+    assert local.audit == 0 and "audits" not in counters, "local workers are this process's own: no audit"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_consumer_says_what_it_waits_for_and_fails_in_one_line(tmp_path, caplog):
+    """Row: a wrong endpoint gave 60 s of silence, then a generic line. Now after about 2 s the consumer says
+    where it waits and why (its socket monitor tells a refused connection from one that gets no answer, and
+    from a peer that accepts but never welcomes), and the final error is one line with the reason."""
+    import socket
+
+    from pxdbg.consumer import NoProducerError
+
+    refused = f"tcp://127.0.0.1:{_free_port()}"
+    silent = socket.socket()  # accepts TCP connections but speaks no ZeroMQ
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    mute = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    t0, wall0 = time.monotonic(), time.time()
+    try:
+        with BackgroundClient([refused, mute, f"ipc://{tmp_path}/none.sock"], seed=1, connect_timeout=4) as c:
+            with pytest.raises(NoProducerError) as err:
+                c.next()
+    finally:
+        silent.close()
+    elapsed = time.monotonic() - t0
+    waiting = [r for r in caplog.records if "no producer has answered" in r.getMessage()]
+    print(f"\n{waiting[0].getMessage() if waiting else None}\n{err.value}")
+    assert len(waiting) == 1 and waiting[0].created - wall0 < 3.5
+    said = waiting[0].getMessage()
+    assert f"{refused} (connection refused)" in said and f"{mute} (connected, no welcome yet" in said
+    assert "none.sock (no socket file at" in said
+    final = str(err.value)
+    assert "\n" not in final and f"{refused} (connection refused)" in final and elapsed < 10
+    caplog.clear()
+    with BackgroundClient([refused], seed=1, connect_timeout=3) as c, pytest.raises(NoProducerError):
+        c.next()
+    said = [r.getMessage() for r in caplog.records if "no producer has answered" in r.getMessage()]
+    assert said and said[0].startswith(f"no producer has answered at {refused} yet (connection refused);")
+
+
+def test_the_audit_catches_a_forging_producer_that_the_checksum_cannot(tmp_path, caplog):
+    """Row: a producer can send frame i+1's digits as frame i with a valid CRC for i (CRC-32 is no MAC). With
+    the audit, frames are also asked of a second producer and handed out only when the copies agree: with three
+    producers the forger is outvoted and quarantined for the run, every frame handed out is right; with two, which
+    one lies cannot be told, so neither is used again and the run fails in one line naming the frame."""
+    eps = [f"ipc://{tmp_path}/{name}.sock" for name in ("forge", "good1", "good2")]
+    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    with FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[1], IDENTITY), FakeProducer(eps[2], IDENTITY):
+        with BackgroundClient(eps, seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
+            client.wait_for_producers(3)
+            got, _ = consume(client, 60)
+            report = client.producer_report()[eps[0]]
+            counters = dict(client.counters)
+    print(f"\naudit of every frame, one forger among three producers: {counters}")
+    assert same(got, expected(0, 60)), "no forged frame is handed out"
+    assert "differs from the copy of" in report and "(audit)" in report
+    assert counters["audit_mismatches"] >= 1 and counters["producers_quarantined"] == 1
+    said = [r.getMessage() for r in caplog.records if "quarantined for the run" in r.getMessage()]
+    assert len(said) == 1 and "its frame " in said[0]
+
+    with FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[1], IDENTITY):
+        with BackgroundClient(eps[:2], seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
+            client.wait_for_producers(2)
+            with pytest.raises(ProducerFailure) as err:
+                consume(client, 60)
+    assert "\n" not in str(err.value) and "(audit)" in str(err.value) and "its frame " in str(err.value)
+
+
+@pytest.mark.slow
+def test_a_farm_is_audited_by_default(tmp_path):
+    eps = [f"ipc://{tmp_path}/a.sock", f"ipc://{tmp_path}/b.sock"]
+    with FakeProducer(eps[0], IDENTITY), FakeProducer(eps[1], IDENTITY):
+        with BackgroundClient(eps, seed=SEED, prefetch=8, **FAST) as client:
+            client.wait_for_producers(2)
+            got, _ = consume(client, 1000)
+            counters = dict(client.counters)
+    assert same(got, expected(0, 1000))
+    assert client.audit == 0.01 and counters["audits"] >= 1, counters  # none of 1000 at 1 %: p = 4e-5
+    assert counters["audits_passed"] + counters.get("audits_inconclusive", 0) >= counters["audits"] - 1
+    assert counters.get("audit_mismatches", 0) == 0
+    with pytest.raises(ConfigError, match="audit must be a fraction"):
+        BackgroundClient(eps, seed=SEED, audit=2)

@@ -135,6 +135,29 @@ def test_hedges_stay_within_the_budget():
     assert hedged <= 4 + 0.05 * 1000
 
 
+def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_limit():
+    """An urgent frame will not come from its producer: a producer behind with its own frames (no spare credit
+    for a hedge) still takes it while below its limit; at its limit it does not."""
+    busy = [PeerLoad("a", 6, 0.015, 16, latency=0.05, oldest_age=0.2)]  # behind: 0.2 s > its 0.05 s latency
+    copies = {7: [("stopped", 0.0)]}
+    latency = {"stopped": 0.05, "a": 0.05}
+    hedge = credits.hedges(1.0, copies, latency, busy, 4, factor=4, min_age=0.05)
+    assert hedge.asked == {} and hedge.no_spare == [7], "a hedge needs spare credit"
+    urgent = credits.hedges(1.0, copies, latency, busy, 0, factor=4, min_age=0.05, urgent=["stopped"])
+    assert urgent.asked == {"a": [7]} and urgent.tokens_spent == 0
+    full = [PeerLoad("a", 16, 0.015, 16, latency=0.05, oldest_age=0.2)]
+    assert credits.hedges(1.0, copies, latency, full, 0, factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
+
+
+def test_audit_copies_are_grouped_by_equality_largest_first():
+    from pxdbg.consumer.client import agreeing
+
+    assert agreeing({"a": 1, "b": 1}) == [(1, ["a", "b"])]
+    assert agreeing({"forger": 2, "a": 1, "b": 1}) == [(1, ["a", "b"]), (2, ["forger"])]  # a majority
+    tie = agreeing({"a": 1, "b": 2})
+    assert len(tie) == 2 and len(tie[0][1]) == len(tie[1][1]) == 1  # no majority: a third copy is needed
+
+
 def test_histogram_percentiles_within_a_bucket():
     h = WaitHistogram()
     assert math.isnan(h.percentile(50))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import threading
 import time
@@ -246,3 +247,76 @@ def test_farm_status_bad_endpoint_is_one_line():
     )
     assert out.returncode == 2
     assert out.stderr.strip().count("\n") == 0 and "unknown form" in out.stderr
+
+
+def _resolve_within(source, seconds: float) -> list[str]:
+    """resolve() in a thread: a blocking open() shows as a timeout here instead of hanging the suite."""
+    result: list = []
+    thread = threading.Thread(target=lambda: result.append(source.resolve()), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"resolve() blocked for more than {seconds} s"
+    return result[0]
+
+
+def test_fifos_links_out_huge_files_and_lying_entries_never_block_or_stay_fresh(tmp_path):
+    """Rows: a FIFO named x.json hung resolve() forever (every consumer of the directory with it); entries with
+    interval 1e308 or a heartbeat 1e9 s in the future never went stale."""
+    rdv, outside = tmp_path / "rdv", tmp_path / "outside"
+    rdv.mkdir()
+    outside.mkdir()
+    now = time.time()
+
+    def entry(endpoint, **kw):
+        return json.dumps({"endpoint": endpoint, "heartbeat": now, "interval": 2.0, **kw})
+
+    (rdv / "good.json").write_text(entry("tcp://10.0.0.2:1"))
+    os.mkfifo(rdv / "fifo.json")
+    (outside / "secret.json").write_text(entry("tcp://10.0.0.3:1"))
+    os.symlink(outside / "secret.json", rdv / "out.json")  # a link out of the directory
+    (rdv / "..2024_01").mkdir()
+    (rdv / "..2024_01" / "swap.json").write_text(entry("tcp://10.0.0.4:1"))
+    os.symlink("..2024_01", rdv / "..data")  # a kubelet-style atomic swap: links inside the directory, followed
+    os.symlink("..data/swap.json", rdv / "swap.json")
+    with open(rdv / "sparse.json", "wb") as f:  # 10 GB that cost nothing on disk
+        f.truncate(10 * 2**30)
+    os.symlink("/dev/zero", rdv / "zero.json")
+    (rdv / "forever.json").write_text(entry("tcp://10.0.0.5:1", heartbeat=now - 1e6, interval=1e308))
+    (rdv / "future.json").write_text(entry("tcp://10.0.0.6:1", heartbeat=now + 1e9))
+    (rdv / "inf.json").write_text(entry("tcp://10.0.0.7:1", interval=float("inf")).replace("Infinity", "1e999"))
+    t0 = time.monotonic()
+    found = _resolve_within(discovery.parse(f"dir:{rdv}"), 10)
+    elapsed = time.monotonic() - t0
+    assert found == ["tcp://10.0.0.2:1", "tcp://10.0.0.4:1"], found
+    entries = {e["endpoint"]: e for e in discovery.read_directory(rdv)}
+    assert entries["tcp://10.0.0.5:1"]["stale"] and entries["tcp://10.0.0.5:1"]["interval"] == 600.0
+    assert entries["tcp://10.0.0.6:1"]["stale"]
+    assert elapsed < 2.0, f"resolve took {elapsed:.1f} s"
+
+
+def test_1500_entries_never_crash_a_consumer_and_the_skip_is_said(tmp_path, caplog):
+    """Row: 1,500 fresh entries for ports nobody serves crashed every consumer with 'Too many open files' (a
+    DEALER and a monitor socket per entry; libzmq allows 1,023 sockets per context)."""
+    from pipeline_helpers import FakeProducer, synthetic_frame
+    from pxdbg.consumer import BackgroundClient
+    from pxdbg.shared.spec import ProducerSpec
+
+    rdv = tmp_path / "rdv"
+    rdv.mkdir()
+    now = time.time()
+    for port in range(20000, 21500):  # nobody listens there (tcp, so each would also get a monitor socket)
+        (rdv / f"p{port}.json").write_text(
+            json.dumps({"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat": now + 30, "interval": 60.0})
+        )
+    real = f"ipc://{tmp_path}/real.sock"  # sorts before every tcp:// entry, so it is among those used
+    (rdv / "real.json").write_text(json.dumps({"endpoint": real, "heartbeat": now + 30, "interval": 60.0}))
+    identity = ProducerSpec().identity()
+    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    with FakeProducer(real, identity, delay=0.002):
+        with BackgroundClient(f"dir:{rdv}", seed=5, prefetch=4, connect_timeout=30, heartbeat_interval=0.2) as c:
+            got = [c.next() for _ in range(5)]
+            used, skipped = len(c.endpoints), c.counters["producers_skipped"]
+    assert all(a == synthetic_frame(5, i) for i, a in enumerate(got))
+    assert used == 128 and skipped == 1501 - 128
+    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
+    assert len(lines) == 1 and "1373 producer endpoint(s)" in lines[0] and "max_producers" in lines[0]

@@ -37,8 +37,8 @@ server.serve()
 
 
 class Server:
-    def __init__(self, tmp_path: Path, **settings) -> None:
-        self.endpoint = f"ipc://{tmp_path}/hostile.sock"
+    def __init__(self, tmp_path: Path, bind: str | None = None, **settings) -> None:
+        self.endpoint = bind or f"ipc://{tmp_path}/hostile.sock"
         self.log_path = tmp_path / "producer.log"
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
@@ -71,8 +71,8 @@ class Server:
 def server_factory(tmp_path):
     started = []
 
-    def start(**settings) -> Server:
-        s = Server(tmp_path, **settings)
+    def start(bind: str | None = None, **settings) -> Server:
+        s = Server(tmp_path, bind, **settings)
         started.append(s)
         return s
 
@@ -136,7 +136,7 @@ def test_deeply_nested_and_huge_values_are_counted_and_dropped(server_factory, r
             {"v": 2, "t": "hello", "client": _nested(1000)},
             {"v": 2, "t": "req", "seed": _nested(1000), "idx": [0]},
             {"v": 2**64 - 1, "t": "hello"},
-            {"v": 2, "t": "hello", "client": "x" * 500_000},
+            {"v": 2, "t": "hello", "client": "x" * 50_000},
             {"v": 2, "t": "req", "seed": 2**64 - 1, "idx": [2**64 - 1]},
             {"v": 2, "t": "hello", "versions": _nested(500), "codecs": {"a": 1}},
             {"v": 2, "t": "hello", "want": {"model": _nested(999)}},
@@ -329,3 +329,169 @@ def test_a_second_producer_on_the_same_ipc_path_is_refused(tmp_path, reference):
         assert "Traceback" not in r.stderr and "another process" in r.stderr.strip().splitlines()[-1]
         _consume(ep, 5, reference)  # the first one is still the one answering
         assert p.procs["first"].poll() is None
+
+
+class _PeakRss(threading.Thread):
+    """Samples a process's resident memory every few milliseconds; ``peak`` in MB."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.path = Path(f"/proc/{pid}/status")
+        self.peak = 0.0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            try:
+                text = self.path.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("VmRSS:"):
+                    self.peak = max(self.peak, int(line.split()[1]) / 1024)
+
+
+@pytest.mark.parametrize(
+    ("part_kb", "what"),
+    [(1024, "libzmq drops the connection at the first part over 64 kB"), (60, "its sender is ignored")],
+    ids=["1MB-parts", "60kB-parts"],
+)
+def test_a_message_of_many_parts_costs_the_producer_bounded_memory(server_factory, reference, part_kb, what):
+    """Row: 3 messages of 400 parts x 1 MB from one unauthenticated peer took a producer from 241 MB to a
+    1.6 GB peak and 953 MB after (the size limit was 1 MB per part; the producer held every message whole). Now
+    a part over 64 kB makes libzmq drop the connection before it holds more than that part; smaller parts make a
+    message libzmq assembles whole (a transient peak, printed), after which the parts past a request's bound are
+    released as read, the sender is ignored for a minute and the freed memory is given back."""
+    srv = server_factory()
+    ctx = zmq.Context()
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        _consume(srv.endpoint, 5, reference)  # steady state: a consumer has been served
+        rss0 = srv.rss_mb()
+        sampler = _PeakRss(srv.proc.pid)
+        sampler.start()
+        s = _dealer(ctx, srv.endpoint)
+        part = b"x" * (part_kb * 1024 - 100)
+        for _ in range(3):
+            s.send_multipart([protocol.hello(None, "many parts"), *[part] * 399])
+        small = part_kb * 1024 <= protocol.MAX_REQUEST_MESSAGE
+        if small:
+            assert wait_until(lambda: _status(ctx, srv.endpoint)["counters"].get("oversized_messages", 0) >= 3, 60)
+            s.send(protocol.hello(None, "after the flood"))  # its sender is ignored now: no welcome
+            time.sleep(1.0)
+        else:
+            time.sleep(5.0)  # what the peer sends in that time is dropped with its connection
+        sampler.stop.set()
+        sampler.join(5)
+        rss1 = srv.rss_mb()
+        snap = _status(ctx, srv.endpoint)
+        welcomed = s.poll(0)
+        s.close()
+    finally:
+        ctx.term()
+    print(
+        f"\nproducer memory, 3 messages of 400 parts x {part_kb} kB ({what}): {rss0:.0f} MB before, peak "
+        f"{sampler.peak:.0f} MB, {rss1:.0f} MB after"
+    )
+    assert rss1 - rss0 < 64, "nothing of the oversized messages is kept"
+    if small:
+        assert snap["counters"]["oversized_messages"] == 3 and snap["counters"]["messages_from_banned_peers"] >= 1
+        assert not welcomed, "the peer that sent oversized messages is ignored"
+    else:
+        assert sampler.peak - rss0 < 64, "libzmq dropped the connection before it held a message"
+    assert srv.proc.poll() is None
+    _consume(srv.endpoint, 5, reference)
+
+
+def test_slot_squatters_make_a_consumer_wait_not_fail(server_factory, reference):
+    """Row: hellos from one unauthenticated process filled --max-consumers, and a real consumer failed at once
+    (ProducerFailure after 0.1 s: the limit error quarantined the only producer). Now a full producer is a
+    reason to wait, and a peer that says hello and nothing else loses its slot after hello_timeout."""
+    srv = server_factory(max_consumers=10, hello_timeout=2.0)
+    ctx = zmq.Context()
+    squatters = []
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        for _ in range(10):
+            s = _dealer(ctx, srv.endpoint)
+            s.send(protocol.hello(None, "squatter"))
+            assert protocol.unpack(s.recv())["t"] == "welcome"
+            squatters.append(s)
+        t0 = time.perf_counter()
+        with BackgroundClient([srv.endpoint], seed=SEED, prefetch=8, connect_timeout=30, frame_timeout=60) as c:
+            got = [c.next() for _ in range(10)]
+            waited = time.perf_counter() - t0
+            counters = dict(c.counters)
+        snap = _status(ctx, srv.endpoint)
+    finally:
+        for s in squatters:
+            s.close()
+        ctx.term()
+    print(f"\n10 hello-only squatters on a producer of 10 slots: the first 10 frames after {waited:.1f} s; {counters}")
+    assert all(a == b for a, b in zip(got, reference[:10]))
+    assert counters["producers_full"] >= 1 and counters.get("producers_quarantined", 0) == 0
+    assert snap["counters"]["consumers_idle"] == 10
+    assert "said hello and nothing else" in srv.log()
+
+
+def test_status_requests_are_rate_limited_per_peer(server_factory, reference):
+    """Row: status needs no hello and no key on a plaintext producer: an 800k-request flood cost its consumers
+    1.6x. Now each peer gets a few answers a second; the rest are dropped and counted."""
+    srv = server_factory()
+    ctx = zmq.Context()
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        flood = _dealer(ctx, srv.endpoint)
+        t0 = time.monotonic()
+        for _ in range(5000):
+            flood.send(protocol.status())
+        answers = 0
+        while flood.poll(1000):
+            flood.recv()
+            answers += 1
+        elapsed = time.monotonic() - t0
+        beside = _consume(srv.endpoint, 10, reference)
+        snap = _status(ctx, srv.endpoint)  # another peer is answered
+        flood.close()
+    finally:
+        ctx.term()
+    print(
+        f"\n5000 status requests from one peer: {answers} answered in {elapsed:.1f} s; 10 frames beside: {beside:.1f} s"
+    )
+    assert answers <= 10 + 5 * elapsed + 1
+    assert snap["counters"]["status_rate_limited"] >= 5000 - answers - 1
+
+
+def test_one_address_takes_at_most_half_the_slots(server_factory, reference):
+    """Squatters that also ping (so no idle expiry frees their slots) from one host take at most
+    ``max_per_address`` slots (half by default): a consumer from another address is admitted at once."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    srv = server_factory(f"tcp://127.0.0.1:{port}", max_consumers=10)
+    ctx = zmq.Context()
+    squatters, replies = [], []
+    try:
+        assert wait_until(lambda: "serving" in srv.log(), 60)
+        for _ in range(10):
+            s = _dealer(ctx, f"tcp://127.0.0.2:0;127.0.0.1:{port}")  # from 127.0.0.2
+            s.send(protocol.hello(None, "squatter"))
+            s.send(protocol.ping())
+            replies.append(protocol.unpack(s.recv()))
+            squatters.append(s)
+        t0 = time.perf_counter()
+        _consume(srv.endpoint, 5, reference)  # from 127.0.0.1
+        waited = time.perf_counter() - t0
+    finally:
+        for s in squatters:
+            s.close()
+        ctx.term()
+    print(
+        f"\n10 pinging squatters from one address, 10 slots: 5 admitted; a consumer from another address took "
+        f"{waited:.1f} s for 5 frames"
+    )
+    assert [r["t"] for r in replies].count("welcome") == 5
+    refused = [r for r in replies if r["t"] == "error"]
+    assert len(refused) == 5 and all("from one address (5)" in r["msg"] for r in refused)

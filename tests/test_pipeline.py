@@ -133,7 +133,14 @@ def test_no_producer_gives_a_clear_error(tmp_path):
         heartbeat_timeout=0.5,
     )
     t0 = time.monotonic()
-    with client, pytest.raises(NoProducerError, match="no producer answered for 1 s.*pxdbg produce"):
+    with (
+        client,
+        pytest.raises(
+            NoProducerError,
+            match=r"no producer answered within 1 s: ipc://.*nobody.sock \(no socket file at "
+            r".*tcp://127.0.0.1:9 \(.*pxdbg produce",
+        ),
+    ):
         client.next()
     assert time.monotonic() - t0 < 10
 

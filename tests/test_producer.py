@@ -81,6 +81,19 @@ def test_pending_limit_and_consumer_limit():
     assert q.submit(b"zz", 1, [1, 2]) == [1, 2]  # unknown consumer: refused
 
 
+def test_per_address_limit_counts_admissions_and_departures():
+    q = ConsumerQueues(max_consumers=5, max_per_address=2)
+    q.add(b"h1", "h1", None, 2, 0.0, address="10.0.0.1")
+    q.add(b"h2", "h2", None, 2, 0.0, address="10.0.0.1")
+    with pytest.raises(LimitError, match="from one address \\(2\\)"):
+        q.add(b"h3", "h3", None, 2, 0.0, address="10.0.0.1")
+    q.add(b"o1", "o1", None, 2, 0.0, address="10.0.0.2")  # another host
+    q.add(b"ipc", "ipc", None, 2, 0.0)  # ipc: no address, no per-address limit
+    q.remove(b"h1")
+    q.add(b"h3", "h3", None, 2, 0.0, address="10.0.0.1")  # a slot of that address is free again
+    assert len(q) == 4
+
+
 def test_work_of_a_forgotten_consumer_is_dropped():
     q = _queues()
     q.submit(b"a", 1, [0, 1])

@@ -457,3 +457,28 @@ def test_local_workers_sit_in_a_private_directory():
         client.next()
         ipc_dir = os.path.dirname(client.endpoints[0][len("ipc://") :])
         assert os.stat(ipc_dir).st_mode & 0o777 == 0o700
+
+
+def test_allow_list_reload_bounds_key_files_and_summarises_junk(keys, caplog):
+    """Rows: a 200 MB .key file was read whole (646 MB peak); 10,000 junk .key files logged ~10,000 lines per
+    reload. Now a key file is read only below a size bound, and one line per reload says what was skipped."""
+    import resource
+
+    _, allow = keys
+    with open(allow / "huge.key", "wb") as f:  # 200 MB that cost nothing on disk
+        f.truncate(200 * 2**20)
+    for i in range(10_000):
+        (allow / f"junk{i:05d}.key").write_text("not a certificate\n")
+    caplog.set_level("INFO", logger="pxdbg.security")
+    peak0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    al = security.AllowList(str(allow))
+    al.reload()
+    peak1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    print(f"\nallow-list of 1 key, 10,000 junk files and a 200 MB file: peak memory {peak0:.0f} -> {peak1:.0f} MB")
+    assert list(al.keys.values()) == ["alice.key"]
+    assert len(warnings) == 2, "one line per reload"
+    assert "skipping 10001 file(s)" in warnings[0]
+    assert peak1 - peak0 < 64
+    with pytest.raises(security.KeyFileError, match="larger than"):
+        security.load_public(allow / "huge.key")
