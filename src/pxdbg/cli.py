@@ -349,6 +349,8 @@ def cmd_produce(args) -> int:
         max_consumers=args.max_consumers,
         max_pending=args.max_pending,
         grace=args.grace,
+        hello_timeout=args.hello_timeout,
+        max_per_address=args.max_per_address,
         transport_options=security.options_from_args(args),
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -455,6 +457,9 @@ def cmd_run(args) -> int:
                 connect_timeout=args.connect_timeout,
                 frame_timeout=args.frame_timeout,
                 stall_timeout=args.stall_timeout,
+                hedge_budget=args.hedge_budget,
+                audit=args.audit,
+                max_producers=args.max_producers,
                 events=args.events - start,
                 transport=security.options_from_args(args),
             ) as client:
@@ -830,6 +835,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     value = float(text)
     if not math.isfinite(value) or value <= 0:
@@ -933,6 +948,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds a SIGTERM may take to finish the batches in progress (default %(default)s)",
     )
     p.add_argument(
+        "--hello-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a consumer may hold a slot after its hello without asking for frames (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-per-address",
+        type=_positive,
+        help="most consumers from one network address at once (default: half of --max-consumers)",
+    )
+    p.add_argument(
         "--register",
         metavar="DIR",
         help="register each tcp endpoint in this rendezvous directory (consumers: --connect dir:DIR)",
@@ -982,6 +1008,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="seconds a producer may owe frames while delivering none (it answers heartbeats: a hung "
         "model) before it is quarantined and its frames asked elsewhere (default %(default)s)",
+    )
+    p.add_argument(
+        "--hedge-budget",
+        type=_fraction,
+        help="fraction of frames that may also be asked of a second producer when overdue (default 0.05 for "
+        "--connect, 0 for --workers: local workers share this machine's CPUs)",
+    )
+    p.add_argument(
+        "--audit",
+        type=_fraction,
+        help="fraction of frames also asked of a second producer and compared (default 0.01 for --connect, 0 "
+        "for --workers); a producer whose copy differs is quarantined for the run",
+    )
+    p.add_argument(
+        "--max-producers",
+        type=_positive,
+        default=128,
+        help="most producers used at once; the rest of what --connect resolves to is skipped (default %(default)s)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
