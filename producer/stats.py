@@ -41,6 +41,9 @@ COUNTER_HELP = {
     "refused_unknown_key": "CURVE handshakes refused because the allow-list lacks the consumer's key.",
     "refused_handshake": "CURVE handshakes that failed: no key, or the wrong server key.",
     "allow_list_reloads": "Times the CURVE allow-list directory was read again.",
+    "oversized_messages": "Messages with more parts than any real message has; their sender is ignored for a while.",
+    "messages_from_banned_peers": "Messages dropped because their sender had sent an oversized message.",
+    "status_rate_limited": "Status requests left unanswered: the peer asked more often than its rate allows.",
 }
 
 

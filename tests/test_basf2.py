@@ -201,10 +201,14 @@ def test_in_process_checkpoint_sha256_must_match(basf2, bgfile, tmp_path):
     ckpt = payloads.find("parametric").path
     right = payloads.sha256_file(ckpt)
     wrong = ("0" if right[0] != "0" else "1") + right[1:]
-    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=wrong, seed=3, keying="position")
+    module = PXDBackgroundGenerator(
+        model="parametric", checkpoint=str(ckpt), checkpoint_sha256=wrong, seed=3, keying="position"
+    )
     with pytest.raises(PxdbgError, match=f"has sha256 {right}, but {wrong} was asked for"):
         run_path(basf2, module, bgfile, events=1)
-    module = PXDBackgroundGenerator(model="parametric", checkpoint=str(ckpt), checkpoint_sha256=right, seed=3, keying="position")
+    module = PXDBackgroundGenerator(
+        model="parametric", checkpoint=str(ckpt), checkpoint_sha256=right, seed=3, keying="position"
+    )
     assert_generated_digits_reach_the_overlay(basf2, run_path(basf2, module, bgfile, events=1), expected(3, 1))
 
 

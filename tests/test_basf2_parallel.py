@@ -155,7 +155,7 @@ def test_cpp_modules_holding_the_gil_cost_no_loss(tmp_path, bgfile, farm, gil_s,
     the module's with -p 0): no producer is judged lost, no frame re-issued, the frames are right, and the
     module's wait for a warm frame stays far below a millisecond's order."""
     events = "3,1" if gil_s < 30 else "2,1"
-    keys = [k for k in KEYS if k[1] == 1][: int(events[0])] + [(0, 2, 1)]
+    keys = [*[k for k in KEYS if k[1] == 1][: int(events[0])], (0, 2, 1)]
     job = run_job(tmp_path, bgfile, "--source", f"farm:{farm}", "--nproc", str(nproc), "--gil", str(gil_s),
                   "--events", events, timeout=600)  # fmt: skip
     assert_event_keyed(job, keys=keys)

@@ -79,7 +79,10 @@ HOSTILE = {
     "counters_list": snapshot_reply(counters=[1, 2]),
     "uptime_text": snapshot_reply(uptime_s="forever"),
     "uptime_nan": snapshot_reply(uptime_s=math.nan),
-    "huge_identity": snapshot_reply(identity="A" * (15 * 1024 * 1024)),
+    "huge_identity": snapshot_reply(identity="A" * (6 * 1024 * 1024)),
+    # beyond the consumer sockets' part bound (shared/transport.py): libzmq drops it, so it is a producer that
+    # does not answer, never a 15 MB row
+    "oversized": snapshot_reply(identity="A" * (15 * 1024 * 1024)),
     "escapes": snapshot_reply(identity="\x1b[2J\x1b]0;owned\x07evil", counters={"a\x1b[31m": 1}),
     "error": [protocol.pack({"t": protocol.ERROR, "msg": "busy \x1b[5m now"})],
     "not_msgpack": [b"\xc1\xc1\xc1"],
@@ -104,6 +107,7 @@ def test_one_hostile_producer_is_one_bad_row():
     assert bad["error"] == "error: busy ?[5m now"
     assert "not valid msgpack" in bad["not_msgpack"] and "2 parts" in bad["two_parts"]
     assert "instead of a snapshot" in bad["welcome_instead"]
+    assert by_name["oversized"] not in replies and by_name["oversized"] not in replies.bad
     assert not replies.refused
 
 
@@ -118,7 +122,7 @@ def test_the_command_prints_every_row_and_nothing_a_terminal_acts_on(tmp_path):
     assert proc.returncode == 0, err
     assert "Traceback" not in err and "\x1b" not in out + err and "\x07" not in out
     assert len(out) < 20_000, "a 15 MB identity is cut, not printed"
-    assert f"3 of {len(HOSTILE)} producer(s) answered" in out and f"{len(HOSTILE) - 3} bad reply" in out
+    assert f"3 of {len(HOSTILE)} producer(s) answered" in out and f"{len(HOSTILE) - 4} bad reply" in out
     for name in ("counters_list", "uptime_nan", "not_msgpack"):
         assert f"{eps[name]}: bad reply: " in out
 
