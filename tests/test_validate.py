@@ -245,6 +245,131 @@ def test_report_speaks_detector_language(tmp_path, parametric_sample):
     assert ReferenceFigures(reference_figures()).name.startswith("reference (Geant4 simulation")
 
 
+def test_ratio_and_pull_uncertainties_by_hand():
+    from pxdbg.validate.report import block_pull, cluster_variance_factor, ratio_with_sd
+
+    ratio, sd = ratio_with_sd([2.0, 1.0], [0.2, 0.1], [1.0, 0.0], [0.1, 0.1])
+    assert ratio[0] == pytest.approx(2.0) and sd[0] == pytest.approx(np.sqrt(0.2**2 + (2 * 0.1) ** 2))
+    assert np.isnan(ratio[1]) and np.isnan(sd[1])  # nothing to divide by
+    # two single pixels and one pair: 4 hits, sum of k^2 over clusters 1 + 1 + 4 = 6
+    assert cluster_variance_factor(np.array([0, 2, 1])) == pytest.approx(6 / 4)
+    # 40 hits in 4 images (factor 2) against 10 in 2 (factor 1): rates 10 and 5, variance 2*40/16 + 10/4
+    pull = block_pull(np.array([40, 100, 0]), 4, 2.0, np.array([10, 50, 0]), 2, 1.0)
+    assert pull[0] == pytest.approx(5 / np.sqrt(7.5))
+    assert pull[1] == pytest.approx((25 - 25) / np.sqrt(2 * 100 / 16 + 50 / 4))
+    assert np.isnan(pull[2])
+
+
+def test_pulls_of_clustered_hits_spread_like_chance():
+    """Blocks whose hits come in clusters of 1, 2 and 4 pixels (clusters Poisson): the pulls between two samples
+    of the same source have sd 1 with the cluster factor, and are wider with plain Poisson."""
+    from pxdbg.validate.report import block_pull, cluster_variance_factor
+
+    rng = np.random.default_rng(5)
+    sizes, share = np.array([1, 2, 4]), np.array([0.5, 0.3, 0.2])
+    clusters_per_image = 3.0
+
+    def block_hits(images):
+        # thinning: the clusters of each size are Poisson of their own
+        per_size = rng.poisson(clusters_per_image * images * share, size=(20_000, 3))
+        return per_size @ sizes, per_size.sum(axis=0)
+
+    (a, size_a), (b, size_b) = block_hits(50), block_hits(80)
+    counts_a, counts_b = np.zeros(5), np.zeros(5)
+    counts_a[sizes], counts_b[sizes] = size_a, size_b
+    factor_a, factor_b = cluster_variance_factor(counts_a), cluster_variance_factor(counts_b)
+    expected = (share * sizes**2).sum() / (share * sizes).sum()
+    assert factor_a == pytest.approx(expected, rel=0.01) and factor_b == pytest.approx(expected, rel=0.01)
+    assert block_pull(a, 50, factor_a, b, 80, factor_b).std() == pytest.approx(1.0, abs=0.03)
+    assert block_pull(a, 50, 1.0, b, 80, 1.0).std() == pytest.approx(np.sqrt(expected), rel=0.03)
+
+
+def _ratio_axes(fig):
+    return [ax for ax in fig.axes if ax.get_ylabel() in ("sample / reference", "/ reference")]
+
+
+def _has_sample_band(ax) -> bool:
+    """A filled 1-sigma band of the sample, or error bars, of non-zero height."""
+    from matplotlib.collections import PolyCollection
+    from matplotlib.container import ErrorbarContainer
+
+    for c in ax.collections:
+        if isinstance(c, PolyCollection) and c.get_label() == "sample 1 sd":
+            heights = [np.ptp(path.vertices[:, 1]) for path in c.get_paths()]
+            if max(heights, default=0) > 0:
+                return True
+    for c in ax.containers:
+        if isinstance(c, ErrorbarContainer) and c.lines[2]:
+            segments = c.lines[2][0].get_segments()
+            if any(abs(s[1][1] - s[0][1]) > 0 for s in segments):
+                return True
+    return False
+
+
+def _errorbar_half_lengths(ax) -> np.ndarray:
+    from matplotlib.container import ErrorbarContainer
+
+    (bars,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    return np.array([(s[1][1] - s[0][1]) / 2 for s in bars.lines[2][0].get_segments()])
+
+
+def test_every_ratio_has_a_statistical_band(parametric_sample):
+    """Every ratio panel draws the sample's 1-sigma band or error bars; the layer figures' error bars and the
+    hit-map pulls are the hand-computed ones; a ratio without a reference says so instead."""
+    import matplotlib.pyplot as plt
+
+    from pxdbg.shared.geometry import N_U, N_V
+    from pxdbg.validate.report import draw_figures
+
+    frames = parametric_sample[1]
+    sample, ref = metrics_of(frames[0::2], "even"), metrics_of(frames[1::2], "odd")
+    seen = set()
+    for reference in (ref, ReferenceFigures(reference_figures())):
+        for fig, name, _ in draw_figures(sample, reference):
+            try:
+                seen.add(name)
+                texts = [t.get_text() for ax in fig.axes for t in ax.texts]
+                for ax in _ratio_axes(fig):
+                    no_reference = any(t.get_text() == "no reference figure" for t in ax.texts)
+                    assert no_reference or _has_sample_band(ax), (name, ax.get_xlabel())
+                if name == "clusters.png":  # the reference figures hold no clusters: no ratio against itself
+                    assert texts.count("no reference figure") == (2 if reference is not ref else 0)
+                if name == "layers.png":
+                    occupancy_ratio = _ratio_axes(fig)[0]
+                    layer_sd = []
+                    for m in (sample, ref):
+                        occ = np.asarray(m.event_occupancy)
+                        layer_sd.append(
+                            [occ[:, LAYER_OF_INDEX == la].mean(axis=1).std() / np.sqrt(len(occ)) for la in (1, 2)]
+                        )
+                    if reference is ref:
+                        v = np.array([sample.layer_occupancy(la) for la in (1, 2)])
+                        r = np.array([ref.layer_occupancy(la) for la in (1, 2)])
+                        expected = np.hypot(np.array(layer_sd[0]) / r, v / r * np.array(layer_sd[1]) / r)
+                        np.testing.assert_allclose(_errorbar_half_lengths(occupancy_ratio), expected, rtol=1e-6)
+                if name == "hitmaps.png" and reference is ref:
+                    pulls = [ax for ax in fig.axes if "pull" in ax.get_title()]
+                    ratios = [ax for ax in fig.axes if "sample / reference" in ax.get_title()]
+                    assert len(pulls) == len(ratios) == 2
+                    for la, ax in zip((1, 2), pulls):
+                        expected = []
+                        for m in (sample, ref):
+                            hits = m.hitmap[la - 1][:8, :8].sum()
+                            k = np.arange(m.cluster_sizes.shape[-1])
+                            per_size = m.cluster_sizes[:, la - 1].sum(axis=0)
+                            factor = (per_size * k**2).sum() / (per_size * k).sum()
+                            images = m.n_events * int((LAYER_OF_INDEX == la).sum())
+                            expected.append((hits / images, factor * hits / images**2))
+                        (ra, va), (rb, vb) = expected
+                        pull = ax.get_images()[0].get_array()
+                        assert pull.shape == (N_U // 8, N_V // 8)
+                        assert pull[0, 0] == pytest.approx((ra - rb) / np.sqrt(va + vb))
+                        assert 0.5 < np.sqrt(np.nanmean(pull**2)) < 2  # two halves of one sample: chance
+            finally:
+                plt.close(fig)
+    assert {"layers.png", "hitmaps.png", "clusters.png", "profiles.png", "hit_charge.png"} <= seen
+
+
 def rescaled(frames, factor, seed=0):
     """Frames with each sensor's charges scaled by factor[sensor], rounded at random (the mean scales exactly)."""
     rng = np.random.default_rng(seed)
