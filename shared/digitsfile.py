@@ -71,7 +71,8 @@ def _zstd():
         import zstandard
 
         _local.zstandard = zstandard
-        _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+        # every CPU for the compression at close: 0.79 instead of 1.01-1.12 ms per event here (2 CPUs, 150 events)
+        _local.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, threads=-1)
         _local.dctx = zstandard.ZstdDecompressor()
     return _local
 
