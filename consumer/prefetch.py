@@ -184,7 +184,8 @@ class PrefetchConnection:
     """Frames by index from the job's prefetch process, for the process that calls :meth:`get`.
 
     After a frame is taken, requests for the next ``lookahead`` indices are outstanding, so their replies are
-    received without the GIL. Counts what it waited (``waits``, seconds per call) and its mispredictions.
+    received without the GIL. Counts the frames received and the mispredictions (a frame asked for that was not
+    the next one predicted; the predicted ones received before it are dropped).
     """
 
     def __init__(self, endpoint: str, server_pid: int, *, lookahead: int = DEFAULT_LOOKAHEAD, timeout: float) -> None:
