@@ -579,7 +579,10 @@ class BackgroundClient:
                 return
         if peer.state in (ALIVE, DRAINING):
             if now - peer.last_recv > self.heartbeat_timeout:
-                self._peer_lost(peer, f"silent for {now - peer.last_recv:.1f} s")
+                # one that said it was draining and then went silent shut down as it said: its final goodbye was
+                # lost with its connection (a loaded machine, a short linger), which is no failure
+                draining = peer.state == DRAINING
+                self._peer_lost(peer, f"silent for {now - peer.last_recv:.1f} s", drained=draining)
             elif peer.state == ALIVE:
                 self._judge_slow(peer, now)
                 if peer.state == QUARANTINED:
