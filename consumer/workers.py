@@ -18,6 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pxdbg.shared.cpus import usable_cpus
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import ProducerSpec
 
@@ -39,13 +40,6 @@ class Worker:
         return "\n".join(lines[-n:])
 
 
-def _usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        return os.cpu_count() or 1
-
-
 class LocalWorkers:
     """K producer subprocesses on ipc endpoints in a private temporary directory."""
 
@@ -53,8 +47,9 @@ class LocalWorkers:
         if k < 1:
             raise ConfigError("the number of local workers must be at least 1")
         if spec.threads is None and spec.info.is_gan and spec.device == "cpu":
-            # K GAN producers share this machine's CPUs: each would otherwise take them all (oversubscribed)
-            spec = spec.replace(threads=max(1, _usable_cpus() // k))
+            # K GAN producers share the CPUs this process may use (affinity and cgroup quota): each would
+            # otherwise take them all (oversubscribed)
+            spec = spec.replace(threads=max(1, usable_cpus() // k))
         self.spec = spec
         self.dir = Path(tempfile.mkdtemp(prefix="pxdbg-"))
         self.workers: list[Worker] = []

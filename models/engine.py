@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import threading
 
@@ -31,6 +30,7 @@ import torch
 
 from pxdbg.models.common import output_to_adc, sparsify
 from pxdbg.models.fold import HIT_THRESHOLD, OUTPUT_MODES, hit_threshold, inference_network
+from pxdbg.shared.cpus import usable_cpus
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import PRECISIONS
 from pxdbg.shared.registry import GAN, ModelInfo
@@ -53,22 +53,6 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError(f"precision {precision!r} needs a CUDA device; on the CPU use fp32 or bf16")
 
 
-def _usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask, capped by a cgroup (v2) CPU quota when there is one."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        n = os.cpu_count() or 1
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, n)
-
-
 def recommended_threads(info: ModelInfo, device: torch.device | str) -> int:
     """torch intra-op threads for one producer of model ``info`` on ``device``.
 
@@ -79,7 +63,7 @@ def recommended_threads(info: ModelInfo, device: torch.device | str) -> int:
     device = torch.device(device)
     if info.kind != GAN or device.type != "cpu":
         return 1
-    return _usable_cpus()
+    return usable_cpus()
 
 
 @contextlib.contextmanager

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import struct
 import subprocess
 import sys
@@ -13,6 +15,7 @@ import numpy as np
 import pytest
 
 from pxdbg.shared import geometry
+from pxdbg.shared.cpus import CpuBudget, cpu_budget, usable_cpus
 from pxdbg.shared.digitsfile import DigitsFile, DigitsFileError, DigitsWriter, write_digits
 from pxdbg.shared.frame import FrameError, SparseFrame
 from pxdbg.shared.seeding import check_seed, frame_rng, seed_from_framework_seed
@@ -164,3 +167,118 @@ def test_shared_and_consumer_do_not_import_torch():
         "pxdbg.consumer, pxdbg.cli; assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# -- usable CPUs: affinity within the cgroup quota -----------------------------------------------------------------
+def _fake_cgroup(root, files: dict[str, str]):
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    return root
+
+
+@pytest.fixture
+def four_affinity_cpus(monkeypatch):
+    """This process may run on 4 CPUs, whatever the machine has."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+
+
+def test_usable_cpus_without_a_quota_is_the_affinity_mask(tmp_path, four_affinity_cpus):
+    assert usable_cpus(tmp_path) == 4  # no cgroup files at all
+    v2 = _fake_cgroup(tmp_path, {"sys/fs/cgroup/cgroup.controllers": "cpu", "sys/fs/cgroup/cpu.max": "max 100000\n"})
+    assert cpu_budget(v2) == CpuBudget(affinity=4, quota=None)
+    assert usable_cpus(v2) == 4
+
+
+def test_usable_cpus_honours_a_cgroup_v2_quota_on_the_own_cgroup_and_above(tmp_path, four_affinity_cpus):
+    root = _fake_cgroup(
+        tmp_path,
+        {
+            "sys/fs/cgroup/cgroup.controllers": "cpu",
+            "proc/self/cgroup": "0::/job/step\n",
+            "sys/fs/cgroup/job/cpu.max": "300000 100000\n",  # 3 CPUs for the job
+            "sys/fs/cgroup/job/step/cpu.max": "250000 100000\n",  # 2.5 for this step: the tightest
+        },
+    )
+    budget = cpu_budget(root)
+    assert budget.quota == 2.5 and budget.usable == 2 and not budget.ignored
+    # a quota above the affinity mask leaves the mask
+    (root / "sys/fs/cgroup/job/step/cpu.max").write_text("800000 100000\n")
+    (root / "sys/fs/cgroup/job/cpu.max").write_text("max 100000\n")
+    assert usable_cpus(root) == 4
+    # a quota below one CPU still runs one thread
+    (root / "sys/fs/cgroup/job/step/cpu.max").write_text("50000 100000\n")
+    assert usable_cpus(root) == 1
+
+
+def test_usable_cpus_honours_a_cgroup_v1_quota(tmp_path, four_affinity_cpus):
+    d = "sys/fs/cgroup/cpu,cpuacct/"
+    root = _fake_cgroup(tmp_path, {d + "cpu.cfs_quota_us": "200000\n", d + "cpu.cfs_period_us": "100000\n"})
+    assert usable_cpus(root) == 2
+    (root / d / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "unlimited"
+    assert cpu_budget(root) == CpuBudget(affinity=4, quota=None)
+
+
+@pytest.mark.parametrize(
+    "cpu_max",
+    ["garbage", "100000", "abc 100000", "0 100000", "-5 100000", "100000 0", "\x00\xff" * 3000, ""],
+    ids=["word", "one-field", "not-int", "zero", "negative", "zero-period", "huge-binary", "empty"],
+)
+def test_a_garbage_cgroup_file_is_ignored_with_a_reason(tmp_path, four_affinity_cpus, caplog, cpu_max):
+    root = _fake_cgroup(tmp_path, {"sys/fs/cgroup/cgroup.controllers": "cpu", "sys/fs/cgroup/cpu.max": cpu_max})
+    budget = cpu_budget(root)
+    assert budget.quota is None and budget.usable == 4
+    assert len(budget.ignored) == 1 and "cpu.max" in budget.ignored[0]
+    with caplog.at_level(logging.WARNING, logger="pxdbg.cpus"):
+        assert usable_cpus(root) == 4
+    assert "counting the affinity mask only" in caplog.text
+
+
+def test_a_bad_cgroup_entry_or_v1_file_is_ignored_with_a_reason(tmp_path, four_affinity_cpus):
+    root = _fake_cgroup(
+        tmp_path,
+        {
+            "sys/fs/cgroup/cgroup.controllers": "cpu",
+            "proc/self/cgroup": "0::/../../etc\n",  # a path that climbs out of the mount is not followed
+            "sys/fs/cgroup/cpu.max": "100000 100000\n",
+        },
+    )
+    budget = cpu_budget(root)
+    assert budget.usable == 1 and "outside the cgroup mount" in budget.ignored[0]
+    d = "sys/fs/cgroup/cpu/"
+    v1 = _fake_cgroup(tmp_path / "v1", {d + "cpu.cfs_quota_us": "lots\n", d + "cpu.cfs_period_us": "100000\n"})
+    assert cpu_budget(v1).quota is None and "not an integer" in cpu_budget(v1).ignored[0]
+    unreadable = _fake_cgroup(tmp_path / "v2dir", {"sys/fs/cgroup/cgroup.controllers": "cpu"})
+    (unreadable / "sys/fs/cgroup/cpu.max").mkdir()  # reading a directory fails with an OSError
+    assert cpu_budget(unreadable).usable == 4 and "cannot read" in cpu_budget(unreadable).ignored[0]
+
+
+def test_engine_and_local_workers_use_the_quota(tmp_path, monkeypatch, four_affinity_cpus):
+    """Both callers count CPUs the same way: under a quota of 2 CPUs, one GAN producer gets 2 threads and two
+    local workers 1 thread each (not 2 each, which oversubscribed a CPU-limited container)."""
+    from pxdbg.consumer import workers
+    from pxdbg.models import engine
+    from pxdbg.shared import cpus
+    from pxdbg.shared.registry import get
+    from pxdbg.shared.spec import ProducerSpec
+
+    root = _fake_cgroup(tmp_path, {"sys/fs/cgroup/cgroup.controllers": "cpu", "sys/fs/cgroup/cpu.max": "200000 100000"})
+    real = cpus.usable_cpus
+    monkeypatch.setattr(engine, "usable_cpus", lambda: real(root))
+    monkeypatch.setattr(workers, "usable_cpus", lambda: real(root))
+    assert engine.recommended_threads(get("convnet"), "cpu") == 2
+    # a real process in the producer's place, which records the command line it was given and exits
+    argv_log = tmp_path / "argv"
+    fake_python = tmp_path / "python"
+    fake_python.write_text(f'#!/bin/sh\necho "$@" >> {argv_log}\n')
+    fake_python.chmod(0o755)
+    local = workers.LocalWorkers(2, ProducerSpec(model="convnet", device="cpu"), python=str(fake_python))
+    try:
+        assert local.spec.threads == 1
+        for w in local.workers:
+            w.process.wait(timeout=30)
+        lines = argv_log.read_text().splitlines()
+        assert len(lines) == 2 and all(" --threads 1 " in line + " " for line in lines)
+    finally:
+        local.close(timeout=5)
