@@ -7,51 +7,25 @@ percentile is read off the cumulative counts (within one bucket's width, about 1
 
 from __future__ import annotations
 
-import math
-from bisect import bisect_left
+from pxdbg.shared.histogram import BucketHistogram, log_bounds
 
 BUCKETS_PER_DECADE = 20
 LOWEST_S = 1e-6
 HIGHEST_S = 1e3
 #: Upper bounds of the buckets, seconds; one more bucket above the last holds anything longer.
-EDGES = tuple(
-    LOWEST_S * 10 ** (i / BUCKETS_PER_DECADE)
-    for i in range(round(math.log10(HIGHEST_S / LOWEST_S) * BUCKETS_PER_DECADE) + 1)
-)
+EDGES = log_bounds(LOWEST_S, HIGHEST_S, BUCKETS_PER_DECADE)
 
 
-class WaitHistogram:
-    """Counts of durations per logarithmic bucket, plus count, sum and maximum. Memory does not grow."""
+class WaitHistogram(BucketHistogram):
+    """Durations (seconds) per logarithmic bucket of :data:`EDGES`, plus count, sum and maximum."""
 
-    __slots__ = ("count", "counts", "max", "total")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.counts = [0] * (len(EDGES) + 1)
-        self.count = 0
-        self.total = 0.0
-        self.max = 0.0
+        super().__init__(EDGES)
 
     def record(self, seconds: float) -> None:
-        self.counts[bisect_left(EDGES, seconds)] += 1
-        self.count += 1
-        self.total += seconds
-        if seconds > self.max:
-            self.max = seconds
-
-    def percentile(self, q: float) -> float:
-        """The ``q``-th percentile (0..100), as the upper bound of its bucket (never above the maximum);
-        NaN when nothing was recorded."""
-        if not 0 <= q <= 100:
-            raise ValueError(f"a percentile is in 0..100, got {q}")
-        if not self.count:
-            return math.nan
-        rank = max(1, math.ceil(q / 100 * self.count))
-        seen = 0
-        for i, n in enumerate(self.counts):
-            seen += n
-            if seen >= rank:
-                return min(EDGES[i] if i < len(EDGES) else self.max, self.max)
-        return self.max  # pragma: no cover - the counts add up to count
+        self.observe(seconds)
 
 
 class ClientStats:

@@ -21,6 +21,8 @@ from array import array
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
+from pxdbg.shared.validators import positive_int
+
 
 class LimitError(Exception):
     """A consumer asked for more than a limit allows (the text says which, for the error message)."""
@@ -120,8 +122,7 @@ class ConsumerQueues:
             ("max_unsent", max_unsent),
             ("max_unsent_bytes", max_unsent_bytes),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            positive_int(name, value)
         self.max_consumers = max_consumers
         self.max_pending = max_pending
         self.max_unsent = max_unsent

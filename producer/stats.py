@@ -6,9 +6,10 @@ lock; a histogram keeps one count per fixed bucket, never the observations thems
 
 from __future__ import annotations
 
-import bisect
 import threading
 from collections import Counter
+
+from pxdbg.shared.histogram import SharedHistogram
 
 #: Bucket upper bounds (seconds) for model and post-processing time per batch.
 SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -47,30 +48,8 @@ COUNTER_HELP = {
 }
 
 
-class Histogram:
-    """Counts of observations per fixed bucket (upper bounds), their sum and number."""
-
-    def __init__(self, buckets) -> None:
-        self.buckets = tuple(float(b) for b in buckets)
-        self._counts = [0] * (len(self.buckets) + 1)  # the last one is +Inf
-        self._sum = 0.0
-        self._lock = threading.Lock()
-
-    def observe(self, value: float) -> None:
-        i = bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            self._counts[i] += 1
-            self._sum += value
-
-    def snapshot(self) -> dict:
-        """``{"buckets": upper bounds, "counts": cumulative counts (last = +Inf), "sum", "count"}``."""
-        with self._lock:
-            counts, total = list(self._counts), self._sum
-        cumulative, running = [], 0
-        for c in counts:
-            running += c
-            cumulative.append(running)
-        return {"buckets": list(self.buckets), "counts": cumulative, "sum": total, "count": running}
+#: The producer's histograms are written by its generation and send threads and read by the status thread.
+Histogram = SharedHistogram
 
 
 class ProducerStats:

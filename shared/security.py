@@ -36,6 +36,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from pxdbg.shared.errors import ConfigError, PxdbgError
+from pxdbg.shared.sparselog import warn_sparsely
 
 log = logging.getLogger("pxdbg.security")
 
@@ -292,11 +293,6 @@ def _own_socket(ctx: zmq.Context, kind: int) -> zmq.Socket:
     return sock
 
 
-def _log_sparse(n: int, *args) -> None:
-    if n <= 5 or n % 1000 == 0:
-        log.warning(*args)
-
-
 class _ContextGuard:
     """One thread per zmq context: answers ZAP requests and reads the monitors of the context's sockets."""
 
@@ -392,7 +388,8 @@ class _ContextGuard:
             return zap.send_multipart([version, request_id, b"200", b"OK", name.encode(), b""])
         if allow is not None:
             allow.refused_unknown_key += 1
-            _log_sparse(
+            warn_sparsely(
+                log,
                 allow.refused_unknown_key,
                 "refused a consumer at %s: its public key %s is not in the allow-list %s (%d refused so far)",
                 address.decode(errors="replace"),
@@ -419,7 +416,8 @@ class _ContextGuard:
                 allow = role[1]
                 if failed and event["event"] != zmq.EVENT_HANDSHAKE_FAILED_AUTH:  # ZAP refusals count in _answer
                     allow.refused_handshake += 1
-                    _log_sparse(
+                    warn_sparsely(
+                        log,
                         allow.refused_handshake,
                         "a CURVE handshake on %s failed: a consumer without "
                         "keys or with another producer's public key (%d so far)",

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
+import math
 import os
 import struct
 import subprocess
 import sys
+import threading
 import zipfile
 
 import numpy as np
@@ -17,8 +20,12 @@ import pytest
 from pxdbg.shared import geometry
 from pxdbg.shared.cpus import CpuBudget, cpu_budget, usable_cpus
 from pxdbg.shared.digitsfile import DigitsFile, DigitsFileError, DigitsWriter, write_digits
+from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import FrameError, SparseFrame
+from pxdbg.shared.histogram import BucketHistogram, SharedHistogram, log_bounds
 from pxdbg.shared.seeding import check_seed, frame_rng, seed_from_framework_seed
+from pxdbg.shared.sparselog import is_logged, warn_sparsely
+from pxdbg.shared.validators import count_argument, positive_int, positive_seconds, seconds_argument
 
 
 def test_sensor_order_and_vxd_ids():
@@ -282,3 +289,108 @@ def test_engine_and_local_workers_use_the_quota(tmp_path, monkeypatch, four_affi
         assert len(lines) == 2 and all(" --threads 1 " in line + " " for line in lines)
     finally:
         local.close(timeout=5)
+
+
+# -- sparse warnings, bucket histograms, setting checks -------------------------------------------------------------
+def test_warn_sparsely_logs_the_first_few_then_one_in_every_n(caplog):
+    log = logging.getLogger("pxdbg.test.sparse")
+    with caplog.at_level(logging.WARNING, logger="pxdbg.test.sparse"):
+        logged = [n for n in range(1, 3001) if warn_sparsely(log, n, "bad thing (%d so far)", n)]
+    assert logged == [1, 2, 3, 4, 5, 1000, 2000, 3000]
+    assert [r.getMessage() for r in caplog.records] == [f"bad thing ({n} so far)" for n in logged]
+    assert [n for n in range(1, 301) if is_logged(n, first=3, every=100)] == [1, 2, 3, 100, 200, 300]
+
+
+def test_bucket_histogram_counts_sums_and_percentiles():
+    h = BucketHistogram([0.1, 1.0])
+    assert math.isnan(h.percentile(50)) and h.max == 0.0
+    for v in (0.05, 0.1, 0.5, 7.0, 7.0):  # a value on a bound falls into that bound's bucket
+        h.observe(v)
+    assert h.snapshot() == {"buckets": [0.1, 1.0], "counts": [2, 3, 5], "sum": pytest.approx(14.65), "count": 5}
+    assert h.percentile(40) == 0.1 and h.percentile(60) == 1.0 and h.percentile(100) == 7.0
+    small = BucketHistogram([10.0])
+    small.observe(2.0)
+    assert small.percentile(50) == 2.0  # a bucket's bound, but never above the largest value seen
+    with pytest.raises(ValueError, match="0..100"):
+        h.percentile(101)
+    with pytest.raises(ValueError, match="increase"):
+        BucketHistogram([1.0, 1.0])
+
+
+def test_bucket_histogram_memory_is_flat_and_log_bounds_are_even_per_decade():
+    bounds = log_bounds(1e-6, 1e3, 20)
+    assert len(bounds) == 9 * 20 + 1 and bounds[0] == 1e-6 and bounds[-1] == pytest.approx(1e3)
+    assert all(b / a == pytest.approx(10 ** (1 / 20)) for a, b in zip(bounds, bounds[1:]))
+    h = BucketHistogram(bounds)
+    rng = np.random.default_rng(3)
+    waits = rng.lognormal(-6, 1, 20_000)
+    for w in waits:
+        h.observe(float(w))
+    assert len(h.counts) == len(bounds) + 1 and h.count == 20_000
+    exact = float(np.percentile(waits, 99))
+    assert exact <= h.percentile(99) <= exact * 10 ** (1 / 20) * 1.0001  # within one bucket's width
+    with pytest.raises(ValueError):
+        log_bounds(0, 1, 10)
+
+
+def test_shared_histogram_loses_no_observation_across_threads():
+    h = SharedHistogram([1.0, 2.0])
+
+    def write():
+        for _ in range(5000):
+            h.observe(1.5)
+
+    threads = [threading.Thread(target=write) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert h.snapshot()["counts"] == [0, 20_000, 20_000] and h.percentile(50) == 1.5
+
+
+def test_consumer_and_producer_histograms_are_the_shared_one():
+    from pxdbg.consumer.stats import EDGES, ClientStats, WaitHistogram
+    from pxdbg.producer.stats import ProducerStats
+
+    assert isinstance(WaitHistogram(), BucketHistogram) and WaitHistogram().bounds == EDGES
+    stats = ClientStats(warmup=1)
+    for s in (5.0, 0.001, 0.002):
+        stats.record_wait(s)
+    assert stats.events == 3 and stats.wait_max_s == 5.0 and stats.wait_percentile(100) <= 0.002 * 1.13
+    assert stats.wait_percentile(100, warm=False) == 5.0
+    assert all(isinstance(h, SharedHistogram) for h in ProducerStats().histograms.values())
+
+
+@pytest.mark.parametrize("value", [0, -1, 0.0, math.nan, math.inf, True, "1", None])
+def test_positive_seconds_rejects_what_is_no_duration(value):
+    with pytest.raises(ConfigError, match=r"^timeout must be a positive number of seconds, got "):
+        positive_seconds("timeout", value)
+
+
+def test_setting_checks_accept_good_values_and_name_the_setting():
+    assert positive_seconds("timeout", 2) == 2.0 and isinstance(positive_seconds("t", 2), float)
+    assert positive_int("workers", 3) == 3 and positive_int("batch", 4096, limit=4096) == 4096
+    for bad in (0, -2, 1.5, True, "3"):
+        with pytest.raises(ConfigError, match=r"^workers must be a positive integer, got "):
+            positive_int("workers", bad)
+    with pytest.raises(ConfigError, match=r"^batch must be 1\.\.4096, got 4097$"):
+        positive_int("batch", 4097, limit=4096)
+    assert issubclass(ConfigError, ValueError)  # callers that caught ValueError still do
+
+
+def test_argparse_types_give_one_line_errors(capsys):
+    parser = argparse.ArgumentParser(prog="pxdbg")
+    parser.add_argument("--timeout", type=seconds_argument)
+    parser.add_argument("--workers", type=count_argument)
+    args = parser.parse_args(["--timeout", "0.5", "--workers", "2"])
+    assert args.timeout == 0.5 and args.workers == 2
+    for argv, why in (
+        (["--timeout", "nan"], "must be a positive number of seconds, got 'nan'"),
+        (["--timeout", "-1"], "must be a positive number of seconds, got '-1'"),
+        (["--timeout", "soon"], "must be a positive number of seconds, got 'soon'"),
+        (["--workers", "0"], "must be a whole number of at least 1, got '0'"),
+        (["--workers", "two"], "must be a whole number of at least 1, got 'two'"),
+    ):
+        with pytest.raises(SystemExit):
+            parser.parse_args(argv)
+        assert why in capsys.readouterr().err
