@@ -19,6 +19,7 @@ import pytest
 import zmq
 import zmq.auth
 from prometheus_client.parser import text_string_to_metric_families
+from zmq.utils import z85
 
 from pipeline_helpers import wait_until
 from pxdbg.shared import security
@@ -38,6 +39,61 @@ def keys(tmp_path):
     pairs = {name: security.new_key_pair(kdir, name) for name in ("producer", "alice", "mallory", "impostor")}
     shutil.copy(pairs["alice"][0], allow)
     return pairs, allow
+
+
+# -- the policy alone: no socket, no thread -------------------------------------------------------------------
+def _zap_request(domain: str, mechanism: bytes = b"CURVE", key: bytes | None = None) -> list[bytes]:
+    """A ZAP request (RFC 27) as libzmq sends it: version, id, domain, address, identity, mechanism, credentials."""
+    return [b"1.0", b"7", domain.encode(), b"192.0.2.5", b"", mechanism, *([key] if key is not None else [])]
+
+
+def test_zap_reply_admits_listed_keys_only(keys, caplog):
+    pairs, allow_dir = keys
+    allow = security.AllowList(str(allow_dir))
+    domains = {"d": allow}
+    alice = z85.decode(security.load_public(pairs["alice"][0]))
+    mallory = z85.decode(security.load_public(pairs["mallory"][0]))
+    assert security.zap_reply(_zap_request("d", key=alice), domains) == [b"1.0", b"7", b"200", b"OK", b"alice.key", b""]
+    caplog.set_level("WARNING", logger="pxdbg.security")
+    assert security.zap_reply(_zap_request("d", key=mallory), domains)[2] == b"400"
+    assert "is not in the allow-list" in caplog.text
+    assert security.zap_reply(_zap_request("d", mechanism=b"NULL"), domains)[2] == b"400"  # no key at all
+    assert security.zap_reply(_zap_request("other", key=alice), domains)[2] == b"400"  # another socket's domain
+    assert security.zap_reply([b"1.0", b"7"], domains)[:4] == [b"1.0", b"", b"500", b"malformed request"]
+    assert (allow.admitted, allow.refused_unknown_key) == (1, 2)
+
+
+def test_count_refusal_confirms_a_lost_handshake_only_when_it_repeats():
+    why = {"auth": "refused: unknown key", "handshake": "refused: handshake"}
+    # a final refusal (ZAP said no, or a protocol mismatch) counts at once, and is logged
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_AUTH, why)
+    assert state == ("refused: unknown key", security.CONFIRMING_FAILURES) and log_now
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, why)
+    assert state[0] == "refused: handshake" and state[1] == security.CONFIRMING_FAILURES and log_now
+    # a handshake lost without detail (a producer dying mid-handshake looks the same) needs a second in a row
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, why)
+    assert state == ("refused: handshake", 1) and not log_now
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, why, state)
+    assert state == ("refused: handshake", 2) and log_now
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, why, state)
+    assert state == ("refused: handshake", 3) and not log_now, "logged once, not on every reconnect"
+    # a different reason starts again
+    state, log_now = security.count_refusal(zmq.EVENT_HANDSHAKE_FAILED_AUTH, why, state)
+    assert state == ("refused: unknown key", security.CONFIRMING_FAILURES) and log_now
+
+
+def test_the_split_modules_keep_the_public_names():
+    """Callers import everything from pxdbg.shared.security; each job has its own module below it."""
+    from pxdbg.shared.security import arguments, guard, keys, policy, refusals, sockets
+
+    assert security.refusal is refusals.refusal and security.connection_state is refusals.connection_state
+    assert security.AuthenticationRefused is refusals.AuthenticationRefused
+    assert security.apply_server is sockets.apply_server and security.AllowList is policy.AllowList
+    assert security.new_key_pair is keys.new_key_pair and security.options_from_args is arguments.options_from_args
+    assert security.reload_allow_lists is guard.reload_allow_lists
+    assert issubclass(security.AuthenticationRefused, ConnectionRefusedError)
+    for name in security.__all__:
+        assert hasattr(security, name), name
 
 
 class CurveServer:
@@ -182,7 +238,7 @@ def test_allow_list_reloads_when_its_files_change(server, keys):
 def test_allow_list_reloads_on_request(keys, monkeypatch):
     """reload_allow_lists (what SIGHUP calls) re-reads at once, with the periodic check out of the way."""
     pairs, allow = keys
-    monkeypatch.setattr(security, "RELOAD_CHECK_S", 3600.0)
+    monkeypatch.setattr(security.guard, "RELOAD_CHECK_S", 3600.0)
     srv = CurveServer(TransportOptions(curve_server_secret=str(pairs["producer"][1]), curve_allow_dir=str(allow)))
     try:
         reloads = srv.allow.reloads
@@ -289,12 +345,12 @@ def test_ipc_without_curve_needs_a_private_directory(tmp_path, keys):
 def test_the_guard_thread_ends_with_its_context(keys):
     pairs, allow = keys
     srv = CurveServer(TransportOptions(curve_server_secret=str(pairs["producer"][1]), curve_allow_dir=str(allow)))
-    guard = security._guard(srv.ctx, create=False)
+    guard = security.guard.context_guard(srv.ctx, create=False)
     assert guard is not None and guard._thread.is_alive()
     srv.close()  # ctx.term() returns only once the guard closed its sockets
     guard._thread.join(timeout=10)
     assert not guard._thread.is_alive()
-    assert all(g is not guard for g in security._GUARDS.values())
+    assert all(g is not guard for g in security.guard._GUARDS.values())
 
 
 def test_context_destroy_with_a_consumer_guard_running(keys):
@@ -304,7 +360,7 @@ def test_context_destroy_with_a_consumer_guard_running(keys):
     sock = ctx.socket(zmq.DEALER)
     security.apply_client(sock, client_opts(pairs, "alice"), "tcp://127.0.0.1:9")
     sock.connect("tcp://127.0.0.1:9")
-    guard = security._guard(ctx, create=False)
+    guard = security.guard.context_guard(ctx, create=False)
     ctx.destroy(linger=0)
     guard._thread.join(timeout=10)
     assert not guard._thread.is_alive() and ctx.closed
