@@ -539,3 +539,14 @@ def test_root_sample_reads_like_the_digits_file(tmp_path, parametric_sample):
         f.mktree("events", {"x": "int32"}).extend({"x": np.arange(3, dtype=np.int32)})
     with pytest.raises(SampleError, match="no TTree with the branches vxd_id, u, v, charge"):
         open_sample(tmp_path / "other.root")
+
+
+def test_metrics_names_stay_importable_from_one_place():
+    """The metrics live in three modules (accumulation, distances, verdicts); callers keep one import path."""
+    from pxdbg.validate import checks, distances, metrics, sample_metrics
+
+    assert metrics.SampleMetrics is sample_metrics.SampleMetrics and metrics.clusters is sample_metrics.clusters
+    assert metrics.ks_distance is distances.ks_distance and metrics.spectrum_roughness is distances.spectrum_roughness
+    assert metrics.compare is checks.compare and metrics.Check is checks.Check
+    for name in metrics.__all__:
+        assert hasattr(metrics, name), name

@@ -1,8 +1,10 @@
 """Validation: does generated background look like the reference (Geant4 simulation)? (``pxdbg validate``)
 
-:mod:`pxdbg.validate.metrics` accumulates per-sample metrics over events (numpy and scipy, no torch) and
-compares two samples, or a sample with the shipped reference figures; :mod:`pxdbg.validate.report` draws
-the plots and writes the report; :mod:`pxdbg.validate.samples` reads background samples (digits or ROOT files).
+:mod:`pxdbg.validate.sample_metrics` accumulates per-sample metrics over events (numpy and scipy, no torch),
+:mod:`pxdbg.validate.distances` measures how far two histograms are apart and :mod:`pxdbg.validate.checks`
+turns that into verdicts against another sample or the shipped reference figures (:mod:`pxdbg.validate.metrics`
+re-exports all three); :mod:`pxdbg.validate.report` draws the plots and writes the report;
+:mod:`pxdbg.validate.samples` reads background samples (digits or ROOT files).
 """
 
 from __future__ import annotations
