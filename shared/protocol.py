@@ -30,6 +30,9 @@ Frame encodings (digits in canonical order; the encoder picks the smallest):
 A negotiated ``codec`` (see :mod:`pxdbg.shared.codecs`) compresses the sparse encodings into one buffer.
 ``crc`` is the CRC-32 of the fields that identify the frame (seed, idx, id, enc, n, codec) followed by the
 buffers as sent, checked by :func:`decode_frame`: a frame relabelled as another one fails it.
+
+One module on purpose, near 500 lines: every message, its schema and its frame encoding are read together when
+the protocol changes (the generic field checks live in :mod:`pxdbg.shared.fieldchecks`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np
 
 from pxdbg.shared import codecs
 from pxdbg.shared.errors import PxdbgError
+from pxdbg.shared.fieldchecks import any_map, boolean, integer, list_of, map_of_scalars, nullable, number, text
 from pxdbg.shared.frame import CHARGE_DTYPE, U_DTYPE, V_DTYPE, FrameError, SparseFrame
 from pxdbg.shared.geometry import FRAME_PIXELS, FRAME_SHAPE, N_SENSORS, N_U
 from pxdbg.shared.seeding import SEED_MAX, SEED_MIN
@@ -71,13 +75,8 @@ TO_PRODUCER = (HELLO, REQUEST, PING, BYE, STATUS)
 TO_CONSUMER = (WELCOME, FRAME, PONG, ERROR, GOODBYE, SNAPSHOT)
 
 # error codes
-E_GENERATION, E_ENCODING, E_LIMIT, E_VERSION, E_UNKNOWN_CONSUMER = (
-    "generation",
-    "encoding",
-    "limit",
-    "version",
-    "unknown_consumer",
-)
+E_GENERATION, E_ENCODING, E_LIMIT, E_VERSION = "generation", "encoding", "limit", "version"
+E_UNKNOWN_CONSUMER = "unknown_consumer"
 
 N_ROWS = N_SENSORS * N_U
 #: Above this many digits a frame is smaller dense than in any sparse encoding.
@@ -93,90 +92,19 @@ class ProtocolError(PxdbgError, ValueError):
 
 
 # -- schema -----------------------------------------------------------------------------------------------
-def _type_name(value) -> str:
-    return type(value).__name__  # safe to format whatever the value is
-
-
-def _int(lo: int, hi: int):
-    def check(value) -> str | None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            return f"an integer, got {_type_name(value)}"
-        if not lo <= value <= hi:
-            return f"an integer in [{lo}, {hi}], got one outside"
-        return None
-
-    return check
-
-
-def _text(limit: int = MAX_TEXT):
-    def check(value) -> str | None:
-        if not isinstance(value, str):
-            return f"a string, got {_type_name(value)}"
-        if len(value) > limit:
-            return f"a string of at most {limit} characters, got {len(value)}"
-        return None
-
-    return check
-
-
-def _boolean(value) -> str | None:
-    return None if isinstance(value, bool) else f"true or false, got {_type_name(value)}"
-
-
-def _list_of(item, limit: int, min_len: int = 0):
-    def check(value) -> str | None:
-        if not isinstance(value, list):
-            return f"a list, got {_type_name(value)}"
-        if not min_len <= len(value) <= limit:
-            return f"a list of {min_len}..{limit} items, got {len(value)}"
-        for x in value:
-            why = item(x)
-            if why is not None:
-                return f"a list whose items are each {why}"
-        return None
-
-    return check
-
-
-def _map_of_scalars(limit: int = 64):
-    """A flat map of short strings to scalars or short strings (identities, producer info, snapshots)."""
-
-    def check(value) -> str | None:
-        if not isinstance(value, dict):
-            return f"a map, got {_type_name(value)}"
-        if len(value) > limit:
-            return f"a map of at most {limit} entries, got {len(value)}"
-        for k, v in value.items():
-            if not isinstance(k, str) or len(k) > 64:
-                return "a map with short string keys"
-            if v is not None and not isinstance(v, (bool, int, float)) and _text()(v) is not None:
-                return "a map of scalars and short strings"
-        return None
-
-    return check
-
-
-def _nullable(check):
-    return lambda value: None if value is None else check(value)
-
-
-def _any_map(value) -> str | None:  # checked further by whoever reads it (the snapshot is informational)
-    return None if isinstance(value, dict) else f"a map, got {_type_name(value)}"
-
-
-_SEED = _int(SEED_MIN, SEED_MAX)
-_INDEX = _int(0, 2**63 - 1)
-_VERSION = _int(0, 65535)
-_NAME = _text(64)
-_dropped_entry = _list_of(lambda x: None, 2, 2)  # [seed, [idx...]], refined below
+_SEED = integer(SEED_MIN, SEED_MAX)
+_INDEX = integer(0, 2**63 - 1)
+_VERSION = integer(0, 65535)
+_NAME = text(64)
+_dropped_entry = list_of(lambda x: None, 2, 2)  # [seed, [idx...]], refined below
 
 
 def _dropped(value) -> str | None:
-    why = _list_of(_dropped_entry, 64)(value)
+    why = list_of(_dropped_entry, 64)(value)
     if why is not None:
         return why
     for seed, indices in value:
-        why = _SEED(seed) or _list_of(_INDEX, MAX_INDICES_PER_REQUEST)(indices)
+        why = _SEED(seed) or list_of(_INDEX, MAX_INDICES_PER_REQUEST)(indices)
         if why is not None:
             return f"a list of [seed, [frame indices]] pairs, with {why}"
     return None
@@ -185,41 +113,41 @@ def _dropped(value) -> str | None:
 #: Per kind: field -> (check, required). Fields not listed are ignored (a newer peer may add some).
 SCHEMA: dict[str, dict[str, tuple]] = {
     HELLO: {
-        "want": (_nullable(_map_of_scalars(8)), False),
-        "client": (_text(128), False),
-        "versions": (_list_of(_VERSION, 2, 2), False),
-        "codecs": (_list_of(_NAME, 16), False),
+        "want": (nullable(map_of_scalars(8)), False),
+        "client": (text(128), False),
+        "versions": (list_of(_VERSION, 2, 2), False),
+        "codecs": (list_of(_NAME, 16), False),
     },
-    REQUEST: {"seed": (_SEED, True), "idx": (_list_of(_INDEX, MAX_INDICES_PER_REQUEST, 1), True)},
+    REQUEST: {"seed": (_SEED, True), "idx": (list_of(_INDEX, MAX_INDICES_PER_REQUEST, 1), True)},
     PING: {},
     BYE: {},
     STATUS: {},
     PONG: {},
     WELCOME: {
-        "identity": (_map_of_scalars(8), True),
-        "producer": (_map_of_scalars(), False),
+        "identity": (map_of_scalars(8), True),
+        "producer": (map_of_scalars(), False),
         "version": (_VERSION, False),
-        "codec": (_nullable(_NAME), False),
+        "codec": (nullable(_NAME), False),
     },
     FRAME: {
         "seed": (_SEED, True),
         "idx": (_INDEX, True),
-        "id": (_text(256), True),
+        "id": (text(256), True),
         "enc": (_NAME, True),
-        "n": (_int(0, FRAME_PIXELS), True),
-        "codec": (_nullable(_NAME), False),
-        "crc": (_int(0, 2**32 - 1), True),
+        "n": (integer(0, FRAME_PIXELS), True),
+        "codec": (nullable(_NAME), False),
+        "crc": (integer(0, 2**32 - 1), True),
     },
     ERROR: {
-        "msg": (_text(), True),
-        "fatal": (_boolean, False),
+        "msg": (text(MAX_TEXT), True),
+        "fatal": (boolean, False),
         "code": (_NAME, False),
         "seed": (_SEED, False),
-        "idx": (_list_of(_INDEX, MAX_INDICES_PER_REQUEST), False),
-        "rehello": (_boolean, False),
+        "idx": (list_of(_INDEX, MAX_INDICES_PER_REQUEST), False),
+        "rehello": (boolean, False),
     },
-    GOODBYE: {"reason": (_text(), True), "final": (_boolean, True), "dropped": (_dropped, True)},
-    SNAPSHOT: {"snapshot": (_any_map, True)},
+    GOODBYE: {"reason": (text(MAX_TEXT), True), "final": (boolean, True), "dropped": (_dropped, True)},
+    SNAPSHOT: {"snapshot": (any_map, True)},
 }
 
 
@@ -380,29 +308,23 @@ def parse_goodbye(header: dict) -> tuple[bool, dict[int, list[int]]]:
     return header["final"], dropped
 
 
-def _number(value) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return f"a number, got {_type_name(value)}"
-    return None
-
-
 _SNAPSHOT_FIELDS = {
-    "identity": _text(256),
-    "host": _text(256),
-    "pid": _int(0, 2**31),
-    "device": _text(64),
-    "endpoints": _list_of(_text(256), 16),
-    "uptime_s": _number,
-    "ready": _boolean,
-    "last_progress_s": _number,
-    "consumers": _int(0, 2**31),
-    "pending": _int(0, 2**63 - 1),
+    "identity": text(256),
+    "host": text(256),
+    "pid": integer(0, 2**31),
+    "device": text(64),
+    "endpoints": list_of(text(256), 16),
+    "uptime_s": number,
+    "ready": boolean,
+    "last_progress_s": number,
+    "consumers": integer(0, 2**31),
+    "pending": integer(0, 2**63 - 1),
 }
 _HISTOGRAM_FIELDS = {
-    "buckets": _list_of(_number, 64),
-    "counts": _list_of(_int(0, 2**63 - 1), 65),
-    "sum": _number,
-    "count": _int(0, 2**63 - 1),
+    "buckets": list_of(number, 64),
+    "counts": list_of(integer(0, 2**63 - 1), 65),
+    "sum": number,
+    "count": integer(0, 2**63 - 1),
 }
 
 
@@ -418,7 +340,7 @@ def parse_snapshot(header: dict) -> dict:
     if not isinstance(counters, dict) or len(counters) > 256:
         raise ProtocolError("snapshot field 'counters' must be a map of at most 256 counters")
     for k, v in counters.items():
-        if _NAME(k) is not None or _int(0, 2**63 - 1)(v) is not None:
+        if _NAME(k) is not None or integer(0, 2**63 - 1)(v) is not None:
             raise ProtocolError("snapshot counters must map short names to non-negative integers")
     if not isinstance(histograms, dict) or len(histograms) > 16:
         raise ProtocolError("snapshot field 'histograms' must be a map of at most 16 histograms")

@@ -394,3 +394,20 @@ def test_argparse_types_give_one_line_errors(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args(argv)
         assert why in capsys.readouterr().err
+
+
+def test_field_checks_say_why_without_quoting_the_value():
+    from pxdbg.shared import fieldchecks as fc
+
+    secret = "s3cr3t-" * 10
+    assert fc.integer(0, 9)(5) is None and fc.integer(0, 9)(True) == "an integer, got bool"
+    assert fc.integer(0, 9)(10) == "an integer in [0, 9], got one outside"
+    assert fc.text(4)(secret) == "a string of at most 4 characters, got 70"
+    assert fc.list_of(fc.integer(0, 1), 2, 1)([]) == "a list of 1..2 items, got 0"
+    assert fc.list_of(fc.integer(0, 1), 2)([secret]) == "a list whose items are each an integer, got str"
+    assert fc.map_of_scalars(4)({"k": {"nested": secret}}) == "a map of scalars and short strings"
+    assert fc.map_of_scalars(4)({secret: 1}) == "a map with short string keys"
+    assert fc.nullable(fc.boolean)(None) is None and fc.nullable(fc.boolean)(secret) == "true or false, got str"
+    assert fc.number(1.5) is None and fc.number(False) == "a number, got bool" and fc.any_map([]) == "a map, got list"
+    for check in (fc.integer(0, 1), fc.text(4), fc.boolean, fc.number, fc.any_map, fc.map_of_scalars(1)):
+        assert "s3cr3t" not in (check(secret) or "") + (check({secret: secret, "b": 1}) or "")
