@@ -4,8 +4,8 @@ A container or a Slurm job step is limited in two ways that ``os.cpu_count()`` d
 (``taskset``, Slurm's ``--cpu-bind``) names the CPUs the process may run on, and a cgroup quota (Docker's
 ``--cpus``, Kubernetes' ``limits.cpu``) caps the CPU time it gets, on however many CPUs. A process that starts
 one thread per visible CPU under a quota of 2 CPUs on a 64-core node is throttled, not parallel. The quota is
-read from cgroup v2 (``cpu.max`` of this process's cgroup and of each cgroup above it, the tightest counts) or,
-where only v1 is mounted, from ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``. A cgroup file that cannot be read
+read from cgroup v2 (``cpu.max``) or, where only v1 is mounted, from ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us``,
+of this process's cgroup and of each cgroup above it (the tightest counts). A cgroup file that cannot be read
 or does not parse is ignored with a logged reason: the count is then the affinity mask's, never an error.
 """
 
@@ -85,35 +85,47 @@ def _read(path: Path, ignored: list[str]) -> str | None:
 def _cgroup_quota(root: Path, ignored: list[str]) -> float | None:
     v2 = root / "sys/fs/cgroup"
     if (v2 / "cgroup.controllers").exists():
-        return _v2_quota(root, v2, ignored)
+        own = _own_cgroup(root, ignored, lambda controllers: controllers == "")
+        return _tightest(v2, own, _v2_quota, ignored)
     for rel in _V1_CPU_DIRS:
         if (root / rel).is_dir():
-            return _v1_quota(root / rel, ignored)
+            own = _own_cgroup(root, ignored, lambda controllers: "cpu" in controllers.split(","))
+            return _tightest(root / rel, own, _v1_quota, ignored)
     return None
 
 
-def _v2_quota(root: Path, mount: Path, ignored: list[str]) -> float | None:
-    """The tightest ``cpu.max`` from this process's cgroup up to the mount (a container sees its own as ``/``)."""
-    own = Path("/")
+def _own_cgroup(root: Path, ignored: list[str], is_cpu_line) -> Path:
+    """This process's cgroup path for the CPU controller, from ``/proc/self/cgroup`` (``/`` if unknown). A
+    container with its own cgroup namespace sees ``/``; one without may name a path that is not mounted inside
+    it, whose missing files are then skipped up to the mount's root (the container's own cgroup)."""
     text = _read(root / "proc/self/cgroup", ignored)
     for line in (text or "").splitlines():
-        if line.startswith("0::"):
-            own = Path("/" + line[3:].strip().lstrip("/"))
-    if ".." in own.parts:
-        ignored.append(f"{root / 'proc/self/cgroup'} names a path outside the cgroup mount")
-        own = Path("/")
-    tightest = None
-    for directory in (own, *own.parents):
-        cpu_max = mount / str(directory).lstrip("/") / "cpu.max"
-        text = _read(cpu_max, ignored)
-        if text is None:
-            continue
-        quota = _parse_cpu_max(text)
-        if isinstance(quota, str):
-            ignored.append(f"{cpu_max}: {quota}")
-        elif quota is not None and (tightest is None or quota < tightest):
-            tightest = quota
-    return tightest
+        fields = line.split(":", 2)
+        if len(fields) == 3 and is_cpu_line(fields[1]):
+            own = Path("/" + fields[2].strip().lstrip("/"))
+            if ".." in own.parts:
+                ignored.append(f"{root / 'proc/self/cgroup'} names a path outside the cgroup mount")
+                return Path("/")
+            return own
+    return Path("/")
+
+
+def _tightest(mount: Path, own: Path, quota_of, ignored: list[str]) -> float | None:
+    """The smallest quota from this process's cgroup up to the mount's root: each level caps the ones below."""
+    quotas = [quota_of(mount / str(d).lstrip("/"), ignored) for d in (own, *own.parents)]
+    found = [q for q in quotas if q is not None]
+    return min(found) if found else None
+
+
+def _v2_quota(directory: Path, ignored: list[str]) -> float | None:
+    text = _read(directory / "cpu.max", ignored)
+    if text is None:
+        return None
+    quota = _parse_cpu_max(text)
+    if isinstance(quota, str):
+        ignored.append(f"{directory / 'cpu.max'}: {quota}")
+        return None
+    return quota
 
 
 def _parse_cpu_max(text: str) -> float | str | None:
@@ -133,6 +145,8 @@ def _parse_cpu_max(text: str) -> float | str | None:
 
 
 def _v1_quota(directory: Path, ignored: list[str]) -> float | None:
+    if not directory.is_dir():
+        return None
     texts = [_read(directory / name, ignored) for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us")]
     if texts[0] is None or texts[1] is None:
         return None

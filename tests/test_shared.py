@@ -225,6 +225,24 @@ def test_usable_cpus_honours_a_cgroup_v1_quota(tmp_path, four_affinity_cpus):
     assert usable_cpus(root) == 2
     (root / d / "cpu.cfs_quota_us").write_text("-1\n")  # v1's "unlimited"
     assert cpu_budget(root) == CpuBudget(affinity=4, quota=None)
+    # a process in a nested v1 cgroup (a batch job on a host): its own level and those above count
+    nested = _fake_cgroup(
+        tmp_path / "nested",
+        {
+            "proc/self/cgroup": "5:memory:/job\n4:cpu,cpuacct:/slurm/job_7\n0::/\n",
+            d + "cpu.cfs_quota_us": "-1\n",
+            d + "cpu.cfs_period_us": "100000\n",
+            d + "slurm/cpu.cfs_quota_us": "300000\n",
+            d + "slurm/cpu.cfs_period_us": "100000\n",
+            d + "slurm/job_7/cpu.cfs_quota_us": "-1\n",
+            d + "slurm/job_7/cpu.cfs_period_us": "100000\n",
+        },
+    )
+    assert cpu_budget(nested).quota == 3.0 and usable_cpus(nested) == 3
+    # a container without its own cgroup namespace names a path not mounted inside it: the mount's root counts
+    (nested / "proc/self/cgroup").write_text("4:cpu,cpuacct:/docker/abc\n")
+    (nested / d / "cpu.cfs_quota_us").write_text("100000\n")
+    assert usable_cpus(nested) == 1 and not cpu_budget(nested).ignored
 
 
 @pytest.mark.parametrize(
