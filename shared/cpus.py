@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _cgroup_quota(root: Path, ignored: list[str]) -> float | None:
     return None
 
 
-def _own_cgroup(root: Path, ignored: list[str], is_cpu_line) -> Path:
+def _own_cgroup(root: Path, ignored: list[str], is_cpu_line: Callable[[str], bool]) -> Path:
     """This process's cgroup path for the CPU controller, from ``/proc/self/cgroup`` (``/`` if unknown). A
     container with its own cgroup namespace sees ``/``; one without may name a path that is not mounted inside
     it, whose missing files are then skipped up to the mount's root (the container's own cgroup)."""

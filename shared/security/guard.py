@@ -30,7 +30,7 @@ ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 _MONITORED = HANDSHAKE_FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
 #: What a consumer's monitor also reads: how its connection attempts go (to say what a consumer waits for).
 _CONNECTING = zmq.EVENT_CONNECTED | zmq.EVENT_CONNECT_DELAYED | zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_DISCONNECTED
-_CONNECTION_STATES = {
+_CONNECTION_STATES: dict[int, str] = {
     zmq.EVENT_CONNECTED: "connected",
     zmq.EVENT_CONNECT_DELAYED: "pending",  # a connect in progress: only its end says how it went
     zmq.EVENT_CONNECT_RETRIED: "failing",  # it ended at once (refused, unreachable), and libzmq tries again
@@ -92,7 +92,8 @@ class ContextGuard:
         return pair
 
     def _run(self) -> None:
-        poller, polled = zmq.Poller(), ()
+        poller = zmq.Poller()
+        polled: tuple[zmq.Socket, ...] = ()
         next_check = 0.0
         try:
             while True:
@@ -154,7 +155,7 @@ class ContextGuard:
                 continue
             _, endpoint, why = role
             with self.lock:
-                state = _CONNECTION_STATES.get(event["event"])
+                state = _CONNECTION_STATES.get(int(event["event"]))
                 if state is not None:
                     self.connections[endpoint] = state
                     continue

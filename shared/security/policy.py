@@ -156,22 +156,24 @@ def zap_reply(msg: list[bytes], domains: Mapping[str, AllowList]) -> list[bytes]
     version, request_id, domain, address, _identity, mechanism = msg[:6]
     allow = domains.get(domain.decode(errors="replace"))
     key = msg[6] if mechanism == b"CURVE" and len(msg) > 6 else None
-    name = allow.keys.get(key) if allow is not None and key is not None else None
+    refused = [version, request_id, b"400", b"key not in the allow-list", b"", b""]
+    if allow is None:  # a domain no socket of ours set: nothing to count
+        return refused
+    name = allow.keys.get(key) if key is not None else None
     if name is not None:
         allow.admitted += 1
         return [version, request_id, b"200", b"OK", name.encode(), b""]
-    if allow is not None:
-        allow.refused_unknown_key += 1
-        warn_sparsely(
-            log,
-            allow.refused_unknown_key,
-            "refused a consumer at %s: its public key %s is not in the allow-list %s (%d refused so far)",
-            address.decode(errors="replace"),
-            z85.encode(key).decode() if key and len(key) == 32 else "(none)",
-            allow.directory,
-            allow.refused_unknown_key,
-        )
-    return [version, request_id, b"400", b"key not in the allow-list", b"", b""]
+    allow.refused_unknown_key += 1
+    warn_sparsely(
+        log,
+        allow.refused_unknown_key,
+        "refused a consumer at %s: its public key %s is not in the allow-list %s (%d refused so far)",
+        address.decode(errors="replace"),
+        z85.encode(key).decode() if key and len(key) == 32 else "(none)",
+        allow.directory,
+        allow.refused_unknown_key,
+    )
+    return refused
 
 
 def count_refusal(
