@@ -33,7 +33,7 @@ from collections import Counter
 import numpy as np
 import zmq
 
-from pxdbg.consumer import credits
+from pxdbg.consumer import credits, health
 from pxdbg.consumer.errors import (
     FrameTimeoutError,
     IdentityMismatchError,
@@ -41,6 +41,7 @@ from pxdbg.consumer.errors import (
     PipelineError,
     ProducerFailure,
 )
+from pxdbg.consumer.health import HealthPolicy, PeerHealth
 from pxdbg.consumer.peers import (
     ALIVE,
     CONNECTING,
@@ -240,11 +241,18 @@ class BackgroundClient:
         self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
         self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
         self._skipped_producers = 0
-        #: seconds a pong may take before its producer counts as silent
-        self._pong_timeout = max(0.25, self.heartbeat_interval / 2)
-        self._warn_after = min(STALL_WARNING_S, self.stall_timeout / 2)
         self.straggler_factor = float(straggler_factor)
         self.max_strikes = max_strikes
+        self.policy = HealthPolicy(
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
+            stall_timeout=self.stall_timeout,
+            quarantine_s=self.quarantine,
+            max_strikes=max_strikes,
+            straggler_factor=self.straggler_factor,
+            straggler_min_s=self.straggler_min_s,
+            warn_interval=min(STALL_WARNING_S, self.stall_timeout / 2),
+        )
         # endpoint strings are checked before any socket or process exists
         self._source = discovery.parse(endpoints) if endpoints is not None else None
         self.spec = spec
@@ -433,11 +441,6 @@ class BackgroundClient:
                 self._error = exc
             self._cv.notify_all()
 
-    def _set_state(self, peer: Peer, state: str) -> None:
-        with self._cv:
-            peer.state = state
-            self._cv.notify_all()
-
     def _io_loop(self) -> None:
         try:
             self._io_run()
@@ -485,7 +488,7 @@ class BackgroundClient:
                 log.info("producer %s appeared", ep)
         for ep, peer in known.items():
             if ep not in endpoints:
-                lost = peer.forget_work()
+                lost = peer.health.forget_work()
                 self._unhedge(ep)
                 log.warning("producer %s vanished; re-issuing its %d outstanding frame(s)", ep, len(lost))
                 self.counters["producers_vanished"] += 1
@@ -499,15 +502,11 @@ class BackgroundClient:
         hello = hello_message(self.identity, f"{socket.gethostname()}:{os.getpid()}")
         ping = ping_message()
         poller, polled = None, None
-        tick = int(min(self.heartbeat_interval / 2, 0.05) * 1000) or 1
+        tick = int(min(self.policy.heartbeat_interval / 2, 0.05) * 1000) or 1
         while True:
             with self._cv:
                 if self._closing:
                     return
-            now = time.monotonic()
-            if self._source.dynamic and now >= self._next_refresh:
-                self._next_refresh = now + self._source.refresh_interval
-                self._sync_peers(self._source.resolve())
             peers = list(self._peers.values())
             sockets = [p.sock for p in peers if p.sock is not None]
             if sockets != polled:  # rebuilt only when a socket was replaced, added or dropped
@@ -522,14 +521,18 @@ class BackgroundClient:
                         self._wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
-            now = time.monotonic()
+            now = time.monotonic()  # the one clock reading of this pass: every decision below is made at `now`
+            if self._source.dynamic and now >= self._next_refresh:
+                self._next_refresh = now + self._source.refresh_interval
+                self._sync_peers(self._source.resolve())  # new peers join the next pass
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain(peer, now)
             if self._workers is not None:
                 self._check_workers()
+            others = self._healths()
             for peer in peers:
-                self._keep_alive(peer, now, hello, ping)
+                self._keep_alive(peer, now, hello, ping, others)
             if self._error is not None:
                 return
             usable = [p for p in self._peers.values() if p.state != QUARANTINED]
@@ -566,66 +569,52 @@ class BackgroundClient:
             self._assign_credits(now)
             self._account()
 
-    def _keep_alive(self, peer: Peer, now: float, hello: bytes, ping: bytes) -> None:
-        if peer.state == QUARANTINED:
-            if now >= peer.quarantined_until:  # its quarantine is over: a fresh connection, a fresh start
-                log.info("producer %s: quarantine over; trying it again", peer.endpoint)
-                peer.reset_socket(self._ctx, self.transport)
-                peer.strikes = peer.slow_strikes = peer.rehellos = 0
-                peer.judged_slow_at = 0.0
-                peer.last_sent = 0.0
-                self._set_state(peer, CONNECTING)
-            else:
-                return
-        if peer.state in (ALIVE, DRAINING):
-            if now - peer.last_recv > self.heartbeat_timeout:
-                # one that said it was draining and then went silent shut down as it said: its final goodbye was
-                # lost with its connection (a loaded machine, a short linger), which is no failure
-                draining = peer.state == DRAINING
-                self._peer_lost(peer, f"silent for {now - peer.last_recv:.1f} s", drained=draining)
-            elif peer.state == ALIVE:
-                self._judge_slow(peer, now)
-                if peer.state == QUARANTINED:
-                    return
-                busy = peer.busy_for(now)
-                if busy > self.stall_timeout:
-                    self._quarantine(
-                        peer, f"answered heartbeats but delivered none of the frames asked of it for {busy:.1f} s"
-                    )
-                    return
-                if busy > self._warn_after and now - peer.warned > self._warn_after:
-                    peer.warned = now
-                    log.warning(
-                        "producer %s answers heartbeats but delivered none of its %d outstanding frame(s) for %.0f s; "
-                        "quarantined after %.0f s",
-                        peer.endpoint,
-                        len(peer.outstanding),
-                        busy,
-                        self.stall_timeout,
-                    )
+    def _keep_alive(self, peer: Peer, now: float, hello: bytes, ping: bytes, others: list[PeerHealth]) -> None:
+        """The periodic look at one producer (:func:`health.assess`) and what its verdict implies: a loss, a
+        quarantine, a fresh start, asking the others for a silent one's frames; then a ping or a hello."""
+        verdict = health.assess(peer.health, now, self.policy, others)
+        if verdict.kind == health.QUARANTINED:
+            return
+        if verdict.kind == health.QUARANTINE_OVER:  # a fresh connection, a fresh start
+            log.info("producer %s: quarantine over; trying it again", peer.endpoint)
+            peer.reset_socket(self._ctx, self.transport)
+            self._change(health.restart, peer.health)
+        elif verdict.kind in (health.LOST, health.DRAINED):
+            # one that said it was draining and then went silent shut down as it said: its final goodbye was
+            # lost with its connection (a loaded machine, a short linger), which is no failure
+            self._peer_lost(peer, verdict.reason, drained=verdict.kind == health.DRAINED)
+        elif verdict.quarantine_now:
+            self._quarantine(peer, verdict.reason, now)
+            return
+        elif verdict.kind == health.SUSPECT:
+            self._silent(peer, now)
+        busy = health.stall_warning(peer.health, now, self.policy)
+        if busy is not None:
+            log.warning(
+                "producer %s answers heartbeats but delivered none of its %d outstanding frame(s) for %.0f s; "
+                "quarantined after %.0f s",
+                peer.endpoint,
+                len(peer.health.outstanding),
+                busy,
+                self.policy.stall_timeout,
+            )
+        interval = self.policy.heartbeat_interval
         if peer.state in (ALIVE, DRAINING):
             # a ping every interval even while requests flow: a missed pong then means silence, not a busy model
-            if now - peer.last_ping >= self.heartbeat_interval and self._try_send(peer, ping, now):
-                peer.last_ping = now
-            if (
-                peer.state == ALIVE
-                and not peer.silent_since
-                and now - peer.last_recv > self.heartbeat_interval + self._pong_timeout
-            ):
-                self._silent(peer, now)
-        elif now - peer.last_sent >= self.heartbeat_interval:
+            if now - peer.health.last_ping >= interval and self._try_send(peer, ping, now):
+                peer.health.last_ping = now
+        elif now - peer.health.last_sent >= interval:
             self._try_send(peer, hello, now)
 
     def _silent(self, peer: Peer, now: float) -> None:
         """It missed a pong (a partition, a stopped process): what it owes is at risk as a whole, so its frames
         are asked of the others now (no hedge budget) instead of after the heartbeat timeout's loss verdict."""
-        peer.silent_since = now
         self.counters["producers_silent"] += 1
         log.info(
             "producer %s missed its heartbeat (silent for %.1f s); asking the others for its %d outstanding frame(s)",
             peer.endpoint,
-            now - peer.last_recv,
-            len(peer.outstanding),
+            now - peer.health.last_recv,
+            len(peer.health.outstanding),
         )
 
     def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool:
@@ -635,7 +624,7 @@ class BackgroundClient:
             peer.sock.send(msg, zmq.NOBLOCK)
         except zmq.Again:  # not connected (IMMEDIATE) or queue full
             return False
-        peer.last_sent = now
+        peer.health.last_sent = now
         return True
 
     def _drain(self, peer: Peer, now: float) -> None:
@@ -649,34 +638,35 @@ class BackgroundClient:
                 )
             except zmq.Again:
                 return
-            peer.last_recv = now
-            if peer.silent_since:
-                log.info("producer %s answers again after %.1f s", peer.endpoint, now - peer.silent_since)
-                peer.silent_since = 0.0
+            silent_for = health.on_message(peer.health, now)
+            if silent_for:
+                log.info("producer %s answers again after %.1f s", peer.endpoint, silent_for)
             if dropped:
                 self.counters["bad_messages"] += 1
                 self.counters["oversized_messages"] += 1
-                self._quarantine(peer, f"sent a message of more than 5 parts or {protocol.MAX_FRAME_MESSAGE} bytes")
+                self._quarantine(
+                    peer, f"sent a message of more than 5 parts or {protocol.MAX_FRAME_MESSAGE} bytes", now
+                )
                 self._trim_at = now + 0.5  # once libzmq has freed what it held for the closed socket
                 return
             try:
                 header = protocol.unpack(parts[0].buffer)
                 self._handle(peer, header, parts[1:], now)
             except protocol.ProtocolError as exc:
-                self._strike(peer, "malformed_messages", f"sent malformed messages ({exc})")
+                self._strike(peer, "malformed_messages", f"sent malformed messages ({exc})", now)
             except RecursionError:  # a message nested deeper than the parser goes: garbage, not our bug
-                self._strike(peer, "malformed_messages", "sent malformed messages (nested too deep)")
+                self._strike(peer, "malformed_messages", "sent malformed messages (nested too deep)", now)
 
-    def _strike(self, peer: Peer, counter: str, what: str) -> None:
+    def _strike(self, peer: Peer, counter: str, what: str, now: float) -> None:
         """Count a bad message; quarantine its producer after ``max_strikes`` of them."""
         self.counters["bad_messages"] += 1
         self.counters[counter] += 1
-        peer.strikes += 1
         n = self.counters["bad_messages"]
         if n <= 5 or n % 1000 == 0:
             log.warning("bad message from %s (%d so far): %s", peer.endpoint, n, what)
-        if peer.strikes >= self.max_strikes:
-            self._quarantine(peer, f"{what}; {peer.strikes} bad messages")
+        verdict = health.on_bad_message(peer.health, self.policy, what)
+        if verdict.quarantine_now:
+            self._quarantine(peer, verdict.reason, now)
 
     def _handle(self, peer: Peer, header: dict, buffers: list, now: float) -> None:
         kind = header["t"]
@@ -689,59 +679,58 @@ class BackgroundClient:
         if kind == protocol.PONG:
             return None
         if kind == protocol.WELCOME:
-            return self._welcome(peer, header)
+            return self._welcome(peer, header, now)
         if kind == protocol.ERROR:
-            return self._error_message(peer, header)
+            return self._error_message(peer, header, now)
         if kind == protocol.GOODBYE:
-            return self._goodbye(peer, header)
+            return self._goodbye(peer, header, now)
         raise protocol.ProtocolError(f"unexpected message type {str(kind)[:32]!r}")
 
-    def _error_message(self, peer: Peer, header: dict) -> None:
+    def _error_message(self, peer: Peer, header: dict, now: float) -> None:
         if header.get("rehello"):  # the producer restarted and forgot us: what we asked for is lost
-            peer.rehellos += 1
-            if peer.rehellos >= self.max_strikes:  # a restart is rare: one that forgets us every time is broken
+            verdict = health.on_rehello(peer.health, self.policy)
+            if verdict.quarantine_now:  # a restart is rare: one that forgets us every time is broken
                 self.counters["producer_errors"] += 1
-                self._quarantine(peer, f"forgot this consumer {peer.rehellos} times in a row (rehello) without a frame")
+                self._quarantine(peer, verdict.reason, now)
                 return
-            self._peer_lost(peer, "it restarted", reconnect=False)
+            self._peer_lost(peer, verdict.reason, reconnect=False)
             return
         msg = str(header.get("msg"))[:500]
         idx = header.get("idx")
         if header.get("code") == getattr(protocol, "E_LIMIT", "limit") and isinstance(idx, list) and idx:
             # more than it takes from one consumer: ask it for fewer at once, the rest elsewhere
-            refused = [i for i in idx if peer.outstanding.pop(i, None) is not None]
-            peer.cap = max(1, len(peer.outstanding))
+            refused = health.on_limit(peer.health, idx)
             self.counters["frames_over_producer_limit"] += len(refused)
             log.warning(
                 "producer %s refused %d frame(s) over its limit (%s); asking it for at most %d at once",
                 peer.endpoint,
                 len(refused),
                 msg,
-                peer.cap,
+                peer.health.cap,
             )
             return
         if header.get("code") == protocol.E_LIMIT and idx is None and peer.state == CONNECTING:
             # it serves its most consumers: a reason to wait for a slot (its hello is repeated) or use others
             self.counters["producers_full"] += 1
-            if not peer.why.startswith("full"):
+            if not peer.health.why.startswith("full"):
                 log.info("producer %s is full (%s); using the others and asking it again", peer.endpoint, msg)
-            peer.why = f"full: {msg}"
-            peer.last_sent = time.monotonic() + FULL_RETRY_S - self.heartbeat_interval  # the next hello, later
+            peer.health.why = f"full: {msg}"
+            peer.health.last_sent = now + FULL_RETRY_S - self.policy.heartbeat_interval  # the next hello, later
             return
         if idx is not None:
             what = f"failed on frame(s) {str(idx)[:80]} of stream {header.get('seed')}: {msg}"
         else:
             what = f"refused to serve: {msg}"
         self.counters["producer_errors"] += 1
-        self._quarantine(peer, what)
+        self._quarantine(peer, what, now)
 
-    def _goodbye(self, peer: Peer, header: dict) -> None:
+    def _goodbye(self, peer: Peer, header: dict, now: float) -> None:
         final, dropped = parse_goodbye(header)
         reason = str(header.get("reason"))[:200]
         if final:  # a clean shutdown (a rollout, scancel): expected, not a failure
             self._peer_lost(peer, f"it said goodbye ({reason})", drained=True)
             return
-        lost = [i for i in dropped.get(self.seed, []) if peer.outstanding.pop(i, None) is not None]
+        lost = self._change(health.on_draining, peer.health, dropped.get(self.seed, []), reason)
         self.counters["producers_draining"] += 1
         self.counters["frames_reissued"] += len(lost)
         log.info(
@@ -749,12 +738,10 @@ class BackgroundClient:
             peer.endpoint,
             reason,
             len(lost),
-            len(peer.outstanding),
+            len(peer.health.outstanding),
         )
-        peer.why = f"draining: {reason}"
-        self._set_state(peer, DRAINING)
 
-    def _welcome(self, peer: Peer, header: dict) -> None:
+    def _welcome(self, peer: Peer, header: dict, now: float) -> None:
         try:
             theirs = ModelIdentity.from_dict(header["identity"])
         except (KeyError, TypeError, ValueError) as exc:
@@ -766,6 +753,7 @@ class BackgroundClient:
                 f"serves model {theirs} (checkpoint sha256 {theirs.checkpoint_sha256}), but this consumer asked "
                 f"for {self.identity} (checkpoint sha256 {self.identity.checkpoint_sha256}); point it at producers "
                 f"of the same model, checkpoint and precision",
+                now,
                 identity=True,
             )
             return
@@ -776,6 +764,7 @@ class BackgroundClient:
                 peer,
                 f"welcomed this consumer with protocol version {version}, which it never offered (it speaks "
                 f"{protocol.MIN_PROTOCOL_VERSION}..{protocol.PROTOCOL_VERSION})",
+                now,
             )
             return
         if codec is not None and codec not in self._offered_codecs:
@@ -784,23 +773,23 @@ class BackgroundClient:
                 peer,
                 f"welcomed this consumer with wire codec {codec[:64]!r}, which it never offered (it offered "
                 f"{', '.join(self._offered_codecs) or 'none'})",
+                now,
             )
             return
         peer.codec = codec
-        if peer.state == CONNECTING:
-            info = header.get("producer", {})
-            peer.info = info if isinstance(info, dict) else {}
-            log.info(
-                "producer %s ready: %s (pid %s on %s, %s)",
-                peer.endpoint,
-                theirs,
-                peer.info.get("pid"),
-                peer.info.get("host"),
-                peer.info.get("device"),
-            )
-            peer.last_frame = time.monotonic()
-            peer.why = ""
-            self._set_state(peer, ALIVE)
+        if peer.state != CONNECTING:
+            return
+        info = header.get("producer", {})
+        peer.info = info if isinstance(info, dict) else {}
+        log.info(
+            "producer %s ready: %s (pid %s on %s, %s)",
+            peer.endpoint,
+            theirs,
+            peer.info.get("pid"),
+            peer.info.get("host"),
+            peer.info.get("device"),
+        )
+        self._change(health.on_welcome, peer.health, now)
 
     def _receive_frame(self, peer: Peer, header: dict, buffers: list, now: float) -> None:
         idx = header.get("idx")
@@ -810,38 +799,37 @@ class BackgroundClient:
                 peer,
                 f"sent a frame of stream {str(header.get('seed'))[:24]} / model {str(header.get('id'))[:80]}, "
                 f"but was asked for stream {self.seed} / model {self.identity_str}",
+                now,
             )
             return
         if header.get("codec") not in (None, peer.codec):
             self.counters["corrupt_frames"] += 1
-            self._strike(peer, "corrupt_frame_messages", "sent frames in a wire codec not agreed on")
+            self._strike(peer, "corrupt_frame_messages", "sent frames in a wire codec not agreed on", now)
             return
-        requested_at = peer.outstanding.get(idx) if isinstance(idx, int) else None
+        requested_at = peer.health.outstanding.get(idx) if isinstance(idx, int) else None
         if requested_at is None:
             self.counters["unrequested_frames"] += 1
-            self._strike(peer, "unrequested_frames", "sent frames it was not asked for")
+            self._strike(peer, "unrequested_frames", "sent frames it was not asked for", now)
             return
-        del peer.outstanding[idx]
+        del peer.health.outstanding[idx]
         with self._cv:
             wanted = idx >= self._next and idx not in self._ready
         if not wanted:  # the other copy of a straggler came first
-            peer.note_frame(now, requested_at)
+            peer.health.note_frame(now, requested_at)
             self.counters["duplicates_dropped"] += 1
             return
         try:
             frame = protocol.decode_frame(header, [memoryview(b.buffer) for b in buffers])
         except protocol.ProtocolError as exc:
             self.counters["corrupt_frames"] += 1
-            self._strike(peer, "corrupt_frame_messages", f"sent corrupt frames ({exc})")
+            self._strike(peer, "corrupt_frame_messages", f"sent corrupt frames ({exc})", now)
             return  # the window's planner asks for it again
-        peer.note_frame(now, requested_at)
+        peer.health.note_frame(now, requested_at)
         first = self._hedged.pop(idx, None)
         if first is not None and first != peer.endpoint:
-            self._overtaken(first, idx)
+            self._overtaken(first, now)
         elif first is None:
-            if peer.slow_strikes and self._in_time(peer, now - requested_at):
-                peer.slow_strikes = 0
-                peer.judged_slow_at = 0.0
+            health.on_own_frame(peer.health, now - requested_at, self.policy, self._healths())
         else:  # the producer first asked delivered before the hedged copy: the copy was work for nothing
             self.counters["hedges_wasted"] += 1
         self._budget.earn(1)
@@ -896,13 +884,13 @@ class BackgroundClient:
             winner, agreed = groups[0]
             for _, eps in groups[1:]:
                 for ep in eps:
-                    self._forger(ep, idx, agreed)
+                    self._forger(ep, idx, agreed, now)
             del self._audits[idx]
             return winner
         if self._audit_ask(idx, set(copies), now):
             return None
         for ep in copies:  # which copy is right cannot be told: neither is used again in this run
-            self._forger(ep, idx, [e for e in copies if e != ep])
+            self._forger(ep, idx, [e for e in copies if e != ep], now)
         del self._audits[idx]
         return None
 
@@ -911,111 +899,75 @@ class BackgroundClient:
         others = [
             p
             for p in self._peers.values()
-            if p.endpoint not in exclude and p.state == ALIVE and not p.silent_since and idx not in p.outstanding
+            if p.endpoint not in exclude
+            and p.state == ALIVE
+            and not p.health.silent_since
+            and idx not in p.health.outstanding
         ]
-        for other in sorted(others, key=lambda p: len(p.outstanding)):
+        for other in sorted(others, key=lambda p: len(p.health.outstanding)):
             if self._try_send(other, request_message(self.seed, [idx]), now):
-                other.outstanding[idx] = now
+                other.health.outstanding[idx] = now
                 return True
         return False
 
-    def _forger(self, endpoint: str, idx: int, others: list[str]) -> None:
+    def _forger(self, endpoint: str, idx: int, others: list[str], now: float) -> None:
         peer = self._peers.get(endpoint)
         if peer is not None:
             self._quarantine(
                 peer,
                 f"its frame {idx} of stream {self.seed} differs from the copy of {' and '.join(others)} (audit)",
+                now,
                 for_run=True,
             )
 
-    def _overtaken(self, endpoint: str, idx: int) -> None:
+    def _overtaken(self, endpoint: str, now: float) -> None:
         """Another producer delivered a frame first that ``endpoint`` was asked of and was overdue with."""
         self.counters["hedges_won"] += 1
         peer = self._peers.get(endpoint)
-        if peer is None or peer.state != ALIVE:
+        if peer is None:
             return
-        if time.monotonic() - peer.last_recv > 2 * self.heartbeat_interval:
-            return  # silent altogether: lost, not slow; the heartbeat timeout decides
-        peer.slow_strikes += 1
-        self._judge_slow(peer, time.monotonic())
+        verdict = health.on_overtaken(peer.health, now, self.policy, self._healths())
+        if verdict.quarantine_now:
+            self._quarantine(peer, verdict.reason, now)
 
-    def _in_time(self, peer: Peer, latency: float) -> bool:
-        """Whether a frame that took ``latency`` seconds came in time, judged by the other producers' typical
-        latency (a slow producer that delivers a batch at once has not caught up for that)."""
-        others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
-        if not others:
-            return True
-        return latency <= max(self.straggler_min_s, self.straggler_factor * sorted(others)[len(others) // 2])
+    def _healths(self) -> list[PeerHealth]:
+        """Every producer's health, for the rules that compare a producer with the others."""
+        return [p.health for p in self._peers.values()]
 
-    def _others_usable(self, peer: Peer) -> bool:
-        """Whether another producer is taking frames now: "far slower than the others" needs others."""
-        return any(p is not peer and p.state == ALIVE for p in self._peers.values())
-
-    def _judge_slow(self, peer: Peer, now: float) -> None:
-        """After ``max_strikes`` overtaken frames in a row: far slower than the others, or merely unlucky (a
-        descheduled moment)? Quarantined when its latency, or the age of what it owes, is well above theirs;
-        judged again on every pass until it delivers a frame in time (which clears its strikes)."""
-        if peer.slow_strikes < self.max_strikes or not self._others_usable(peer):
-            peer.judged_slow_at = 0.0
-            return
-        others = [p.latency for p in self._peers.values() if p is not peer and p.state == ALIVE and p.latency]
-        if others:
-            typical = sorted(others)[len(others) // 2]
-            own = max(peer.latency if peer.latency is not None else 0.0, peer.busy_for(now))
-            if own <= self.straggler_factor * typical:
-                return
-        # Slow, or cut off (a partition, a stopped process)? Only a producer that answers a heartbeat after
-        # this verdict is slow; one that does not is left to the heartbeat timeout: lost, and taken back as
-        # soon as it answers again, instead of quarantined for a minute.
-        if not peer.judged_slow_at:
-            peer.judged_slow_at = now
-            return
-        if peer.last_recv <= peer.judged_slow_at:
-            return
-        self._quarantine(
-            peer,
-            f"far slower than the others: {peer.slow_strikes} frames in a row came first from another "
-            f"producer ({self._latency_text(peer)})",
-        )
-
-    @staticmethod
-    def _latency_text(peer: Peer) -> str:
-        if peer.latency is None:
-            return "it delivered no frame yet"
-        return f"its recent latency {1e3 * peer.latency:.0f} ms"
+    def _change(self, transition, *args):
+        """Apply a state transition of :mod:`pxdbg.consumer.health` under the lock (other threads read states)."""
+        with self._cv:
+            out = transition(*args)
+            self._cv.notify_all()
+        return out
 
     def _unhedge(self, endpoint: str) -> None:
         for idx in [i for i, ep in self._hedged.items() if ep == endpoint]:
             del self._hedged[idx]
 
-    def _quarantine(self, peer: Peer, why: str, identity: bool = False, for_run: bool = False) -> None:
-        if peer.state == QUARANTINED:
-            if for_run:
-                peer.quarantined_until = math.inf
+    def _quarantine(self, peer: Peer, why: str, now: float, identity: bool = False, for_run: bool = False) -> None:
+        if peer.state == QUARANTINED:  # it keeps its quarantine (for good, if for_run)
+            health.quarantine(peer.health, now, self.policy, why, for_run)
             return
-        lost = peer.forget_work()
+        lost = self._change(
+            health.quarantine, peer.health, now, self.policy, ("identity: " if identity else "") + why, for_run
+        )
         self._unhedge(peer.endpoint)
-        peer.quarantines += 1
-        peer.silent_since = peer.last_ping = 0.0
-        duration = math.inf if for_run else self.quarantine * 2 ** min(peer.quarantines - 1, 10)
-        peer.quarantined_until = time.monotonic() + duration
-        peer.why = ("identity: " if identity else "") + why
         log.warning(
             "producer %s quarantined for %s: %s; re-issuing its %d outstanding frame(s) elsewhere",
             peer.endpoint,
-            "the run" if for_run else f"{duration:.0f} s",
+            "the run" if for_run else f"{peer.health.quarantined_until - now:.0f} s",
             why,
             len(lost),
         )
         self.counters["producers_quarantined"] += 1
         self.counters["frames_reissued"] += len(lost)
         peer.close_socket(say_bye=True)
-        self._set_state(peer, QUARANTINED)
 
     def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None:
         """It is gone (``drained``: it shut down cleanly, an INFO and its own counter); what it owed goes elsewhere;
         a fresh connection waits for it (or a successor) to say welcome."""
-        lost = peer.forget_work()
+        lost = self._change(health.lose, peer.health, why, drained)
         self._unhedge(peer.endpoint)
         if drained:
             log.info(
@@ -1026,14 +978,8 @@ class BackgroundClient:
             log.warning("producer %s lost (%s); re-issuing its %d outstanding frame(s)", peer.endpoint, why, len(lost))
             self.counters["producer_failures"] += 1
         self.counters["frames_reissued"] += len(lost)
-        peer.why = f"{'shut down' if drained else 'lost'}: {why}"
-        peer.last_sent = 0.0
-        peer.judged_slow_at = 0.0
-        peer.slow_strikes = 0  # taken back after a reconnect, it starts afresh (as after a quarantine)
-        peer.silent_since = peer.last_ping = 0.0
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)
-        self._set_state(peer, CONNECTING)
 
     def _check_workers(self) -> None:
         gone = self._workers.exited()
@@ -1042,7 +988,7 @@ class BackgroundClient:
             if peer is not None and not peer.process_exited:
                 peer.process_exited = True
                 log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode, w.log_tail())
-                if peer.state != CONNECTING or peer.outstanding:
+                if peer.state != CONNECTING or peer.health.outstanding:
                     self._peer_lost(peer, f"process exited with code {w.process.returncode}")
         if gone and len(gone) == len(self._workers.workers):
             w = gone[0]
@@ -1055,8 +1001,8 @@ class BackgroundClient:
 
     def _no_usable_producer(self) -> PipelineError:
         peers = list(self._peers.values())
-        text = "; ".join(f"{p.endpoint} {p.why.removeprefix('identity: ')}" for p in peers)
-        if all(p.why.startswith("identity: ") for p in peers):
+        text = "; ".join(f"{p.endpoint} {p.health.why.removeprefix('identity: ')}" for p in peers)
+        if all(p.health.why.startswith("identity: ") for p in peers):
             return IdentityMismatchError(f"no producer serves the model asked for: producer {text}")
         return ProducerFailure(f"no usable producer left for stream {self.seed}: producer {text}")
 
@@ -1069,7 +1015,7 @@ class BackgroundClient:
             return [where if self._peers else f"{where} (no producer is registered or resolved there)"]
         out = []
         for p in waiting[:most]:
-            why = p.why or sockets.why_no_answer(p.endpoint, security.connection_state(self._ctx, p.endpoint))
+            why = p.health.why or sockets.why_no_answer(p.endpoint, security.connection_state(self._ctx, p.endpoint))
             out.append(f"{p.endpoint[:200]} ({why})")
         if len(waiting) > most:
             out.append(f"and {len(waiting) - most} more")
@@ -1098,13 +1044,13 @@ class BackgroundClient:
         return [
             credits.PeerLoad(
                 p.endpoint,
-                len(p.outstanding),
-                p.seconds_per_frame,
+                len(p.health.outstanding),
+                p.health.seconds_per_frame,
                 1
-                if (p.endpoint in suspects or (p.slow_strikes and not trust_all))
-                else min(self.prefetch, p.cap, share if p.seconds_per_frame is None else self.prefetch),
-                p.latency,
-                now - min(p.outstanding.values()) if p.outstanding else 0.0,
+                if (p.endpoint in suspects or (p.health.slow_strikes and not trust_all))
+                else min(self.prefetch, p.health.cap, share if p.health.seconds_per_frame is None else self.prefetch),
+                p.health.latency,
+                now - min(p.health.outstanding.values()) if p.health.outstanding else 0.0,
             )
             for p in peers
         ]
@@ -1127,23 +1073,23 @@ class BackgroundClient:
             skipped.difference_update([i for i in skipped if i < start])
         copies: dict[int, list] = {}
         for p in working:
-            for idx, sent in p.outstanding.items():
+            for idx, sent in p.health.outstanding.items():
                 if start <= idx < stop and idx not in ready:
                     copies.setdefault(idx, []).append((p.endpoint, sent))
         if not copies:
             return
         # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
         # and so are a silent producer's (it missed a pong: a partition or a stopped process, not slowness)
-        draining = [p.endpoint for p in working if p.state == DRAINING or p.silent_since]
+        draining = [p.endpoint for p in working if p.state == DRAINING or p.health.silent_since]
         if self._budget.ratio == 0 and not draining:
             return
-        latency = {p.endpoint: p.latency for p in working}
+        latency = {p.endpoint: p.health.latency for p in working}
         decided = credits.hedges(
             now,
             copies,
             latency,
-            self._loads([p for p in alive if not p.silent_since], now, trust_all=bool(draining)),
-            self._budget.tokens if self._budget.ratio > 0 else 0.0,
+            self._loads([p for p in alive if not p.health.silent_since], now, trust_all=bool(draining)),
+            self._budget,
             factor=self.straggler_factor,
             min_age=self.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
@@ -1159,34 +1105,33 @@ class BackgroundClient:
             if not self._try_send(peer, request_message(self.seed, indices), now):
                 continue
             for i in indices:
-                peer.outstanding[i] = now
+                peer.health.outstanding[i] = now
                 if decided.first[i] in draining:  # a re-issue the draining producer asked for, not a hedge
                     self.counters["frames_reissued"] += 1
                 else:
                     self._hedged[i] = decided.first[i]
-                    self._budget.tokens -= 1
                     self.counters["hedged"] += 1
             log.info("frame(s) %s overdue; asked %s too", indices, ep)
 
     def _assign_credits(self, now: float) -> None:
-        alive = [p for p in self._peers.values() if p.state == ALIVE and not p.silent_since]
+        alive = [p for p in self._peers.values() if p.state == ALIVE and not p.health.silent_since]
         if not alive:
             return
         with self._cv:
             start = self._next
             taken = set(self._ready)
         for p in self._peers.values():
-            taken.update(p.outstanding)
+            taken.update(p.health.outstanding)
         plan = credits.plan(start, self.prefetch, self.end, taken, self._loads(alive))
         for p in alive:
             indices = plan.get(p.endpoint)
             if indices and self._try_send(p, request_message(self.seed, indices), now):
                 for i in indices:
-                    p.outstanding[i] = now
+                    p.health.outstanding[i] = now
 
     def _account(self) -> None:
         with self._cv:
             start = self._next
-            pending = {i for p in self._peers.values() for i in p.outstanding if i >= start}
+            pending = {i for p in self._peers.values() for i in p.health.outstanding if i >= start}
             self._in_flight = len(self._ready) + len(pending - self._ready.keys())
             self.max_in_flight = max(self.max_in_flight, self._in_flight)

@@ -146,6 +146,13 @@ class HedgeBudget:
     def earn(self, frames: int = 1) -> None:
         self.tokens = min(self.burst, self.tokens + self.ratio * frames)
 
+    def spend(self) -> bool:
+        """Take one token for a hedged request; False (nothing taken) when less than one is left."""
+        if self.tokens < 1 - 1e-9:
+            return False
+        self.tokens -= 1
+        return True
+
 
 @dataclass
 class HedgePlan:
@@ -156,6 +163,7 @@ class HedgePlan:
     first: dict = field(default_factory=dict)
     no_spare: list = field(default_factory=list)
     over_budget: list = field(default_factory=list)
+    #: tokens taken from the budget for the hedges asked
     tokens_spent: int = 0
 
 
@@ -164,7 +172,7 @@ def hedges(
     copies: dict,
     latency: dict,
     candidates: list[PeerLoad],
-    tokens: float,
+    budget: HedgeBudget,
     *,
     factor: float,
     min_age: float,
@@ -174,9 +182,9 @@ def hedges(
     """Which stragglers to ask of which other producer now (see :func:`overdue` for ``copies``, ``latency``,
     ``urgent``). ``candidates``: the producers that may be asked (alive). Each overdue frame goes, like
     :func:`plan`, to the candidate with the earliest expected delivery among those that do not hold it and
-    have spare credit (:func:`has_spare`, counting what this pass gave them); each costs one of ``tokens``,
-    except a copy of an ``urgent`` producer's frame (a re-issue, not a hedge), which any candidate below its
-    limit takes, spare credit or not."""
+    have spare credit (:func:`has_spare`, counting what this pass gave them); each is paid for with a token
+    taken from ``budget`` here (the one place that spends it), except a copy of an ``urgent`` producer's frame
+    (a re-issue, not a hedge), which any candidate below its limit takes, spare credit or not."""
     urgent = set(urgent)
     out = HedgePlan()
     late = overdue(now, copies, latency, factor=factor, min_age=min_age, initial_latency=initial_latency, urgent=urgent)
@@ -197,7 +205,7 @@ def hedges(
             out.no_spare.append(idx)
             continue
         if first not in urgent:
-            if tokens - out.tokens_spent < 1 - 1e-9:
+            if not budget.spend():
                 out.over_budget.append(idx)
                 continue
             out.tokens_spent += 1

@@ -90,17 +90,17 @@ def test_a_hedge_goes_only_to_a_producer_with_spare_credit():
     copies = {0: [("slow", 0.0)], 1: [("slow", 0.0)]}
     latency = {"slow": None, "a": 0.05, "b": 0.05}
     behind = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 4, 0.01, 16, 0.05, 1.0)]
-    got = credits.hedges(1.0, copies, latency, behind, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, behind, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {} and got.no_spare == [0, 1] and got.tokens_spent == 0
     one = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 0, 0.01, 16, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, one, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, one, tokens(10), factor=4, min_age=0.05)
     # b takes frame 0; with it, b owes one frame of age 0 (not behind) and takes frame 1 too
     assert got.asked == {"b": [0, 1]} and got.first == {0: "slow", 1: "slow"} and got.tokens_spent == 2
     capped = [PeerLoad("b", 0, 0.01, 1, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, capped, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, capped, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {"b": [0]} and got.no_spare == [1]
     # never to a producer that holds the frame already
-    got = credits.hedges(1.0, {0: [("b", 0.0)]}, {"b": 0.05, "a": 0.05}, capped, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, {0: [("b", 0.0)]}, {"b": 0.05, "a": 0.05}, capped, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {} and got.no_spare == [0]
 
 
@@ -110,29 +110,36 @@ def test_hedges_stay_within_the_budget():
     copies = {i: [("hung", 0.0)] for i in range(6)}
     latency = {"hung": 0.05, "a": 0.05}
     idle = [PeerLoad("a", 0, 0.01, 16, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05)
     assert got.asked == {"a": [0, 1, 2, 3]} and got.over_budget == [4, 5] and got.tokens_spent == 4
-    budget.tokens -= got.tokens_spent
+    assert budget.tokens == 0, "hedges() spends the budget it is given"
     budget.earn(19)
     assert budget.tokens == pytest.approx(0.95)
-    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
-    assert got.asked == {} and got.over_budget == list(range(6))
+    got = credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05)
+    assert got.asked == {} and got.over_budget == list(range(6)) and budget.tokens == pytest.approx(0.95)
     budget.earn(1)
-    assert credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05).tokens_spent == 1
+    assert credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05).tokens_spent == 1
+    assert budget.tokens == pytest.approx(0.0)
     budget.earn(10**6)
     assert budget.tokens == 4, "the bucket holds at most burst tokens"
     assert credits.HedgeBudget(ratio=0.0).tokens == 0
     # a draining producer's frames are re-issued without a token, ahead of the budget
-    got = credits.hedges(1.0, {0: [("d", 0.9)]}, {"d": 0.05, "a": 0.05}, idle, 0, factor=4, min_age=0.05, urgent=["d"])
+    empty = credits.HedgeBudget(ratio=0.0)
+    late = {0: [("d", 0.9)]}
+    got = credits.hedges(1.0, late, {"d": 0.05, "a": 0.05}, idle, empty, factor=4, min_age=0.05, urgent=["d"])
     assert got.asked == {"a": [0]} and got.tokens_spent == 0
     # over many frames: at most burst + ratio x received hedges, whatever is overdue
     budget, hedged = credits.HedgeBudget(ratio=0.05, burst=4), 0
     for received in range(1000):
-        got = credits.hedges(9.0, {received: [("hung", 0.0)]}, latency, idle, budget.tokens, factor=4, min_age=0.05)
-        budget.tokens -= got.tokens_spent
+        got = credits.hedges(9.0, {received: [("hung", 0.0)]}, latency, idle, budget, factor=4, min_age=0.05)
         hedged += got.tokens_spent
         budget.earn(1)
-    assert hedged <= 4 + 0.05 * 1000
+    assert 4 + 0.05 * 1000 - 1 <= hedged <= 4 + 0.05 * 1000
+
+
+def tokens(n: float) -> credits.HedgeBudget:
+    """A budget holding ``n`` tokens (and earning none)."""
+    return credits.HedgeBudget(ratio=0.0, tokens=n)
 
 
 def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_limit():
@@ -141,12 +148,12 @@ def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_
     busy = [PeerLoad("a", 6, 0.015, 16, latency=0.05, oldest_age=0.2)]  # behind: 0.2 s > its 0.05 s latency
     copies = {7: [("stopped", 0.0)]}
     latency = {"stopped": 0.05, "a": 0.05}
-    hedge = credits.hedges(1.0, copies, latency, busy, 4, factor=4, min_age=0.05)
+    hedge = credits.hedges(1.0, copies, latency, busy, tokens(4), factor=4, min_age=0.05)
     assert hedge.asked == {} and hedge.no_spare == [7], "a hedge needs spare credit"
-    urgent = credits.hedges(1.0, copies, latency, busy, 0, factor=4, min_age=0.05, urgent=["stopped"])
+    urgent = credits.hedges(1.0, copies, latency, busy, tokens(0), factor=4, min_age=0.05, urgent=["stopped"])
     assert urgent.asked == {"a": [7]} and urgent.tokens_spent == 0
     full = [PeerLoad("a", 16, 0.015, 16, latency=0.05, oldest_age=0.2)]
-    assert credits.hedges(1.0, copies, latency, full, 0, factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
+    assert credits.hedges(1.0, copies, latency, full, tokens(0), factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
 
 
 def test_audit_copies_are_grouped_by_equality_largest_first():
