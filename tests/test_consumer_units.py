@@ -157,7 +157,7 @@ def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_
 
 
 def test_audit_copies_are_grouped_by_equality_largest_first():
-    from pxdbg.consumer.client import agreeing
+    from pxdbg.consumer.dispatch import agreeing
 
     assert agreeing({"a": 1, "b": 1}) == [(1, ["a", "b"])]
     assert agreeing({"forger": 2, "a": 1, "b": 1}) == [(1, ["a", "b"]), (2, ["forger"])]  # a majority
@@ -226,3 +226,44 @@ def test_the_consumer_side_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- the client's settings ------------------------------------------------------------------------------------
+def test_client_options_are_one_frozen_validated_object():
+    from pxdbg.consumer import ClientOptions
+    from pxdbg.shared.errors import ConfigError
+    from pxdbg.shared.spec import ProducerSpec
+
+    opts = ClientOptions(seed=5, events=10, first_frame=3, heartbeat_interval=1, heartbeat_timeout=3)
+    assert opts.end == 13 and opts.policy.heartbeat_timeout == 3.0 and isinstance(opts.heartbeat_interval, float)
+    assert opts.policy.pong_timeout == 0.5 and opts.policy.warn_interval == 10.0
+    with pytest.raises(AttributeError):
+        opts.seed = 6  # frozen
+    for bad in (
+        {"prefetch": 0},
+        {"prefetch": 1.5},
+        {"events": -1},
+        {"first_frame": True},
+        {"hedge_budget": 2},
+        {"audit": -0.1},
+        {"max_producers": 0},
+        {"max_strikes": 0},
+        {"straggler_factor": 1},
+        {"quarantine": float("nan")},
+        {"heartbeat_timeout": 0.9},
+        {"spec": "resnet"},
+    ):
+        name = next(iter(bad))
+        with pytest.raises(ConfigError, match=name if name != "heartbeat_timeout" else "twice"):
+            ClientOptions(**bad)
+    # the keyword form: fields replace those of the options given; a spec's fields may be given flat
+    built = ClientOptions.build(opts, prefetch=4, model="resnet", precision=None)
+    assert built.prefetch == 4 and built.seed == 5 and built.spec == ProducerSpec(model="resnet")
+    with pytest.raises(ConfigError, match="either spec or model"):
+        ClientOptions.build(spec=ProducerSpec(), model="resnet")
+    with pytest.raises(TypeError, match="prefech"):
+        ClientOptions.build(prefech=4)
+    # the defaults that depend on where the producers are
+    farm, local = opts.for_source(local=False), opts.for_source(local=True)
+    assert (farm.hedge_budget, farm.audit) == (0.05, 0.01) and (local.hedge_budget, local.audit) == (0.0, 0.0)
+    assert ClientOptions(hedge_budget=0.2, audit=0).for_source(local=True).hedge_budget == 0.2
