@@ -349,7 +349,7 @@ class MessageHandlers:
         ]
         for other in sorted(others, key=lambda p: len(p.health.outstanding)):
             if self._try_send(other, request_message(self.seed, [idx]), now):
-                other.health.outstanding[idx] = now
+                other.health.note_requested([idx], now)
                 return True
         return False
 

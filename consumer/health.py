@@ -140,6 +140,11 @@ class PeerHealth:
     frames: int = 0
     warned: float = 0.0  # when a stall was last reported
 
+    def note_requested(self, indices: Iterable[int], now: float) -> None:
+        """Frames ``indices`` were asked of it at ``now``."""
+        for i in indices:
+            self.outstanding[i] = now
+
     def note_frame(self, now: float, requested_at: float) -> None:
         """A frame it owed arrived: update its latency and time per frame."""
         latency = now - requested_at

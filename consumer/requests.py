@@ -115,8 +115,8 @@ class RequestPlanner:
             peer = self.peers[ep]
             if not self._try_send(peer, request_message(self.seed, indices), now):
                 continue
+            peer.health.note_requested(indices, now)
             for i in indices:
-                peer.health.outstanding[i] = now
                 if decided.first[i] in draining:  # a re-issue the draining producer asked for, not a hedge
                     self.counters["frames_reissued"] += 1
                 else:
@@ -137,8 +137,7 @@ class RequestPlanner:
         for p in alive:
             indices = plan.get(p.endpoint)
             if indices and self._try_send(p, request_message(self.seed, indices), now):
-                for i in indices:
-                    p.health.outstanding[i] = now
+                p.health.note_requested(indices, now)
 
     def _account(self) -> None:
         with self._buffer.cv:

@@ -132,7 +132,9 @@ def test_a_connecting_producer_is_judged_by_nothing():
 # -- work: stalled ------------------------------------------------------------------------------------------
 def test_a_producer_that_answers_but_delivers_nothing_is_stalled():
     peer = alive(100.0)
-    peer.outstanding = {1: 100.5, 2: 101.0}
+    peer.note_requested([1], 100.5)
+    peer.note_requested([2], 101.0)
+    assert peer.outstanding == {1: 100.5, 2: 101.0}
     peer.last_recv = 103.5  # it answers pings
     assert peer.busy_for(103.5) == 3.0
     assert health.assess(peer, 103.5, POLICY, []).kind == health.HEALTHY
