@@ -17,9 +17,10 @@ The rules (thresholds in :class:`HealthPolicy`):
   :func:`typical_latency`. The verdict needs the producer to answer *after* it was first found slow: one that
   does not answer is cut off, not slow, and is left to the heartbeat timeout (lost, and taken back as soon as
   it answers, instead of quarantined).
-- **quarantined**: ``max_strikes`` bad messages (or a single unforgivable one), or any of the above but lost:
-  left alone for ``quarantine_s``, doubled each time again (up to ``2 ** max_doublings``), or for the rest of
-  the run; then **quarantine_over**: a fresh start (:func:`restart`).
+- **quarantined**: slow, stalled, ``max_strikes`` bad messages, or a single message the consumer cannot forgive
+  (a foreign frame, a wrong model, an error): left alone for ``quarantine_s``, doubled each time again (up to
+  ``2 ** max_doublings``), or for the rest of the run; then **quarantine_over**: a fresh start (:func:`restart`).
+  A lost producer is not quarantined: it is taken back as soon as it says welcome again.
 """
 
 from __future__ import annotations
