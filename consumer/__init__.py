@@ -10,9 +10,11 @@ from pxdbg.consumer.errors import (
     PipelineError,
     ProducerFailure,
 )
+from pxdbg.consumer.options import ClientOptions
 
 __all__ = [
     "BackgroundClient",
+    "ClientOptions",
     "FrameTimeoutError",
     "IdentityMismatchError",
     "NoProducerError",

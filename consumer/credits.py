@@ -21,6 +21,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from statistics import median
 
+from pxdbg.consumer.health import typical_latency
+
 
 @dataclass(frozen=True)
 class PeerLoad:
@@ -72,11 +74,6 @@ def plan(start: int, prefetch: int, end: int | None, taken: Iterable[int], peers
     return out
 
 
-def _median(values) -> float | None:
-    known = [v for v in values if v]
-    return median(known) if known else None
-
-
 def overdue(
     now: float,
     copies: dict,
@@ -93,7 +90,8 @@ def overdue(
     ``copies``: {frame index: [(peer key, requested at), ...]} for the frames of the window not yet received;
     ``latency``: {peer key: recent seconds from request to arrival, or None}. A frame with fewer than
     ``max_copies`` requests is overdue when its first request is older than ``min_age`` and than ``factor``
-    times both its producer's latency and the typical (median) latency of the other producers. A producer that
+    times both its producer's latency and the typical latency of the other producers
+    (:func:`pxdbg.consumer.health.typical_latency`). A producer that
     delivered nothing yet is judged by the others' latency; ``initial_latency`` stands in when nobody delivered.
     A producer whose own latency is more than ``factor`` times the others' is a straggler as a whole: its frames
     are judged by the others' latency alone. So a farm that is uniformly slow (every producer saturated) makes
@@ -102,7 +100,7 @@ def overdue(
     overdue after ``min_age``.
     """
     urgent = set(urgent)
-    typical = {key: _median(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
+    typical = {key: typical_latency(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
@@ -148,6 +146,13 @@ class HedgeBudget:
     def earn(self, frames: int = 1) -> None:
         self.tokens = min(self.burst, self.tokens + self.ratio * frames)
 
+    def spend(self) -> bool:
+        """Take one token for a hedged request; False (nothing taken) when less than one is left."""
+        if self.tokens < 1 - 1e-9:
+            return False
+        self.tokens -= 1
+        return True
+
 
 @dataclass
 class HedgePlan:
@@ -158,6 +163,7 @@ class HedgePlan:
     first: dict = field(default_factory=dict)
     no_spare: list = field(default_factory=list)
     over_budget: list = field(default_factory=list)
+    #: tokens taken from the budget for the hedges asked
     tokens_spent: int = 0
 
 
@@ -166,7 +172,7 @@ def hedges(
     copies: dict,
     latency: dict,
     candidates: list[PeerLoad],
-    tokens: float,
+    budget: HedgeBudget,
     *,
     factor: float,
     min_age: float,
@@ -176,9 +182,9 @@ def hedges(
     """Which stragglers to ask of which other producer now (see :func:`overdue` for ``copies``, ``latency``,
     ``urgent``). ``candidates``: the producers that may be asked (alive). Each overdue frame goes, like
     :func:`plan`, to the candidate with the earliest expected delivery among those that do not hold it and
-    have spare credit (:func:`has_spare`, counting what this pass gave them); each costs one of ``tokens``,
-    except a copy of an ``urgent`` producer's frame (a re-issue, not a hedge), which any candidate below its
-    limit takes, spare credit or not."""
+    have spare credit (:func:`has_spare`, counting what this pass gave them); each is paid for with a token
+    taken from ``budget`` here (the one place that spends it), except a copy of an ``urgent`` producer's frame
+    (a re-issue, not a hedge), which any candidate below its limit takes, spare credit or not."""
     urgent = set(urgent)
     out = HedgePlan()
     late = overdue(now, copies, latency, factor=factor, min_age=min_age, initial_latency=initial_latency, urgent=urgent)
@@ -199,7 +205,7 @@ def hedges(
             out.no_spare.append(idx)
             continue
         if first not in urgent:
-            if tokens - out.tokens_spent < 1 - 1e-9:
+            if not budget.spend():
                 out.over_budget.append(idx)
                 continue
             out.tokens_spent += 1

@@ -5,8 +5,9 @@ boost.python, which does not release it (framework/pybasf2/src/Framework.cc). A 
 thread inside the simulation process is frozen for seconds per event then: no credits, no decoding, no
 heartbeats, and its producers judge it (and it judges them) silent. So the client runs in a process of its own:
 
-- :class:`PrefetchProcess` starts ``python -m pxdbg.consumer.prefetch CONFIG`` (a subprocess, never a fork of
-  the caller) on an ipc socket in a private (0700) directory. That process, :class:`PrefetchServer`, owns the
+- :class:`PrefetchProcess` starts ``python -m pxdbg.consumer.prefetch_server CONFIG`` (a subprocess, never a fork
+  of the caller) on an ipc socket in a private (0700) directory. That process
+  (:class:`pxdbg.consumer.prefetch_server.PrefetchServer`) owns the
   local producer processes (``workers``) or the connection to a farm (``endpoints``), a ``BackgroundClient``
   over them, and serves frames by index to any process of the job. Only the process that started it stops it
   (``close`` checks the pid); it also stops when every connection that asked for frames has closed (under basf2
@@ -29,20 +30,17 @@ own messages.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import collections
 import dataclasses
 import json
 import logging
 import os
-import queue
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,7 +51,8 @@ import zmq
 
 from pxdbg.consumer import errors
 from pxdbg.consumer.errors import PipelineError
-from pxdbg.shared.errors import ConfigError, PxdbgError
+from pxdbg.consumer.options import ClientOptions
+from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.frame import CHARGE_DTYPE, SENSOR_DTYPE, U_DTYPE, V_DTYPE, SparseFrame
 from pxdbg.shared.spec import ProducerSpec, TransportOptions
 
@@ -62,8 +61,6 @@ log = logging.getLogger("pxdbg.prefetch")
 #: Requests a connection keeps outstanding beyond the frame it waits for: the frames of the next events travel
 #: while the process that will use them holds the GIL (one event at a time needs one; two absorb a late reply).
 DEFAULT_LOOKAHEAD = 2
-#: Log records the server keeps for a connection that has not asked yet (older ones are dropped and counted).
-MAX_PENDING_LOGS = 1000
 #: Seconds between two looks at the owner process, the local workers and the stop flag.
 WATCH_INTERVAL_S = 0.5
 #: The largest frame a connection accepts (every pixel of the frame hit).
@@ -93,6 +90,20 @@ class PrefetchConfig:
     def __post_init__(self) -> None:
         if (self.workers is None) == (self.endpoints is None):
             raise ConfigError("give either endpoints (a producer farm) or workers (local producers), not both")
+        self.client_options()  # a bad setting fails here, in the job, not in the prefetch process
+
+    def client_options(self, first_frame: int = 0) -> ClientOptions:
+        """The settings of the prefetch process's client, starting its stream at ``first_frame``."""
+        return ClientOptions(
+            spec=self.spec,
+            transport=self.transport,
+            seed=self.seed,
+            first_frame=first_frame,
+            prefetch=self.prefetch,
+            frame_timeout=self.frame_timeout,
+            connect_timeout=self.connect_timeout,
+            heartbeat_timeout=self.heartbeat_timeout,
+        )
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -136,7 +147,7 @@ class PrefetchProcess:
         self.endpoint = f"ipc://{self.dir}/prefetch.sock"
         config_path = self.dir / "config.json"
         config_path.write_text(config.to_json())
-        cmd = [python or sys.executable, "-m", "pxdbg.consumer.prefetch", str(config_path)]
+        cmd = [python or sys.executable, "-m", "pxdbg.consumer.prefetch_server", str(config_path)]
         cmd += ["--bind", self.endpoint, "--owner-pid", str(self.owner_pid)]
         self.process = subprocess.Popen(
             cmd,
@@ -280,253 +291,3 @@ class PrefetchConnection:
 
 
 # -- the prefetch process ------------------------------------------------------------------------------------
-class _Relay(logging.Handler):
-    """Keeps the server's log records for the connection that asked last."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.records: collections.deque[tuple[str, str]] = collections.deque(maxlen=MAX_PENDING_LOGS)
-        self.dropped = 0
-        self._lock_ = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "ERROR" if record.levelno >= logging.ERROR else record.levelname
-        try:
-            text = record.getMessage()
-        except Exception:  # a record whose arguments do not format: say so rather than lose it
-            text = f"(unformattable log record {record.msg!r})"
-        with self._lock_:
-            if len(self.records) == self.records.maxlen:
-                self.dropped += 1
-            self.records.append((level, text))
-
-    def take(self) -> list[tuple[str, str]]:
-        with self._lock_:
-            out = list(self.records)
-            self.records.clear()
-            if self.dropped:
-                out.insert(
-                    0,
-                    (
-                        "WARNING",
-                        f"prefetch: {self.dropped} log message(s) dropped (more than {MAX_PENDING_LOGS} waited)",
-                    ),
-                )
-                self.dropped = 0
-        return out
-
-
-class _Stream:
-    """Frames of the config's stream in index order; a jump restarts the client at the index asked for."""
-
-    def __init__(self, config: PrefetchConfig, endpoints: list[str]) -> None:
-        self.config = config
-        self.endpoints = endpoints
-        self.client = None
-        self.position: int | None = None
-        self.restarts = 0
-
-    def get(self, index: int) -> SparseFrame:
-        from pxdbg.consumer.client import BackgroundClient
-
-        if self.client is None or index != self.position:
-            if self.client is not None:
-                self.restarts += 1
-                log.debug(
-                    "prefetch: frame %d asked where %d was predicted; the stream restarts there", index, self.position
-                )
-                self.client.close()
-                self.client = None
-            c = self.config
-            self.client = BackgroundClient(
-                self.endpoints,
-                spec=c.spec,
-                transport=c.transport,
-                seed=c.seed,
-                first_frame=index,
-                prefetch=c.prefetch,
-                frame_timeout=c.frame_timeout,
-                connect_timeout=c.connect_timeout,
-                heartbeat_timeout=c.heartbeat_timeout,
-            )
-            self.position = index
-        frame = self.client.next()
-        self.position = index + 1
-        return frame
-
-    def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
-
-
-class PrefetchServer:
-    """The prefetch process: a router socket for the job's connections, a fetch thread over the stream."""
-
-    def __init__(self, config: PrefetchConfig, bind: str, owner_pid: int) -> None:
-        self.config = config
-        self.owner_pid = owner_pid
-        self.relay = _Relay()
-        logging.getLogger("pxdbg").addHandler(self.relay)
-        logging.getLogger("pxdbg").setLevel(logging.INFO)
-        self.workers = None
-        if config.workers is not None:
-            from pxdbg.consumer.workers import LocalWorkers
-
-            self.workers = LocalWorkers(config.workers, config.spec)
-            endpoints = self.workers.endpoints
-        else:
-            endpoints = config.endpoints
-        self.stream = _Stream(config, endpoints)
-        self.ctx = zmq.Context()
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.router.setsockopt(zmq.LINGER, 0)
-        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self.router.bind(bind)
-        self.wake_rx = self.ctx.socket(zmq.PAIR)
-        self.wake_rx.bind("inproc://pxdbg-prefetch-wake")
-        self.requests: queue.Queue = queue.Queue()
-        self.replies: queue.Queue = queue.Queue()
-        self.stop = threading.Event()
-        self.last_peer: bytes | None = None
-        self.peers: set[bytes] = set()
-        self.fetcher = threading.Thread(target=self._fetch_loop, name="pxdbg-prefetch-fetch", daemon=True)
-
-    def _fetch_loop(self) -> None:
-        wake = self.ctx.socket(zmq.PAIR)
-        wake.setsockopt(zmq.LINGER, 0)
-        wake.connect("inproc://pxdbg-prefetch-wake")
-        failed: BaseException | None = None
-        try:
-            while not self.stop.is_set():
-                try:
-                    peer, index = self.requests.get(timeout=WATCH_INTERVAL_S)
-                except queue.Empty:
-                    continue
-                if failed is None:
-                    try:
-                        result = self.stream.get(index)
-                    except PipelineError as exc:
-                        failed = result = exc
-                    except PxdbgError as exc:  # a user error (a setting the client refuses): one line
-                        failed = result = PipelineError(str(exc))
-                    except Exception as exc:  # a bug: its traceback goes to this process's stderr
-                        log.exception("prefetch: fetching frame %d failed", index)
-                        failed = result = PipelineError(f"the prefetch process failed: {exc!r}")
-                else:
-                    result = failed
-                self.replies.put((peer, index, result))
-                wake.send(b"")
-        finally:
-            wake.close(0)
-
-    def _send(self, peer: bytes, parts: list) -> None:
-        try:
-            self.router.send_multipart([peer, *parts], copy=False)
-        except zmq.ZMQError:  # the connection is gone (ROUTER_MANDATORY): nobody waits for this reply
-            pass
-
-    def _flush_logs(self) -> None:
-        if self.last_peer is None:
-            return
-        for level, text in self.relay.take():
-            self._send(self.last_peer, [msgpack.packb({"k": "log", "level": level, "msg": text})])
-
-    def _reply(self, peer: bytes, index: int, result) -> None:
-        self._flush_logs()  # what happened before the frame is said before it
-        if isinstance(result, BaseException):
-            head = {"k": "error", "i": index, "type": type(result).__name__, "msg": str(result)}
-            self._send(peer, [msgpack.packb(head)])
-            return
-        head = {"k": "frame", "i": index, "n": result.n_digits}
-        arrays = (result.sensor, result.u, result.v, result.charge)
-        self._send(peer, [msgpack.packb(head), *(np.ascontiguousarray(a) for a in arrays)])
-
-    def _check_workers(self) -> None:
-        if self.workers is None:
-            return
-        gone = self.workers.exited()
-        if gone and len(gone) == len(self.workers.workers):
-            tails = "\n".join(f"--- worker {w.index}:\n{w.log_tail()}" for w in gone)
-            log.error("prefetch: every local producer exited; their last output:\n%s", tails)
-            self.stop.set()
-
-    def serve(self) -> None:
-        self.fetcher.start()
-        poller = zmq.Poller()
-        poller.register(self.router, zmq.POLLIN)
-        poller.register(self.wake_rx, zmq.POLLIN)
-        next_watch = 0.0
-        while not self.stop.is_set():
-            for sock, _ in poller.poll(int(1000 * WATCH_INTERVAL_S)):
-                if sock is self.wake_rx:
-                    self.wake_rx.recv()
-                    continue
-                peer, *parts = self.router.recv_multipart()
-                try:
-                    msg = msgpack.unpackb(parts[0]) if len(parts) == 1 else None
-                    kind = msg.get("k") if isinstance(msg, dict) else None
-                except Exception:
-                    kind = None
-                if kind == "get" and isinstance(msg.get("i"), int) and 0 <= msg["i"] < 2**63:
-                    self.last_peer = peer
-                    self.peers.add(peer)
-                    self.requests.put((peer, msg["i"]))
-                elif kind == "bye":
-                    self.peers.discard(peer)
-                    if not self.peers:  # every process that handled events is done: nothing more will be asked
-                        log.debug("prefetch: the last connection said bye; stopping")
-                        self.stop.set()
-                else:
-                    log.warning("prefetch: an unreadable request was dropped")
-            while True:
-                try:
-                    peer, index, result = self.replies.get_nowait()
-                except queue.Empty:
-                    break
-                self._reply(peer, index, result)
-            self._flush_logs()
-            now = time.monotonic()
-            if now >= next_watch:
-                next_watch = now + WATCH_INTERVAL_S
-                if os.getppid() != self.owner_pid:
-                    log.info("prefetch: the job (pid %d) is gone; stopping", self.owner_pid)
-                    self.stop.set()
-                self._check_workers()
-
-    def close(self) -> None:
-        self.stop.set()
-        self.fetcher.join(timeout=5)
-        self.stream.close()
-        if self.workers is not None:
-            self.workers.close()
-        self._flush_logs()
-        logging.getLogger("pxdbg").removeHandler(self.relay)
-        for level, text in self.relay.take():  # nobody to relay to any more: say it here
-            print(f"[{level}] {text}", file=sys.stderr)
-        self.ctx.destroy(linger=0)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pxdbg.consumer.prefetch", description=__doc__.split("\n")[0])
-    parser.add_argument("config", help="the PrefetchConfig as a JSON file")
-    parser.add_argument("--bind", required=True, help="the ipc endpoint to serve on")
-    parser.add_argument("--owner-pid", type=int, required=True, help="stop when this process (the job) is gone")
-    args = parser.parse_args(argv)
-    try:
-        config = PrefetchConfig.from_json(Path(args.config).read_text())
-        server = PrefetchServer(config, args.bind, args.owner_pid)
-    except PxdbgError as exc:  # a user error (a bad spec, a worker that cannot start): one line
-        print(f"[ERROR] pxdbg prefetch: {exc}", file=sys.stderr)
-        return 2
-    signal.signal(signal.SIGTERM, lambda *_: server.stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the job decides when to stop
-    try:
-        server.serve()
-    finally:
-        server.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,6 +3,9 @@
 Each test is one row of what a hostile or broken producer was seen to do. In every case the frames handed out
 equal those of a fault-free run, nothing lost or duplicated; a bad producer is quarantined and its frames go
 elsewhere; the run fails only when no usable producer is left, with a message that says what each one did.
+These tests check the wiring, one per behaviour, against real sockets in real time; the rules themselves (how
+many strikes, when a producer is slow, stalled, silent or lost, how long a quarantine lasts) are checked case by
+case, with the time passed in, in tests/test_health.py.
 """
 
 from __future__ import annotations
@@ -57,13 +60,13 @@ def test_unrequested_frames_are_dropped_and_the_reorder_buffer_stays_within_pref
     assert "not asked for" in report
 
 
+# a mute producer (the slow and stall rules) has tests of its own below; a relabelled frame fails the checksum as a
+# corrupt one does (tests/test_protocol.py checks that the checksum covers the index) and is handled the same way
 BAD = [
     ("corrupt", "corrupt frames"),
-    ("relabel", "corrupt frames"),
     ("wrong_seed", "of stream 778"),
     ("wrong_frame_identity", "model convnet:"),
     ("wrong_identity", "serves model parametric:"),
-    ("mute", "came first from another producer|delivered none"),
     ("error", "failed on frame.*CUDA out of memory"),
     ("nested", "malformed"),
     ("rehello", "forgot this consumer 3 times in a row"),
@@ -106,7 +109,7 @@ def test_a_far_slower_producer_is_quarantined(tmp_path):
 def test_the_run_fails_only_when_no_usable_producer_is_left(tmp_path, caplog):
     eps = [f"ipc://{tmp_path}/{b}.sock" for b in ("mute", "corrupt")]
     with FakeProducer(eps[0], IDENTITY, "mute"), FakeProducer(eps[1], IDENTITY, "corrupt"):
-        with BackgroundClient(eps, seed=SEED, prefetch=4, stall_timeout=2.0, frame_timeout=60, **FAST) as client:
+        with BackgroundClient(eps, seed=SEED, prefetch=4, stall_timeout=1.0, frame_timeout=60, **FAST) as client:
             with pytest.raises(ProducerFailure) as err:
                 client.next()
     msg = str(err.value)
@@ -148,14 +151,11 @@ def _pxdbg(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     )
 
 
+# one bad endpoint and one bad timeout: each value is checked in-process by the two tests above
 @pytest.mark.parametrize(
     "args",
     [
-        ["--connect", "garbage"],
         ["--connect", "tcp://127.0.0.1:notaport"],
-        ["--connect", "udp://127.0.0.1:5555"],
-        ["--connect", "tcp://127.0.0.1:9", "--connect-timeout", "nan"],
-        ["--connect", "tcp://127.0.0.1:9", "--frame-timeout", "-1"],
         ["--connect", "tcp://127.0.0.1:9", "--stall-timeout", "0"],
     ],
 )
@@ -184,9 +184,9 @@ def test_no_frame_is_requested_past_the_last_event(tmp_path):
 def test_cli_frame_timeout_ends_a_run_against_a_mute_producer(tmp_path):
     ep = f"ipc://{tmp_path}/mute.sock"
     with FakeProducer(ep, IDENTITY, "mute"):
-        r = _pxdbg("run", "--connect", ep, "--events", "3", "--seed", "1", "--frame-timeout", "2", "-q")
+        r = _pxdbg("run", "--connect", ep, "--events", "3", "--seed", "1", "--frame-timeout", "1", "-q")
     assert r.returncode == 1, r.stderr
-    assert "did not arrive within 2 s (--frame-timeout)" in r.stderr, r.stderr
+    assert "did not arrive within 1 s (--frame-timeout)" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
 
 
@@ -466,6 +466,8 @@ def measure_many_parts(tmp: str, n_parts: int, part_mb: int) -> dict:
                         assert wait_until(lambda: client.producer_states()[bad_ep] == "quarantined", timeout=20)
                     time.sleep(1.0)  # a quarantined socket's buffers are freed and given back
                     rss1 = _rss_mb()
+                    # the I/O thread is still serving after giving the memory back (the give-back once crashed it)
+                    got += consume(client, 1)[0]
                     counters = dict(client.counters)
                     why = client.producer_report()[bad_ep]
     finally:
@@ -477,7 +479,7 @@ def measure_many_parts(tmp: str, n_parts: int, part_mb: int) -> dict:
         "rss1": rss1,
         "counters": counters,
         "why": why,
-        "same": same(got, expected(0, 60)),
+        "same": same(got, expected(0, 61)),
     }
 
 
@@ -586,7 +588,7 @@ def test_a_clean_drain_is_an_info_and_its_own_counter_and_local_workers_do_not_h
     print(f"\nlocal workers, 60 frames: {counters}")
     assert same(got, reference)
     assert counters.get("hedged", 0) == 0 and counters.get("hedges_wasted", 0) == 0
-    assert local.audit == 0 and "audits" not in counters, "local workers are this process's own: no audit"
+    assert local.options.audit == 0 and "audits" not in counters, "local workers are this process's own: no audit"
 
 
 def _free_port() -> int:
@@ -613,7 +615,7 @@ def test_a_consumer_says_what_it_waits_for_and_fails_in_one_line(tmp_path, caplo
     caplog.set_level("WARNING", logger="pxdbg.consumer")
     t0, wall0 = time.monotonic(), time.time()
     try:
-        with BackgroundClient([refused, mute, f"ipc://{tmp_path}/none.sock"], seed=1, connect_timeout=4) as c:
+        with BackgroundClient([refused, mute, f"ipc://{tmp_path}/none.sock"], seed=1, connect_timeout=3) as c:
             with pytest.raises(NoProducerError) as err:
                 c.next()
     finally:
@@ -628,7 +630,7 @@ def test_a_consumer_says_what_it_waits_for_and_fails_in_one_line(tmp_path, caplo
     final = str(err.value)
     assert "\n" not in final and f"{refused} (connection refused)" in final and elapsed < 10
     caplog.clear()
-    with BackgroundClient([refused], seed=1, connect_timeout=3) as c, pytest.raises(NoProducerError):
+    with BackgroundClient([refused], seed=1, connect_timeout=2.5) as c, pytest.raises(NoProducerError):
         c.next()
     said = [r.getMessage() for r in caplog.records if "no producer has answered" in r.getMessage()]
     assert said and said[0].startswith(f"no producer has answered at {refused} yet (connection refused);")
@@ -671,7 +673,7 @@ def test_a_farm_is_audited_by_default(tmp_path):
             got, _ = consume(client, 1000)
             counters = dict(client.counters)
     assert same(got, expected(0, 1000))
-    assert client.audit == 0.01 and counters["audits"] >= 1, counters  # none of 1000 at 1 %: p = 4e-5
+    assert client.options.audit == 0.01 and counters["audits"] >= 1, counters  # none of 1000 at 1 %: p = 4e-5
     assert counters["audits_passed"] + counters.get("audits_inconclusive", 0) >= counters["audits"] - 1
     assert counters.get("audit_mismatches", 0) == 0
     with pytest.raises(ConfigError, match="audit must be a fraction"):

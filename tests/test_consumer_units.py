@@ -90,17 +90,17 @@ def test_a_hedge_goes_only_to_a_producer_with_spare_credit():
     copies = {0: [("slow", 0.0)], 1: [("slow", 0.0)]}
     latency = {"slow": None, "a": 0.05, "b": 0.05}
     behind = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 4, 0.01, 16, 0.05, 1.0)]
-    got = credits.hedges(1.0, copies, latency, behind, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, behind, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {} and got.no_spare == [0, 1] and got.tokens_spent == 0
     one = [PeerLoad("a", 4, 0.01, 16, 0.05, 1.0), PeerLoad("b", 0, 0.01, 16, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, one, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, one, tokens(10), factor=4, min_age=0.05)
     # b takes frame 0; with it, b owes one frame of age 0 (not behind) and takes frame 1 too
     assert got.asked == {"b": [0, 1]} and got.first == {0: "slow", 1: "slow"} and got.tokens_spent == 2
     capped = [PeerLoad("b", 0, 0.01, 1, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, capped, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, capped, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {"b": [0]} and got.no_spare == [1]
     # never to a producer that holds the frame already
-    got = credits.hedges(1.0, {0: [("b", 0.0)]}, {"b": 0.05, "a": 0.05}, capped, 10, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, {0: [("b", 0.0)]}, {"b": 0.05, "a": 0.05}, capped, tokens(10), factor=4, min_age=0.05)
     assert got.asked == {} and got.no_spare == [0]
 
 
@@ -110,29 +110,36 @@ def test_hedges_stay_within_the_budget():
     copies = {i: [("hung", 0.0)] for i in range(6)}
     latency = {"hung": 0.05, "a": 0.05}
     idle = [PeerLoad("a", 0, 0.01, 16, 0.05, 0.0)]
-    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
+    got = credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05)
     assert got.asked == {"a": [0, 1, 2, 3]} and got.over_budget == [4, 5] and got.tokens_spent == 4
-    budget.tokens -= got.tokens_spent
+    assert budget.tokens == 0, "hedges() spends the budget it is given"
     budget.earn(19)
     assert budget.tokens == pytest.approx(0.95)
-    got = credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05)
-    assert got.asked == {} and got.over_budget == list(range(6))
+    got = credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05)
+    assert got.asked == {} and got.over_budget == list(range(6)) and budget.tokens == pytest.approx(0.95)
     budget.earn(1)
-    assert credits.hedges(1.0, copies, latency, idle, budget.tokens, factor=4, min_age=0.05).tokens_spent == 1
+    assert credits.hedges(1.0, copies, latency, idle, budget, factor=4, min_age=0.05).tokens_spent == 1
+    assert budget.tokens == pytest.approx(0.0)
     budget.earn(10**6)
     assert budget.tokens == 4, "the bucket holds at most burst tokens"
     assert credits.HedgeBudget(ratio=0.0).tokens == 0
     # a draining producer's frames are re-issued without a token, ahead of the budget
-    got = credits.hedges(1.0, {0: [("d", 0.9)]}, {"d": 0.05, "a": 0.05}, idle, 0, factor=4, min_age=0.05, urgent=["d"])
+    empty = credits.HedgeBudget(ratio=0.0)
+    late = {0: [("d", 0.9)]}
+    got = credits.hedges(1.0, late, {"d": 0.05, "a": 0.05}, idle, empty, factor=4, min_age=0.05, urgent=["d"])
     assert got.asked == {"a": [0]} and got.tokens_spent == 0
     # over many frames: at most burst + ratio x received hedges, whatever is overdue
     budget, hedged = credits.HedgeBudget(ratio=0.05, burst=4), 0
     for received in range(1000):
-        got = credits.hedges(9.0, {received: [("hung", 0.0)]}, latency, idle, budget.tokens, factor=4, min_age=0.05)
-        budget.tokens -= got.tokens_spent
+        got = credits.hedges(9.0, {received: [("hung", 0.0)]}, latency, idle, budget, factor=4, min_age=0.05)
         hedged += got.tokens_spent
         budget.earn(1)
-    assert hedged <= 4 + 0.05 * 1000
+    assert 4 + 0.05 * 1000 - 1 <= hedged <= 4 + 0.05 * 1000
+
+
+def tokens(n: float) -> credits.HedgeBudget:
+    """A budget holding ``n`` tokens (and earning none)."""
+    return credits.HedgeBudget(ratio=0.0, tokens=n)
 
 
 def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_limit():
@@ -141,16 +148,16 @@ def test_a_silent_or_draining_producer_s_frames_go_to_a_busy_producer_below_its_
     busy = [PeerLoad("a", 6, 0.015, 16, latency=0.05, oldest_age=0.2)]  # behind: 0.2 s > its 0.05 s latency
     copies = {7: [("stopped", 0.0)]}
     latency = {"stopped": 0.05, "a": 0.05}
-    hedge = credits.hedges(1.0, copies, latency, busy, 4, factor=4, min_age=0.05)
+    hedge = credits.hedges(1.0, copies, latency, busy, tokens(4), factor=4, min_age=0.05)
     assert hedge.asked == {} and hedge.no_spare == [7], "a hedge needs spare credit"
-    urgent = credits.hedges(1.0, copies, latency, busy, 0, factor=4, min_age=0.05, urgent=["stopped"])
+    urgent = credits.hedges(1.0, copies, latency, busy, tokens(0), factor=4, min_age=0.05, urgent=["stopped"])
     assert urgent.asked == {"a": [7]} and urgent.tokens_spent == 0
     full = [PeerLoad("a", 16, 0.015, 16, latency=0.05, oldest_age=0.2)]
-    assert credits.hedges(1.0, copies, latency, full, 0, factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
+    assert credits.hedges(1.0, copies, latency, full, tokens(0), factor=4, min_age=0.05, urgent=["stopped"]).asked == {}
 
 
 def test_audit_copies_are_grouped_by_equality_largest_first():
-    from pxdbg.consumer.client import agreeing
+    from pxdbg.consumer.dispatch import agreeing
 
     assert agreeing({"a": 1, "b": 1}) == [(1, ["a", "b"])]
     assert agreeing({"forger": 2, "a": 1, "b": 1}) == [(1, ["a", "b"]), (2, ["forger"])]  # a majority
@@ -219,3 +226,44 @@ def test_the_consumer_side_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+# -- the client's settings ------------------------------------------------------------------------------------
+def test_client_options_are_one_frozen_validated_object():
+    from pxdbg.consumer import ClientOptions
+    from pxdbg.shared.errors import ConfigError
+    from pxdbg.shared.spec import ProducerSpec
+
+    opts = ClientOptions(seed=5, events=10, first_frame=3, heartbeat_interval=1, heartbeat_timeout=3)
+    assert opts.end == 13 and opts.policy.heartbeat_timeout == 3.0 and isinstance(opts.heartbeat_interval, float)
+    assert opts.policy.pong_timeout == 0.5 and opts.policy.warn_interval == 10.0
+    with pytest.raises(AttributeError):
+        opts.seed = 6  # frozen
+    for bad in (
+        {"prefetch": 0},
+        {"prefetch": 1.5},
+        {"events": -1},
+        {"first_frame": True},
+        {"hedge_budget": 2},
+        {"audit": -0.1},
+        {"max_producers": 0},
+        {"max_strikes": 0},
+        {"straggler_factor": 1},
+        {"quarantine": float("nan")},
+        {"heartbeat_timeout": 0.9},
+        {"spec": "resnet"},
+    ):
+        name = next(iter(bad))
+        with pytest.raises(ConfigError, match=name if name != "heartbeat_timeout" else "twice"):
+            ClientOptions(**bad)
+    # the keyword form: fields replace those of the options given; a spec's fields may be given flat
+    built = ClientOptions.build(opts, prefetch=4, model="resnet", precision=None)
+    assert built.prefetch == 4 and built.seed == 5 and built.spec == ProducerSpec(model="resnet")
+    with pytest.raises(ConfigError, match="either spec or model"):
+        ClientOptions.build(spec=ProducerSpec(), model="resnet")
+    with pytest.raises(TypeError, match="prefech"):
+        ClientOptions.build(prefech=4)
+    # the defaults that depend on where the producers are
+    farm, local = opts.for_source(local=False), opts.for_source(local=True)
+    assert (farm.hedge_budget, farm.audit) == (0.05, 0.01) and (local.hedge_budget, local.audit) == (0.0, 0.0)
+    assert ClientOptions(hedge_budget=0.2, audit=0).for_source(local=True).hedge_budget == 0.2

@@ -218,3 +218,18 @@ def test_a_dead_prefetch_process_is_a_clear_error(prefetch):
                 conn.get(i)
     finally:
         conn.close()
+
+
+def test_a_bad_setting_fails_in_the_job_before_any_process_starts():
+    """The prefetch process's client settings are checked where the config is made (basf2's initialize), in
+    one line, not later in a process whose stderr nobody reads."""
+    from pxdbg.shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="heartbeat_timeout must be a positive number"):
+        PrefetchConfig(spec=SPEC, seed=1, workers=1, heartbeat_timeout=0)
+    with pytest.raises(ConfigError, match="prefetch must be in"):
+        PrefetchConfig(spec=SPEC, seed=1, endpoints=["tcp://127.0.0.1:9"], prefetch=0)
+    config = PrefetchConfig(spec=SPEC, seed=1, workers=1, prefetch=4, frame_timeout=7.0)
+    assert PrefetchConfig.from_json(config.to_json()) == config
+    opts = config.client_options(first_frame=40)
+    assert (opts.first_frame, opts.prefetch, opts.frame_timeout, opts.spec) == (40, 4, 7.0, SPEC)
