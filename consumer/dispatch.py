@@ -23,6 +23,7 @@ from pxdbg.shared import protocol
 from pxdbg.shared import transport as sockets
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.identity import ModelIdentity
+from pxdbg.shared.sparselog import warn_sparsely
 
 if TYPE_CHECKING:
     from pxdbg.consumer.client import ReorderBuffer
@@ -105,8 +106,7 @@ class MessageHandlers:
         self.counters["bad_messages"] += 1
         self.counters[counter] += 1
         n = self.counters["bad_messages"]
-        if n <= 5 or n % 1000 == 0:
-            log.warning("bad message from %s (%d so far): %s", peer.endpoint, n, what)
+        warn_sparsely(log, n, "bad message from %s (%d so far): %s", peer.endpoint, n, what)
         verdict = health.on_bad_message(peer.health, self.policy, what)
         if verdict.quarantine_now:
             self._quarantine(peer, verdict.reason, now)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from statistics import median
 
 from pxdbg.shared.errors import ConfigError
+from pxdbg.shared.validators import positive_seconds
 
 CONNECTING, ALIVE, DRAINING, QUARANTINED = "connecting", "alive", "draining", "quarantined"
 #: Weight of the newest sample in a producer's latency and time-per-frame averages.
@@ -57,13 +58,6 @@ def typical_latency(values: Iterable[float | None]) -> float | None:
     neighbour does not make a third producer look fast, and one fast neighbour does not make it look slow."""
     known = [v for v in values if v is not None and v > 0]
     return median(known) if known else None
-
-
-def positive_seconds(name: str, value: object) -> float:
-    """``value`` as seconds, or :class:`ConfigError` naming ``name`` (finite and above 0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-from pxdbg.consumer.health import HealthPolicy, positive_seconds
+from pxdbg.consumer.health import HealthPolicy
 from pxdbg.shared import protocol
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.seeding import check_seed
 from pxdbg.shared.spec import ProducerSpec, TransportOptions
+from pxdbg.shared.validators import positive_seconds
 
 #: Hedged requests, as a fraction of the frames received, for a farm (local workers: none by default).
 DEFAULT_HEDGE_BUDGET = 0.05

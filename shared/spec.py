@@ -19,16 +19,10 @@ from dataclasses import dataclass, fields
 from pxdbg.shared import payloads, registry
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.identity import PRECISIONS, ModelIdentity
+from pxdbg.shared.validators import positive_int
 
 #: Largest batch a producer may be asked to run in one model call.
 MAX_BATCH_LIMIT = 4096
-
-
-def _positive_int(value, what: str, limit: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (limit is not None and value > limit):
-        bound = f"1..{limit}" if limit else "a positive integer"
-        raise ConfigError(f"{what} must be {bound}, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -62,9 +56,9 @@ class ProducerSpec:
                 raise ConfigError(f"checkpoint_sha256 must be 64 hex digits, got {self.checkpoint_sha256!r}")
             object.__setattr__(self, "checkpoint_sha256", digest)
         if self.max_batch is not None:
-            _positive_int(self.max_batch, "max_batch", MAX_BATCH_LIMIT)
+            positive_int("max_batch", self.max_batch, MAX_BATCH_LIMIT)
         if self.threads is not None:
-            _positive_int(self.threads, "threads")
+            positive_int("threads", self.threads)
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError(f"device must be a name such as 'cpu' or 'cuda', got {self.device!r}")
 
@@ -162,7 +156,7 @@ class TransportOptions:
     curve_server_public: str | None = None
 
     def __post_init__(self) -> None:
-        _positive_int(self.hwm, "hwm")
+        positive_int("hwm", self.hwm)
         if isinstance(self.linger_ms, bool) or not isinstance(self.linger_ms, int) or self.linger_ms < 0:
             raise ConfigError(f"linger_ms must be a non-negative integer, got {self.linger_ms!r}")
 

@@ -45,6 +45,7 @@ from pxdbg.shared import registry
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.geometry import VXD_IDS
 from pxdbg.shared.seeding import check_seed, event_index, event_key, event_stream_seed, seed_from_framework_seed
+from pxdbg.shared.validators import positive_seconds
 
 DEFAULT_GLOBALTAG = "PXDBackgroundGenerator"
 #: How frames are chosen: by the event's numbers (EventMetaData), or by its position in this job
@@ -162,12 +163,6 @@ class _Basf2Log(logging.Handler):
             self._basf2.B2DEBUG(EVENT_DEBUG_LEVEL, text)
 
 
-def _positive_seconds(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ValueError(f"expecting a positive number of seconds `{name}` (got: {value!r})")
-    return float(value)
-
-
 @functools.lru_cache(maxsize=None)  # noqa: UP033 - functools.cache needs Python 3.9; basf2 externals had 3.8
 def _module_class():
     try:
@@ -278,7 +273,7 @@ def _module_class():
             self.precision, self.compat_rng = precision, bool(compat_rng)
             self.keying = "sequence" if self.compat_rng else keying
             self.timeouts = {
-                name: _positive_seconds(name, value)
+                name: positive_seconds(name, value)
                 for name, value in (
                     ("frame_timeout", frame_timeout),
                     ("connect_timeout", connect_timeout),
