@@ -54,16 +54,6 @@ STATUS_BURST = 10.0
 SEND_HWM = 16
 
 
-def wire_frames(model, keys: list[tuple[int, int]]) -> list:
-    """What goes on the wire for frames ``keys``: sparse digits, or a dense host array for a frame that is
-    smaller dense (an untrained GAN hits every pixel: that also saves sparsifying millions of digits)."""
-    if not getattr(model, "is_gan", False):
-        return model.frames_for(keys)
-    from pxdbg.models.common import wire_frames as split
-
-    return split(model.dense_frames_for(keys), protocol.SPARSE_MAX_DIGITS, sparsify=model.engine.sparsify)
-
-
 class ProducerServer:
     """Serve ``model`` on ``bind`` (one endpoint or a list).
 
@@ -502,7 +492,7 @@ class ProducerServer:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    frames = wire_frames(self.model, [(w.seed, w.idx) for w in batch])
+                    frames = self.model.wire_frames_for([(w.seed, w.idx) for w in batch])
                 except Exception as exc:
                     log.error("generation failed for %d frames: %s", len(batch), exc)
                     self.stats.count("generation_errors")
