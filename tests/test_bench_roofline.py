@@ -109,12 +109,12 @@ def test_roofline_of_the_resnet_engine(precision):
 
     info = registry.get("resnet")
     device = torch.device("cpu")
-    engine = GanEngine(bench._trained_like("resnet", None), device, precision, info=info, images_per_call=1)
+    engine = GanEngine(bench.trained_like("resnet", None), device, precision, info=info, images_per_call=1)
     bandwidth = bench.memory_bandwidth_gbs(device, mib=32)
     assert bandwidth > 0
     outputs, hooks = _conv_layers(engine.fast_net)
     try:
-        bench._forward(engine, bench._call_latents(engine, None, device))
+        bench.forward_once(engine, bench.call_latents(engine, None, device))
     finally:
         for h in hooks:
             h.remove()

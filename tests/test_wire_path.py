@@ -13,7 +13,7 @@ import pytest
 torch = pytest.importorskip("torch")
 zmq = pytest.importorskip("zmq")
 
-from pxdbg.bench import _gan  # noqa: E402
+from pxdbg.bench import gan_model as _gan  # noqa: E402
 from pxdbg.producer.server import ProducerServer  # noqa: E402
 from pxdbg.shared import codecs, protocol  # noqa: E402
 from pxdbg.shared.frame import SparseFrame  # noqa: E402
