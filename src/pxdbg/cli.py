@@ -7,7 +7,6 @@ torch is imported only by the subcommands that generate in this process (generat
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import logging
@@ -18,6 +17,7 @@ import sys
 import threading
 import time
 
+from pxdbg import outputs
 from pxdbg.shared import discovery, payloads, registry, security, transport
 from pxdbg.shared.errors import ConfigError, PxdbgError
 from pxdbg.shared.seeding import event_index, event_stream_seed
@@ -25,17 +25,6 @@ from pxdbg.shared.spec import ProducerSpec
 from pxdbg.shared.version import __version__
 
 log = logging.getLogger("pxdbg")
-
-
-def _seed(text: str | None) -> tuple[int, bool]:
-    if text is None:
-        return int.from_bytes(os.urandom(8), "big", signed=True), True
-    from pxdbg.shared.seeding import check_seed
-
-    try:
-        return check_seed(int(text, 0)), False
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"bad --seed {text!r}: {exc}") from None
 
 
 class Progress:
@@ -91,7 +80,7 @@ def cmd_models_init(args) -> int:
 
     if not args.out.endswith(".pt"):
         raise ConfigError(f"-o/--out names the checkpoint to write, a .pt file; got {args.out!r}")
-    _refuse_overwrite(args.out, args.force)
+    outputs.refuse_overwrite(args.out, args.force)
     path = random_weights.write(args.model, args.out, seed=args.seed, occupancy=args.occupancy)
     sha = payloads.sha256_file(path)
     print(
@@ -156,7 +145,7 @@ def cmd_generate(args) -> int:
         meta["event_keyed"] = event_keyed
     if _random_weights(model):
         meta["random_weights"] = True
-    with _interruptible(), _output(args, meta) as out:
+    with outputs.interruptible(), _output(args, meta) as out:
         log.info(
             "generating %d events with %s on %s, stream seed %d%s",
             args.events - out.done,
@@ -185,133 +174,27 @@ def cmd_generate(args) -> int:
     return 0
 
 
-class _Interrupted(Exception):
-    """SIGTERM (a batch system's pre-emption or ``scancel``), handled like Ctrl-C."""
-
-    def __init__(self, signame: str) -> None:
-        super().__init__(signame)
-        self.signame = signame
-
-
-@contextlib.contextmanager
-def _interruptible():
-    def on_signal(signum, frame):
-        raise _Interrupted(signal.Signals(signum).name)
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _stream(args) -> tuple[int, bool, int]:
-    """The stream seed (and whether it was drawn at random) and first frame; ``--resume`` takes those of the
-    interrupted output when they are not given."""
-    previous = None
-    if getattr(args, "resume", False) and getattr(args, "out", None):
-        from pxdbg.shared.digitsfile import interrupted_meta
-
-        previous = interrupted_meta(args.out)
-    if previous is not None and args.seed is None:
-        # an event-keyed file holds its frames' (derived) stream seed; the seed given was this
-        keyed = previous.get("event_keyed")
-        seed, random_seed = int(keyed["seed"] if isinstance(keyed, dict) else previous["seed"]), False
-    else:
-        seed, random_seed = _seed(args.seed)
-    first = args.first_frame
-    if first is None and getattr(args, "event", None) is not None:
-        first = 0  # chosen by the event numbers instead
-    elif first is None:
-        first = int(previous.get("first_frame", 0)) if previous is not None else 0
-    if first < 0:
-        raise ConfigError(f"--first-frame must be non-negative, got {first}")
-    return seed, random_seed, first
+    """The stream seed (and whether it was drawn at random) and first frame of ``generate`` or ``run``."""
+    return outputs.stream_start(
+        args.seed,
+        args.first_frame,
+        out=getattr(args, "out", None),
+        resume=getattr(args, "resume", False),
+        by_event=getattr(args, "event", None) is not None,
+    )
 
 
-class _Output:
-    """The output file of a run, if any: resumed or new, and kept as a valid partial file when the run stops."""
-
-    def __init__(self, args, meta: dict) -> None:
-        self.path, self.events, self.stopped, self.meta = getattr(args, "out", None), args.events, 0, meta
-        self.writer = None
-        if self.path:
-            if not self.path.endswith((".npz", ".root")):
-                raise ConfigError(f"--out must name a .npz or .root file, got {self.path!r}")
-            if not args.resume:
-                _refuse_overwrite(self.path, args.force, resumable=True)
-            from pxdbg.rootio import digits_writer
-
-            self.writer = digits_writer(self.path, meta, resume=args.resume)
-        self.done = self.writer.n_events if self.writer is not None else 0
-        if self.done > args.events:
-            raise ConfigError(f"{self.path} already holds {self.done} events, more than --events {args.events}")
-
-    def append(self, frame) -> None:
-        if self.writer is not None:
-            self.writer.append(frame)
-        self.done += 1
-
-    def __enter__(self) -> _Output:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        with _signals_held():
-            if exc_type is None:
-                if self.writer is not None:
-                    self.writer.close()
-                return False
-            kept = self._keep()
-        if issubclass(exc_type, (KeyboardInterrupt, _Interrupted)):
-            why = exc.signame if isinstance(exc, _Interrupted) else "SIGINT"
-            print(f"pxdbg: stopped by {why} after {self.done} of {self.events} events; {kept}", file=sys.stderr)
-            self.stopped = 128 + getattr(signal, why)
-            return True
-        if kept and self.writer is not None:  # the error itself follows in one line; this says what was kept
-            print(f"pxdbg: the run failed after {self.done} of {self.events} events; {kept}", file=sys.stderr)
-        return False
-
-    def _keep(self) -> str:
-        """Close the events so far as a partial output (resumable), or drop an empty one."""
-        if self.writer is None:
-            return "no output file was asked for"
-        if self.writer.n_events == 0:
-            self.writer.abort()
-            return ""
-        try:
-            self.writer.close(complete=False)
-        except (OSError, PxdbgError) as exc:
-            return f"the events so far could not be written ({exc}); what was written stays for --resume"
-        next_frame = int(self.meta.get("first_frame", 0)) + self.writer.n_events
-        hint = "--resume" if self.path.endswith(".npz") else f"--first-frame {next_frame} into a new file"
-        return f"{self.path} holds them (marked partial); continue with the same command and {hint}"
-
-
-@contextlib.contextmanager
-def _signals_held():
-    """Finish writing an output before reacting to SIGTERM/SIGINT (a batch system follows up with SIGKILL)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _output(args, meta: dict) -> _Output:
-    return _Output(args, meta)
-
-
-def _refuse_overwrite(path: str, force: bool, *, resumable: bool = False) -> None:
-    """An existing output is a user's data (perhaps a partial file the stop message said to resume): replaced
-    only with --force."""
-    if force or not os.path.exists(path):
-        return
-    hint = "; or continue a partial one with --resume" if resumable else ""
-    raise ConfigError(f"{path} exists; name a new file, or pass --force to replace it{hint}")
+def _output(args, meta: dict) -> outputs.RunOutput:
+    """The ``--out`` of ``generate`` or ``run`` (none: the events are only counted); its reports go to stderr."""
+    return outputs.RunOutput(
+        getattr(args, "out", None),
+        args.events,
+        meta,
+        resume=getattr(args, "resume", False),
+        force=getattr(args, "force", False),
+        notify=lambda text: print(text, file=sys.stderr),
+    )
 
 
 # -- produce -------------------------------------------------------------------------------------------
@@ -446,7 +329,7 @@ def cmd_run(args) -> int:
     source = dict(workers=args.workers) if args.workers else dict(endpoints=args.connect)
     t_start = time.perf_counter()
     try:
-        with _interruptible(), _output(args, meta) as out:
+        with outputs.interruptible(), _output(args, meta) as out:
             start = out.done
             with BackgroundClient(
                 **source,
@@ -556,7 +439,7 @@ def cmd_validate(args) -> int:
         bar = bars.setdefault(label, Progress(total, what=f"events of {label}"))
         bar.update(done)
 
-    seed, _ = _seed(args.seed if args.seed is not None else "1")
+    seed, _ = outputs.parse_seed(args.seed if args.seed is not None else "1")
     checks, report = validate(
         args.sample,
         args.reference,
@@ -582,7 +465,7 @@ def cmd_validate(args) -> int:
 def cmd_join(args) -> int:
     from pxdbg.shared.digitsfile import join
 
-    _refuse_overwrite(args.out, args.force)
+    outputs.refuse_overwrite(args.out, args.force)
     joined = join(args.out, args.parts, remove_parts=args.remove_parts)
     print(
         f"wrote {joined.n_events} events of stream {joined.meta.get('seed')} (frames "
@@ -662,7 +545,7 @@ def cmd_export(args) -> int:
 
     torch.set_num_threads(args.threads)
     args.first_frame = args.first_frame if args.first_frame is not None else 0
-    seed, random_seed = _seed(args.seed)
+    seed, random_seed = outputs.parse_seed(args.seed)
     model = load_spec(ProducerSpec.from_args(args))
     meta = {**model.identity.as_dict(), "seed": seed, "first_frame": args.first_frame}
     progress = Progress(args.events, enabled=not args.quiet)
