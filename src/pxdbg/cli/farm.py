@@ -30,7 +30,7 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from pxdbg.consumer.status import ask_status
+    from pxdbg.consumer.status import ask_status, status_rows
 
     source = discovery.parse(args.endpoints)
     options = security.options_from_args(args)
@@ -45,7 +45,7 @@ def run_status(args: argparse.Namespace) -> int:
         if latest is None:
             print(f"no producers found through {source}", file=sys.stderr, flush=True)
         else:
-            rows = _status_rows(endpoints, latest, earlier, args.timeout)
+            rows = status_rows(endpoints, latest, earlier, args.timeout)
             if args.json:
                 print(json.dumps({"source": str(source), "time": time.time(), "producers": rows}), flush=True)
             else:
@@ -92,35 +92,6 @@ def run_jobs(args: argparse.Namespace) -> int:
         if args.prom:
             print(f"wrote           {args.prom}")
     return 0 if totals.jobs else 1
-
-
-def _status_rows(endpoints: list[str], latest, earlier, timeout: float) -> list[dict]:
-    """One row per endpoint: its state in the ``latest`` look (answered, refused, bad reply, silent), its checked
-    snapshot, and frames/s over the time since the ``earlier`` look if it answered both, else the average since
-    the producer started."""
-    from pxdbg.consumer.status import printable
-
-    rows = []
-    for ep in endpoints:
-        row = {"endpoint": printable(ep, 256), "state": "answered", "why": None, "frames_per_s": None}
-        snap = latest.get(ep)
-        if snap is None:
-            if ep in latest.refused:
-                row.update(state="refused", why=printable(latest.refused[ep], 1000))
-            elif ep in latest.bad:
-                row.update(state="bad reply", why=latest.bad[ep])
-            else:
-                row.update(state="silent", why=f"no answer in {timeout:g} s")
-            rows.append({**row, "snapshot": None})
-            continue
-        sent, before = snap["counters"].get("frames_sent", 0), (earlier or {}).get(ep)
-        span = snap["uptime_s"] - before["uptime_s"] if before is not None else 0.0
-        if span > 0:
-            rate = (sent - before["counters"].get("frames_sent", 0)) / span
-        else:
-            rate = sent / max(snap["uptime_s"], 1e-9)
-        rows.append({**row, "frames_per_s": round(rate, 3), "snapshot": snap})
-    return rows
 
 
 def _print_status_table(rows: list[dict], source, timeout: float) -> None:
