@@ -73,7 +73,7 @@ class Progress:
             print(f"{done}/{self.total} {self.what} ({pct} %), {rate:.1f}/s {text}", file=sys.stderr, flush=True)
 
 
-def stream(args) -> tuple[int, bool, int]:
+def stream(args: argparse.Namespace) -> tuple[int, bool, int]:
     """The stream seed (and whether it was drawn at random) and first frame of ``generate`` or ``run``."""
     return outputs.stream_start(
         args.seed,
@@ -84,7 +84,7 @@ def stream(args) -> tuple[int, bool, int]:
     )
 
 
-def output(args, meta: dict) -> outputs.RunOutput:
+def output(args: argparse.Namespace, meta: dict) -> outputs.RunOutput:
     """The ``--out`` of ``generate`` or ``run`` (none: the events are only counted); its reports go to stderr."""
     return outputs.RunOutput(
         getattr(args, "out", None),
@@ -96,7 +96,7 @@ def output(args, meta: dict) -> outputs.RunOutput:
     )
 
 
-def random_weights(model) -> bool:
+def has_random_weights(model) -> bool:
     """Whether a loaded model's checkpoint is marked as seeded random weights (``pxdbg models init``)."""
     if not model.is_gan or model.checkpoint_path is None:
         return False

@@ -7,7 +7,7 @@ import os
 import time
 
 from pxdbg import outputs
-from pxdbg.cli.common import QUIET_HELP, Progress, log, output, positive, random_weights, stream
+from pxdbg.cli.common import QUIET_HELP, Progress, has_random_weights, log, output, positive, stream
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.seeding import event_index, event_stream_seed
 from pxdbg.shared.spec import ProducerSpec
@@ -67,7 +67,7 @@ def run_generate(args: argparse.Namespace) -> int:
     meta = {**model.identity.as_dict(), "seed": stream_seed, "first_frame": first_frame}
     if event_keyed is not None:
         meta["event_keyed"] = event_keyed
-    if random_weights(model):
+    if has_random_weights(model):
         meta["random_weights"] = True
     with outputs.interruptible(), output(args, meta) as out:
         log.info(

@@ -6,7 +6,7 @@ import argparse
 import signal
 import threading
 
-from pxdbg.cli.common import log, positive, random_weights, seconds
+from pxdbg.cli.common import has_random_weights, log, positive, seconds
 from pxdbg.shared import discovery, security, transport
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import ProducerSpec
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_spec(spec)
     how = f"{threads} torch thread(s)" if uses_torch else "numpy (torch not loaded)"
     log.info("%s on %s with %s", model.identity, model.device, how)
-    if random_weights(model):
+    if has_random_weights(model):
         log.warning(
             "%s holds seeded random weights (pxdbg models init): its frames are no background", model.checkpoint_path
         )
