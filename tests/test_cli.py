@@ -284,3 +284,7 @@ def test_every_command_has_something_to_run(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, cli.Command("lonely", "a group without subcommands")))
     with pytest.raises(AssertionError, match="pxdbg lonely has nothing to run and no subcommands"):
         cli.build_parser()
+    orphan = cli.Command("fleet simulate", "a subcommand of no group", run=lambda args: 0)
+    monkeypatch.setattr(cli, "COMMANDS", (orphan, *cli.COMMANDS))
+    with pytest.raises(AssertionError, match="pxdbg fleet simulate is listed before its group pxdbg fleet"):
+        cli.build_parser()

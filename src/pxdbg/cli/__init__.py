@@ -141,12 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     parsers = {(): parser}
     children = {(): parser.add_subparsers(dest="command", required=True)}
     groups = {tuple(c.words.split()[:-1]) for c in COMMANDS}
+    runs = {tuple(c.words.split()): c.run is not None for c in COMMANDS}
     for command in COMMANDS:
         words = tuple(command.words.split())
         parent = words[:-1]
+        if parent not in parsers:
+            raise AssertionError(f"pxdbg {command.words} is listed before its group pxdbg {' '.join(parent)}")
         if parent not in children:  # the first subcommand of a command: its subparsers, named as argparse reports
-            runs = next(c.run for c in COMMANDS if tuple(c.words.split()) == parent) is not None
-            children[parent] = parsers[parent].add_subparsers(dest=f"{parent[-1]}_command", required=not runs)
+            children[parent] = parsers[parent].add_subparsers(dest=f"{parent[-1]}_command", required=not runs[parent])
         p = parsers[words] = children[parent].add_parser(words[-1], help=command.help)
         if command.add_arguments is not None:
             command.add_arguments(p)
