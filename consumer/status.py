@@ -133,6 +133,35 @@ def ask_status(endpoints: list[str], timeout: float, transport: TransportOptions
     return replies
 
 
+def status_rows(
+    endpoints: list[str], latest: StatusReplies, earlier: StatusReplies | None, timeout: float
+) -> list[dict]:
+    """One row per endpoint: its state in the ``latest`` look (answered, refused, bad reply, silent), its checked
+    snapshot, and frames/s over the time since the ``earlier`` look if it answered both, else the average since
+    the producer started. ``timeout``: how long the look waited (for a silent producer's row)."""
+    rows = []
+    for ep in endpoints:
+        row = {"endpoint": printable(ep, 256), "state": "answered", "why": None, "frames_per_s": None}
+        snap = latest.get(ep)
+        if snap is None:
+            if ep in latest.refused:
+                row.update(state="refused", why=printable(latest.refused[ep], 1000))
+            elif ep in latest.bad:
+                row.update(state="bad reply", why=latest.bad[ep])
+            else:
+                row.update(state="silent", why=f"no answer in {timeout:g} s")
+            rows.append({**row, "snapshot": None})
+            continue
+        sent, before = snap["counters"].get("frames_sent", 0), (earlier or {}).get(ep)
+        span = snap["uptime_s"] - before["uptime_s"] if before is not None else 0.0
+        if span > 0:
+            rate = (sent - before["counters"].get("frames_sent", 0)) / span
+        else:
+            rate = sent / max(snap["uptime_s"], 1e-9)
+        rows.append({**row, "frames_per_s": round(rate, 3), "snapshot": snap})
+    return rows
+
+
 def _read_reply(parts: list, replies: StatusReplies, ep: str) -> str | None:
     """Store a good snapshot in ``replies``; otherwise return why the answer was rejected."""
     if len(parts) != 1:

@@ -201,6 +201,33 @@ class BackgroundModel:
             return self.module.generate_sparse(self.net, [frame_rng(seed, i) for seed, i in keys])
         return self.engine.sparsify(self.dense_frames_for(keys))
 
+    # -- what a producer sends: the one wire path, for the producer and the bench alike ----------------------
+    def wire_frames_for(self, keys: Sequence[tuple[int, int]]) -> list[SparseFrame | np.ndarray]:
+        """Frames ``keys`` as they go on the wire: sparse digits, or a dense host (40, 250, 768) uint8 array for
+        a frame with more hits than the sparse encodings hold (see :meth:`to_wire`)."""
+        if not self.is_gan:
+            return self.module.generate_sparse(self.net, [frame_rng(seed, i) for seed, i in keys])
+        return self.to_wire(self.dense_frames_for(keys))
+
+    def to_wire(self, dense: torch.Tensor) -> list[SparseFrame | np.ndarray]:
+        """A generated dense batch (B, 40, 250, 768) uint8 on the device, as it goes on the wire: sparsified
+        by the engine (on the device, through pinned memory on CUDA), except frames above
+        ``protocol.SPARSE_MAX_DIGITS`` hits, which stay dense (smaller, and an untrained GAN that hits every
+        pixel is not sparsified digit by digit)."""
+        from pxdbg.models.common import wire_frames
+        from pxdbg.shared import protocol
+
+        sparsify = self.engine.sparsify if self.engine is not None else None
+        return wire_frames(dense, protocol.SPARSE_MAX_DIGITS, sparsify=sparsify)
+
+    def encode(self, seed: int, idx: int, frame: SparseFrame | np.ndarray, codec: str | None = None):
+        """Frame ``idx`` of stream ``seed`` (one item of :meth:`wire_frames_for`) as a ``frame`` message of this
+        model's identity, its sparse encodings compressed with ``codec`` (the one negotiated with the consumer;
+        None: uncompressed). Returns a :class:`pxdbg.shared.protocol.EncodedFrame`."""
+        from pxdbg.shared import protocol
+
+        return protocol.encode_frame(seed, idx, str(self.identity), frame, codec=codec)
+
 
 def load(
     name: str,

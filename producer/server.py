@@ -2,11 +2,11 @@
 
 Three threads. The network thread owns the ROUTER socket: it checks every message against the protocol's
 schema (anything malformed is counted and dropped), answers hello/ping/status at once (so heartbeats flow while
-the model computes), queues requests per consumer (:mod:`pxdbg.producer.queues`), hands each consumer's
-finished frames to its socket without waiting on any other consumer, and forgets consumers that are silent or
-do not read. The generation thread takes up to ``max_batch`` frames round robin across consumers and runs one
-model call; a post thread encodes the frames (in each consumer's negotiated wire codec) while the next batch
-computes. A generation failure is shipped back to the consumers that asked, as an ``error`` message.
+the model computes), queues requests per consumer (:mod:`~pxdbg.producer.queues`), hands each consumer's frames
+to its socket without waiting on any other, and forgets peers by :mod:`~pxdbg.producer.peer_policy`. The
+generation thread takes up to ``max_batch`` frames round robin across consumers and runs one model call; the post
+thread (:mod:`~pxdbg.producer.post`) encodes them in each consumer's codec while the next batch computes. A
+generation failure is shipped back to the consumers that asked, as an ``error`` message.
 
 Shutdown: :meth:`ProducerServer.shutdown` (SIGTERM or SIGINT in ``pxdbg produce``) drains: no more requests
 are taken, queued ones are listed to their consumers in a ``goodbye`` (they re-issue them elsewhere at once),
@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import math
 import os
-import queue
 import socket
 import threading
 import time
 import traceback
-from collections import OrderedDict
 
 import zmq
 
-from pxdbg.producer.queues import ConsumerQueues, LimitError, Work
+from pxdbg.producer import peer_policy
+from pxdbg.producer.post import PostThread
+from pxdbg.producer.queues import ConsumerQueues, LimitError
 from pxdbg.producer.stats import ProducerStats
 from pxdbg.shared import codecs, protocol, security, transport
-from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import TransportOptions
 
 log = logging.getLogger("pxdbg.producer")
@@ -44,24 +42,8 @@ MAX_PENDING_PER_CONSUMER = protocol.MAX_INDICES_PER_REQUEST
 MAX_CONSUMERS = 256
 #: Longest routing id libzmq gives a peer, bytes (a peer may choose its own, up to 255 bytes).
 MAX_ROUTING_ID = 256
-#: Seconds a peer that sent an oversized message is ignored; most such peers remembered.
-BAN_S = 60.0
-MAX_BANNED = 4096
-#: ``status`` requests answered per peer: per second, and at once (the rest are dropped and counted).
-STATUS_PER_S = 5.0
-STATUS_BURST = 10.0
 #: Messages libzmq may hold for one consumer's connection: the rest wait in that consumer's own send queue.
 SEND_HWM = 16
-
-
-def wire_frames(model, keys: list[tuple[int, int]]) -> list:
-    """What goes on the wire for frames ``keys``: sparse digits, or a dense host array for a frame that is
-    smaller dense (an untrained GAN hits every pixel: that also saves sparsifying millions of digits)."""
-    if not getattr(model, "is_gan", False):
-        return model.frames_for(keys)
-    from pxdbg.models.common import wire_frames as split
-
-    return split(model.dense_frames_for(keys), protocol.SPARSE_MAX_DIGITS, sparsify=model.engine.sparsify)
 
 
 class ProducerServer:
@@ -69,11 +51,10 @@ class ProducerServer:
 
     Limits (settings; a consumer over one gets an ``error`` that says so, the others are unaffected):
     ``max_consumers`` served at once (at most ``max_per_address`` from one IP address, default half of them, so
-    one host cannot take every slot); ``max_pending`` frames asked but not yet sent per consumer. Consumers that
-    say hello and nothing else (no ping, no request) for ``hello_timeout`` seconds (they would hold a slot for
-    nothing), that send nothing for ``client_timeout`` seconds, or whose socket accepts nothing for
-    ``stall_timeout`` seconds while frames wait for them, are forgotten with their frames (they say hello again
-    if they come back).
+    one host cannot take every slot); ``max_pending`` frames asked but not yet sent per consumer. Consumers idle
+    after their hello for ``hello_timeout`` seconds, silent for ``client_timeout`` seconds, or not reading for
+    ``stall_timeout`` seconds (:func:`~pxdbg.producer.peer_policy.stale_consumers`) are forgotten with their
+    frames (they say hello again if they come back).
     ``grace``: seconds a shutdown may take to finish batches in progress.
     """
 
@@ -98,14 +79,9 @@ class ProducerServer:
     ) -> None:
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError("max_batch must be at least 1")
-        for name, value in (
-            ("client_timeout", client_timeout),
-            ("hello_timeout", hello_timeout),
-            ("stall_timeout", stall_timeout),
-            ("grace", grace),
-        ):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-                raise ConfigError(f"{name} must be a finite number of seconds, at least 0, got {value!r}")
+        peer_policy.check_seconds(
+            client_timeout=client_timeout, hello_timeout=hello_timeout, stall_timeout=stall_timeout, grace=grace
+        )
         self.model = model
         self.identity = model.identity
         self.identity_str = str(model.identity)
@@ -115,7 +91,7 @@ class ProducerServer:
         self.max_batch = max_batch
         self.client_timeout = client_timeout
         self.hello_timeout = hello_timeout
-        self._status_limit = RateLimit(STATUS_PER_S, STATUS_BURST)
+        self._status_limit = peer_policy.RateLimit(peer_policy.STATUS_PER_S, peer_policy.STATUS_BURST)
         self.stall_timeout = stall_timeout
         self.grace = grace
         self.parent_pid = parent_pid
@@ -134,12 +110,11 @@ class ProducerServer:
         self._drain_asked = threading.Event()
         self._draining_since: float | None = None
         self._serving = False
-        self._started = time.monotonic()
-        self._last_progress = self._started
+        self._started = self._last_progress = time.monotonic()
         self._inproc = f"inproc://pxdbg-results-{id(self)}"
         self.allow_list: security.AllowList | None = None
         self._trim_memory = False
-        self._banned: OrderedDict[bytes, float] = OrderedDict()  # routing id -> ignored until (monotonic)
+        self._banned = peer_policy.BanList()  # senders of oversized messages
         self._info = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -182,8 +157,7 @@ class ProducerServer:
     def serve(self, ready: threading.Event | None = None) -> None:
         """Serve until :meth:`stop`, the end of a :meth:`shutdown`, or the parent process's death."""
         ctx = zmq.Context()
-        sock = results = None
-        gen = None
+        sock = results = gen = None
         try:
             sock = transport.router(ctx, self.endpoints, self.transport_options, sndhwm=self.send_hwm)
             self.allow_list = security.allow_list(sock)  # CURVE: refused handshakes, for snapshot()
@@ -244,11 +218,9 @@ class ProducerServer:
                     if dropped:
                         self._oversized(parts[0], dropped)
                         continue
-                    if parts[0] in self._banned:
-                        if time.monotonic() < self._banned[parts[0]]:
-                            self.stats.count("messages_from_banned_peers")
-                            continue
-                        del self._banned[parts[0]]
+                    if self._banned.banned(parts[0], time.monotonic()):
+                        self.stats.count("messages_from_banned_peers")
+                        continue
                     try:
                         self._handle(sock, parts, frames[0])
                     except Exception:  # a bug here must not take the producer down with it
@@ -335,10 +307,7 @@ class ProducerServer:
         self._bad("oversized_messages", f"a message with {dropped} parts beyond the bound; its sender is ignored")
         self._forget(cid, "it sent an oversized message")
         self._trim_memory = True  # after the whole message is read (the housekeeping pass)
-        self._banned[cid] = time.monotonic() + BAN_S
-        self._banned.move_to_end(cid)
-        while len(self._banned) > MAX_BANNED:
-            self._banned.popitem(last=False)
+        self._banned.ban(cid, time.monotonic())
 
     def _bad(self, kind: str, detail: str) -> None:
         n = self.stats.count(kind)
@@ -441,33 +410,26 @@ class ProducerServer:
                 ),
             )
 
-    def _forget(self, cid: bytes, why: str | None, counter: str | None = None) -> None:
-        """Forget a consumer; ``counter``: count it there and log sparsely (a flood of squatters or oversized
-        messages must not flood the log)."""
+    def _forget(self, cid: bytes, why: str | None, counter: str | None = None, sparse: bool = True) -> None:
+        """Forget a consumer (``why`` None: it said bye); ``counter``: count it there, and log it sparsely unless
+        ``sparse`` is False (a flood of squatters or oversized messages must not flood the log)."""
         consumer = self.queues.remove(cid)
         if consumer is None:
             return
+        text = f"consumer {consumer.name} forgotten ({why}); {consumer.pending} pending frames dropped"
         if why is None:
             log.info("consumer %s left; %d pending frames dropped", consumer.name, consumer.pending)
-        elif counter is not None:
-            self._bad(counter, f"consumer {consumer.name} forgotten ({why}); {consumer.pending} pending frames dropped")
+        elif counter is not None and sparse:
+            self._bad(counter, text)
         else:
-            log.warning("consumer %s forgotten (%s); %d pending frames dropped", consumer.name, why, consumer.pending)
+            if counter is not None:
+                self.stats.count(counter)
+            log.warning("%s", text)
 
     def _expire(self, now: float) -> None:
-        for consumer in self.queues.consumers():
-            if not consumer.active and now - consumer.admitted > self.hello_timeout:
-                self._forget(
-                    consumer.cid,
-                    f"it said hello and nothing else for {now - consumer.admitted:.0f} s",
-                    "consumers_idle",
-                )
-            elif now - consumer.last_seen > self.client_timeout:
-                self.stats.count("consumers_expired")
-                self._forget(consumer.cid, f"silent for {now - consumer.last_seen:.0f} s")
-            elif consumer.blocked_since is not None and now - consumer.blocked_since > self.stall_timeout:
-                self.stats.count("consumers_not_reading")
-                self._forget(consumer.cid, f"it read no frame for {now - consumer.blocked_since:.0f} s")
+        timeouts = (self.hello_timeout, self.client_timeout, self.stall_timeout)
+        for v in peer_policy.stale_consumers(self.queues.consumers(), now, *timeouts):
+            self._forget(v.cid, v.why, v.counter, sparse=v.sparse)
 
     def _drain(self, sock: zmq.Socket, now: float) -> None:
         if self._draining_since is None:
@@ -492,8 +454,15 @@ class ProducerServer:
     # -- generation thread ------------------------------------------------------------------------------
     def _generation_loop(self, ctx: zmq.Context) -> None:
         """Run the model; a post thread encodes and sends, so the next batch computes meanwhile."""
-        handoff: queue.Queue = queue.Queue(maxsize=2)
-        post = threading.Thread(target=self._post_loop, args=(ctx, handoff), name="pxdbg-post", daemon=True)
+        post = PostThread(
+            ctx,
+            self._inproc,
+            self.identity_str,
+            self.stats,
+            self._stop,
+            linger_ms=self.transport_options.linger_ms,
+            on_dead=self.stop,
+        )
         post.start()
         try:
             while not self._stop.is_set():
@@ -502,97 +471,20 @@ class ProducerServer:
                     continue
                 t0 = time.perf_counter()
                 try:
-                    frames = wire_frames(self.model, [(w.seed, w.idx) for w in batch])
+                    frames = self.model.wire_frames_for([(w.seed, w.idx) for w in batch])
                 except Exception as exc:
                     log.error("generation failed for %d frames: %s", len(batch), exc)
                     self.stats.count("generation_errors")
                     text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                    self._hand_over(handoff, post, ("error", batch, (protocol.E_GENERATION, text)))
+                    post.hand_over("error", batch, (protocol.E_GENERATION, text))
                     continue
                 self.stats.histograms["model_seconds"].observe(time.perf_counter() - t0)
                 self.stats.histograms["batch_size"].observe(len(batch))
                 self.stats.count("frames_generated", len(batch))
                 self._last_progress = time.monotonic()
-                self._hand_over(handoff, post, ("frames", batch, frames))
+                post.hand_over("frames", batch, frames)
         finally:
-            if post.is_alive():
-                self._hand_over(handoff, post, None, force=True)
-            post.join(timeout=30)
-
-    def _hand_over(self, handoff: queue.Queue, post: threading.Thread, item, force: bool = False) -> None:
-        """Queue work for the post thread; never wait forever on a post thread that died or is stuck. ``force``
-        (the end-of-work marker) is tried for a few seconds even after a stop."""
-        deadline = time.monotonic() + 5.0
-        while (force and time.monotonic() < deadline) or not self._stop.is_set():
-            try:
-                handoff.put(item, timeout=0.5)
-                return
-            except queue.Full:
-                if not post.is_alive():
-                    log.error("the post thread died; stopping the producer")
-                    self.stop()
-                    return
-
-    def _post_loop(self, ctx: zmq.Context, handoff: queue.Queue) -> None:
-        out = ctx.socket(zmq.PAIR)
-        out.setsockopt(zmq.SNDTIMEO, 500)  # so that a stop is noticed even when the network thread reads no more
-        out.connect(self._inproc)
-        try:
-            while True:
-                item = handoff.get()
-                if item is None:
-                    return
-                kind, batch, payload = item
-                t0 = time.perf_counter()
-                if kind == "frames":
-                    try:
-                        if len(payload) != len(batch):
-                            raise ValueError(f"the model gave {len(payload)} frames for {len(batch)} asked")
-                        messages = [
-                            (w, protocol.encode_frame(w.seed, w.idx, self.identity_str, f, codec=w.codec).parts())
-                            for w, f in zip(batch, payload)
-                        ]
-                    except Exception as exc:  # a frame the model made but we cannot encode: report, go on
-                        log.exception("encoding failed for %d frames", len(batch))
-                        self.stats.count("encoding_errors")
-                        kind, payload = (
-                            "error",
-                            (
-                                protocol.E_ENCODING,
-                                f"the producer could not encode the frames: {type(exc).__name__}: {str(exc)[:500]}",
-                            ),
-                        )
-                if kind == "error":
-                    code, text = payload
-                    messages = [(w, [protocol.error(text, code=code, seed=w.seed, indices=[w.idx])]) for w in batch]
-                for w, parts in messages:
-                    while not self._stop.is_set():
-                        try:
-                            out.send_multipart(_routed(w, parts), copy=False)
-                            break
-                        except zmq.Again:
-                            continue
-                self.stats.histograms["post_seconds"].observe(time.perf_counter() - t0)
-        finally:
-            out.close(self.transport_options.linger_ms)
-
-
-class RateLimit:
-    """A token bucket per peer (``rate`` per second, ``burst`` at once), for at most ``max_peers`` peers (the
-    least recently seen are forgotten: a forgotten peer starts with a full bucket)."""
-
-    def __init__(self, rate: float, burst: float, max_peers: int = 4096) -> None:
-        self.rate, self.burst, self.max_peers = rate, burst, max_peers
-        self._buckets: OrderedDict[bytes, tuple[float, float]] = OrderedDict()  # peer -> (tokens, at)
-
-    def allow(self, peer: bytes, now: float) -> bool:
-        tokens, at = self._buckets.pop(peer, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        allowed = tokens >= 1
-        self._buckets[peer] = (tokens - 1 if allowed else tokens, now)
-        if len(self._buckets) > self.max_peers:
-            self._buckets.popitem(last=False)
-        return allowed
+            post.finish()
 
 
 def _peer_ip(frame: zmq.Frame | None) -> str | None:
@@ -605,7 +497,3 @@ def _peer_ip(frame: zmq.Frame | None) -> str | None:
     except (zmq.ZMQError, ValueError, TypeError):
         return None
     return address
-
-
-def _routed(work: Work, parts: list) -> list:
-    return [work.cid, work.serial.to_bytes(8, "little"), *parts]

@@ -247,3 +247,44 @@ def test_models_init_writes_marked_random_weights_that_payload_add_refuses(tmp_p
     other = tmp_path / "other-name.pt"
     run("models", "init", "convnet", "-o", str(other), "--seed", "3")
     assert other.read_bytes() == ckpt.read_bytes(), "the same seed gives the same file (and sha256)"
+
+
+def test_a_new_subcommand_is_one_registration(monkeypatch, capsys):
+    """A module with ``add_arguments(parser)`` and ``run(args) -> int`` becomes ``pxdbg farm simulate`` by one entry of
+    ``COMMANDS``; it is listed under its group, parses its own options and its exit status is pxdbg's."""
+    import types
+
+    from pxdbg import cli
+
+    module = types.SimpleNamespace(
+        add_arguments=lambda parser: parser.add_argument("--producers", type=int, required=True),
+        run=lambda args: print(f"simulated {args.producers} producers") or 3,
+    )
+    monkeypatch.setattr(
+        cli,
+        "COMMANDS",
+        (*cli.COMMANDS, cli.Command("farm simulate", "simulate a farm", module.add_arguments, module.run)),
+    )
+    assert cli.main(["farm", "simulate", "--producers", "5"]) == 3
+    assert capsys.readouterr().out == "simulated 5 producers\n"
+    with pytest.raises(SystemExit):
+        cli.main(["farm", "--help"])
+    assert "simulate a farm" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["farm", "simulate"])
+    assert "the following arguments are required: --producers" in capsys.readouterr().err
+
+
+def test_every_command_has_something_to_run(monkeypatch):
+    from pxdbg import cli
+
+    groups = {tuple(c.words.split()[:-1]) for c in cli.COMMANDS}
+    for command in cli.COMMANDS:
+        assert command.run is not None or tuple(command.words.split()) in groups, command.words
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, cli.Command("lonely", "a group without subcommands")))
+    with pytest.raises(AssertionError, match="pxdbg lonely has nothing to run and no subcommands"):
+        cli.build_parser()
+    orphan = cli.Command("fleet simulate", "a subcommand of no group", run=lambda args: 0)
+    monkeypatch.setattr(cli, "COMMANDS", (orphan, *cli.COMMANDS))
+    with pytest.raises(AssertionError, match="pxdbg fleet simulate is listed before its group pxdbg fleet"):
+        cli.build_parser()

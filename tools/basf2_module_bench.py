@@ -34,15 +34,9 @@ STANDIN = REPO / "tests" / "standin"
 
 
 def machine() -> str:
-    name = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{name}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}"
+    from pxdbg.bench.machine import cpu_name
+
+    return f"{cpu_name()}, {len(os.sched_getaffinity(0))} CPUs, Python {platform.python_version()}"
 
 
 def basf2_job(tmp: Path, bgfile: Path, gil: float, events: int) -> dict:

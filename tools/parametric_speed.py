@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 
 import numpy as np
 
 from pxdbg import models
+from pxdbg.bench.machine import cpu_name
 from pxdbg.shared.seeding import frame_rng
-
-
-def machine() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             times[name].append((time.process_time() - t0) / args.frames)
             walls[name].append((time.perf_counter() - w0) / args.frames)
     print(
-        f"parametric generation on one core of {machine()} (load average {os.getloadavg()[0]:.1f}), "
+        f"parametric generation on one core of {cpu_name()} (load average {os.getloadavg()[0]:.1f}), "
         f"{args.rounds} rounds of {args.frames} frames:"
     )
     base = min(times["shipped"])

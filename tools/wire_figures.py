@@ -9,22 +9,11 @@ same table.
 from __future__ import annotations
 
 import os
-import platform
 import sys
-from pathlib import Path
 
 from pxdbg import models
+from pxdbg.bench.machine import cpu_name
 from pxdbg.shared import codecs, registry
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
