@@ -32,6 +32,7 @@ from pxdbg.producer.post import PostThread
 from pxdbg.producer.queues import ConsumerQueues, LimitError
 from pxdbg.producer.stats import ProducerStats
 from pxdbg.shared import codecs, protocol, security, transport
+from pxdbg.shared.sparselog import warn_sparsely
 from pxdbg.shared.spec import TransportOptions
 
 log = logging.getLogger("pxdbg.producer")
@@ -311,8 +312,7 @@ class ProducerServer:
 
     def _bad(self, kind: str, detail: str) -> None:
         n = self.stats.count(kind)
-        if n <= 5 or n % 1000 == 0:
-            log.warning("%s (%d so far): %s", kind.replace("_", " "), n, detail)
+        warn_sparsely(log, n, "%s (%d so far): %s", kind.replace("_", " "), n, detail)
 
     def _handle(self, sock: zmq.Socket, parts: list, first: zmq.Frame | None = None) -> None:
         """One message: ``parts`` as bytes (routing id first); ``first``: its first part as received (it knows

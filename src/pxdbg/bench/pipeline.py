@@ -21,6 +21,7 @@ import numpy as np
 
 from pxdbg.bench.machine import cpu_name
 from pxdbg.bench.weights import gan_model
+from pxdbg.shared.cpus import usable_cpus
 from pxdbg.shared.geometry import FRAME_PIXELS
 
 
@@ -50,7 +51,7 @@ def bench_producer_overhead(quick: bool) -> dict:
 
     from pxdbg.shared import codecs
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(usable_cpus())
     codec = codecs.negotiate(codecs.available(), codecs.available())  # what a default consumer gets
     out = {}
     ctx = zmq.Context()
@@ -249,12 +250,12 @@ def run(args) -> dict:
 
     print = functools.partial(builtins.print, file=sys.stderr if getattr(args, "json", False) else sys.stdout)
     quick = bool(getattr(args, "quick", False))
-    result = {"machine": f"{cpu_name()}, {os.cpu_count()} cores", "quick": quick}
+    result = {"machine": f"{cpu_name()}, {usable_cpus()} usable CPUs", "quick": quick}
     print(f"pxdbg bench on {result['machine']}{' (quick)' if quick else ''}", flush=True)
 
     o = result["producer_overhead"] = bench_producer_overhead(quick)
     g = result["generation"] = bench_parametric(quick)
-    g["gan_threads"] = os.cpu_count()
+    g["gan_threads"] = usable_cpus()
     for name in ("convnet", "resnet"):
         g[f"{name}_s_per_event"] = o[f"{name}_random_weights"]["model_s"]
         g[f"{name}_over_parametric"] = g[f"{name}_s_per_event"] / g["parametric_s_per_frame_1core"]
@@ -320,6 +321,6 @@ def run(args) -> dict:
     print(f"1 producer  {t['frames_per_s_1_producers']:7.1f} frames/s")
     print(
         f"2 producers {t['frames_per_s_2_producers']:7.1f} "
-        f"frames/s (this machine has {os.cpu_count()} cores, shared with the consumer)"
+        f"frames/s (this machine has {usable_cpus()} usable CPUs, shared with the consumer)"
     )
     return result

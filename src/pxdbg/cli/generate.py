@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from pxdbg import outputs
 from pxdbg.cli.common import QUIET_HELP, Progress, has_random_weights, log, output, positive, stream
+from pxdbg.shared.cpus import usable_cpus
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.seeding import event_index, event_stream_seed
 from pxdbg.shared.spec import ProducerSpec
@@ -36,7 +36,7 @@ def add_generate_arguments(parser: argparse.ArgumentParser) -> None:
         default=4,
         help="frames per model call in this process (a producer's counterpart is produce --max-batch; default 4)",
     )
-    parser.add_argument("--threads", type=positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive, default=usable_cpus(), help="torch intra-op threads")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
 
 
@@ -111,7 +111,7 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=int, default=0, help="run number (default 0)")
     parser.add_argument("--device", default="cpu", help="where the model runs (default cpu)")
     parser.add_argument("--batch", type=positive, default=4, help="frames per model call")
-    parser.add_argument("--threads", type=positive, default=max(1, os.cpu_count() or 1), help="torch intra-op threads")
+    parser.add_argument("--threads", type=positive, default=usable_cpus(), help="torch intra-op threads")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     parser.add_argument("-q", "--quiet", action="store_true")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
@@ -82,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
             start = out.done
             with BackgroundClient(
                 **source,
-                **dataclasses.asdict(spec),
+                spec=spec,
                 seed=seed,
                 first_frame=first_frame + start,
                 prefetch=args.prefetch,
