@@ -712,3 +712,61 @@ def test_outputs_are_not_overwritten_without_force(tmp_path):
     assert proc.returncode == 2 and "is complete" in proc.stderr and "another stream" not in proc.stderr
     pxdbg("generate", "--events", "2", "--seed", "4", "--out", str(out), "--force", "-q")
     assert DigitsFile(out).meta["seed"] == 4
+
+
+CONSUMERS_SBATCH = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "consumers.sbatch"
+
+
+def _consumer_task(tmp_path: Path, endpoint: str, env: dict) -> subprocess.CompletedProcess:
+    """examples/slurm/consumers.sbatch run as Slurm would run array task 7 (6 events in parts of 3)."""
+    task_env = {
+        **env,
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURMD_NODENAME": "node4",
+        "PXDBG_ENDPOINTS": endpoint,
+        "PXDBG_OUT": str(tmp_path / "out"),
+        "PXDBG_EVENTS": "6",
+        "PXDBG_CHUNK": "3",
+        "PXDBG_SEED": "40",
+        "PXDBG": f"{sys.executable} -m pxdbg",
+        "PXDBG_RUN_ARGS": "-q",
+    }
+    return subprocess.run(
+        ["bash", str(CONSUMERS_SBATCH)], capture_output=True, text=True, timeout=180, env=task_env, cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize("summary", ["printed", "lost"])
+def test_a_consumer_task_killed_between_a_part_and_its_rename_recovers_on_resubmission(tmp_path, python_env, summary):
+    """A kill after ``pxdbg run`` finished a part but before the script renamed it leaves a complete
+    part.partial.npz: the resubmitted task renames it (``--resume`` of a complete file would fail), then goes on."""
+    from ops_helpers import producer_process
+
+    with producer_process(tmp_path / "producer.log", python_env, metrics=False) as (endpoint, _, _):
+        first = _consumer_task(tmp_path, endpoint, python_env)
+        assert first.returncode == 0, first.stderr
+        task = tmp_path / "out" / "task-00007"
+        parts = [task / "part-000000000", task / "part-000000003"]
+        whole = [DigitsFile(p.with_suffix(".npz")) for p in parts]
+        assert [f.n_events for f in whole] == [3, 3] and all(f.meta["seed"] == 47 for f in whole)
+        summaries = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
+
+        # the state a kill leaves after the first part's `pxdbg run` ended, before either rename
+        parts[0].with_suffix(".npz").rename(f"{parts[0]}.partial.npz")
+        parts[0].with_suffix(".json").rename(f"{parts[0]}.json.tmp")
+        if summary == "lost":  # killed after the output was closed but before pxdbg printed its summary
+            Path(f"{parts[0]}.json.tmp").write_text("")
+        parts[1].with_suffix(".npz").unlink()  # and the second part not begun
+        parts[1].with_suffix(".json").unlink()
+
+        again = _consumer_task(tmp_path, endpoint, python_env)
+    assert again.returncode == 0, again.stderr
+    assert "was complete when the task was killed; renaming it" in again.stdout and "Traceback" not in again.stderr
+    assert sorted(p.name for p in task.iterdir()) == sorted(
+        ["part-000000000.npz", "part-000000003.npz", "part-000000003.json"]
+        + (["part-000000000.json"] if summary == "printed" else [])
+    )
+    for part, before in zip(parts, whole):
+        assert frames_equal(DigitsFile(part.with_suffix(".npz")), before)
+    if summary == "printed":
+        assert json.loads(parts[0].with_suffix(".json").read_text()) == summaries[0]
