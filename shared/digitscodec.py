@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
@@ -31,7 +31,6 @@ FORMAT_ZSTD = "pxdbg-digits-2"
 BLOCK_DIGITS = 1 << 20
 ZSTD_LEVEL = 1
 _READ_BYTES = 1 << 20
-_ZSTD_HEADER_MAX = 18  # a zstd frame header is at most 18 bytes: enough to read its declared size
 
 
 class DigitsFileError(PxdbgError, ValueError):
@@ -93,52 +92,43 @@ def compress_block(name: str, block: np.ndarray, prev: int) -> bytes:
     return zstd().cctx.compress(encode_block(name, block, prev).data)
 
 
-def inflate_frames(read: Callable[[int], bytes], nbytes: int, total: int, what: str) -> Iterator[bytes]:
-    """The decompressed bytes of the zstd frames in the next ``nbytes`` of ``read``, in pieces; together they must
-    be exactly ``total`` bytes. Every frame must declare its size, and no frame may declare more than is still
-    expected, so that a damaged or hostile member never inflates past what its column holds."""
+class _Bounded:
+    """The next ``nbytes`` of a reader, and no more (a member's bytes inside a larger file)."""
+
+    def __init__(self, read: Callable[[int], bytes], nbytes: int) -> None:
+        self._read, self._left = read, nbytes
+
+    def read(self, size: int = -1) -> bytes:
+        size = self._left if size < 0 else min(size, self._left)
+        data = self._read(size) if size else b""
+        self._left -= len(data)
+        return data
+
+
+def inflate_into(read: Callable[[int], bytes], nbytes: int, out: memoryview, what: str) -> None:
+    """Decompress the zstd frames in the next ``nbytes`` of ``read`` into ``out``, which they must fill exactly:
+    reading stops at its size, so a damaged or hostile member never inflates past what its column holds."""
     z = zstd()
-    pending, left, produced = b"", nbytes, 0
-    while True:
-        while left and len(pending) < _ZSTD_HEADER_MAX:  # the next frame's header, for its declared size
-            data = read(min(_READ_BYTES, left))
-            if not data:
-                raise DigitsFileError(f"{what} ends early")
-            left -= len(data)
-            pending += data
-        if not pending:
-            break
-        try:
-            declared = z.zstandard.frame_content_size(pending)
-        except z.zstandard.ZstdError:
-            raise DigitsFileError(f"{what} is not a sequence of zstd frames") from None
-        if declared < 0 or produced + declared > total:
-            raise DigitsFileError(f"{what} declares more than its {total} bytes (or no size)")
-        dobj, frame_out = z.dctx.decompressobj(), 0
-        while True:
-            try:
-                out = dobj.decompress(pending)
-            except z.zstandard.ZstdError as exc:
-                raise DigitsFileError(f"{what} is damaged ({str(exc)[:200]})") from None
-            frame_out += len(out)
-            if frame_out > declared:
-                raise DigitsFileError(f"{what} holds a frame larger than it declares")
-            if out:
-                yield out
-            if dobj.eof:
-                pending = dobj.unused_data
-                break
-            if not left:
-                raise DigitsFileError(f"{what} ends inside a zstd frame")
-            pending = read(min(_READ_BYTES, left))
-            if not pending:
-                raise DigitsFileError(f"{what} ends early")
-            left -= len(pending)
-        if frame_out != declared:
-            raise DigitsFileError(f"{what} holds a frame smaller than it declares")
-        produced += declared
-    if produced != total:
-        raise DigitsFileError(f"{what} holds {produced} bytes, its digits are {total} bytes")
+    try:
+        with z.dctx.stream_reader(_Bounded(read, nbytes), read_size=_READ_BYTES, read_across_frames=True) as reader:
+            got = 0
+            while got < len(out):
+                k = reader.readinto(out[got:])
+                if not k:
+                    raise DigitsFileError(f"{what} holds {got} bytes, its digits are {len(out)} bytes")
+                got += k
+            if reader.read(1):
+                raise DigitsFileError(f"{what} holds more than its digits' {len(out)} bytes")
+    except z.zstandard.ZstdError as exc:
+        raise DigitsFileError(f"{what} is damaged ({str(exc)[:200]})") from None
+
+
+def decode_column(raw: np.ndarray, name: str, out: np.ndarray) -> None:
+    """The digits ``out`` of a column from its transformed bytes ``raw`` (uint8), block by block."""
+    prev, itemsize = 0, out.dtype.itemsize
+    for a in range(0, out.size, BLOCK_DIGITS):
+        b = min(a + BLOCK_DIGITS, out.size)
+        prev = decode_block(name, raw[a * itemsize : b * itemsize], prev, out[a:b])
 
 
 def inflate_column(
@@ -147,17 +137,26 @@ def inflate_column(
     """Decompress and decode a compressed column of ``n`` digits (``nbytes`` of ``read``), passing its digits to
     ``emit`` a block at a time: memory stays at one block however long the column."""
     dtype = np.dtype(dtype)
-    pending = bytearray()
-    prev, done = 0, 0
-    for piece in inflate_frames(read, nbytes, n * dtype.itemsize, what):
-        pending += piece
-        while done < n and len(pending) >= min(BLOCK_DIGITS, n - done) * dtype.itemsize:
-            k = min(BLOCK_DIGITS, n - done)
-            out = np.empty(k, dtype)
-            prev = decode_block(name, bytes(pending[: k * dtype.itemsize]), prev, out)
-            emit(out)
-            del pending[: k * dtype.itemsize]
-            done += k
+    z = zstd()
+    prev = 0
+    try:
+        with z.dctx.stream_reader(_Bounded(read, nbytes), read_size=_READ_BYTES, read_across_frames=True) as reader:
+            for a in range(0, n, BLOCK_DIGITS):
+                k = min(BLOCK_DIGITS, n - a)
+                raw = np.empty(k * dtype.itemsize, np.uint8)
+                view, got = memoryview(raw), 0
+                while got < raw.size:
+                    step = reader.readinto(view[got:])
+                    if not step:
+                        raise DigitsFileError(f"{what}: its {name} column holds fewer than its {n} digits")
+                    got += step
+                out = np.empty(k, dtype)
+                prev = decode_block(name, raw, prev, out)
+                emit(out)
+            if reader.read(1):
+                raise DigitsFileError(f"{what}: its {name} column holds more than its {n} digits")
+    except z.zstandard.ZstdError as exc:
+        raise DigitsFileError(f"{what}: its {name} column is damaged ({str(exc)[:200]})") from None
 
 
 def copy_exactly(src, dst, nbytes: int, short: str) -> None:

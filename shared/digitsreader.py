@@ -11,7 +11,15 @@ from pathlib import Path
 
 import numpy as np
 
-from pxdbg.shared.digitscodec import BLOCK_DIGITS, COLUMNS, FORMAT_RAW, LIMITS, DigitsFileError, inflate_column
+from pxdbg.shared.digitscodec import (
+    BLOCK_DIGITS,
+    COLUMNS,
+    FORMAT_RAW,
+    LIMITS,
+    DigitsFileError,
+    decode_column,
+    inflate_into,
+)
 from pxdbg.shared.frame import SparseFrame
 from pxdbg.shared.geometry import FRAME_PIXELS, N_U, N_V
 
@@ -56,8 +64,8 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, kind: str,
 
 
 def _read_zst(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str, dtype: np.dtype, n: int):
-    """One compressed column of ``n`` digits; its frames must declare exactly that size together, and that size
-    must be one a file of this size can hold (zeros compress 30,000-fold: a small file must not inflate to GBs)."""
+    """One compressed column of ``n`` digits; its frames must hold exactly that many bytes, and that size must
+    be one a file of this size can hold (zeros compress 30,000-fold: a small file must not inflate to GBs)."""
     nbytes = n * np.dtype(dtype).itemsize
     limit = INFLATE_RATIO * path.stat().st_size + INFLATE_SLACK
     if nbytes > limit:
@@ -65,16 +73,11 @@ def _read_zst(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str,
             f"{path}: member {info.filename} would inflate to {nbytes / 1e9:.1f} GB from a "
             f"{path.stat().st_size / 1e6:.1f} MB file; refused (a damaged file or a zip bomb)"
         )
-    out = np.empty(n, dtype)
-    done = 0
-
-    def emit(block: np.ndarray) -> None:
-        nonlocal done
-        out[done : done + block.size] = block
-        done += block.size
-
+    raw = np.empty(nbytes, np.uint8)
     with zf.open(info) as fp:
-        inflate_column(fp.read, info.file_size, name, dtype, n, emit, f"{path}: member {info.filename}")
+        inflate_into(fp.read, info.file_size, memoryview(raw), f"{path}: member {info.filename}")
+    out = np.empty(n, dtype)
+    decode_column(raw, name, out)
     return out
 
 

@@ -532,6 +532,31 @@ def test_a_column_stored_as_one_zstd_frame_still_reads(tmp_path):
     assert all(a == b for a, b in zip(DigitsFile(old), frames)) and DigitsFile(old).n_events == 20
 
 
+def _zstd_frame(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda blob: blob[: len(blob) // 2], "holds .* bytes, its digits are"),
+        (lambda blob: blob + _zstd_frame(b"x" * 99), "holds more than its"),
+        (lambda blob: blob[:50] + bytes(len(blob) - 50), "is damaged"),
+    ],
+    ids=["cut short", "one frame too many", "zeroed"],
+)
+def test_a_damaged_compressed_column_is_one_line(tmp_path, change, message):
+    good = write_digits_to(tmp_path / "good.npz", _frames(20), _stream_meta(77))
+    members = _zip_members(good)
+    members["v.zst"] = change(members["v.zst"])
+    bad = _zip(tmp_path / "bad.npz", members)
+    with pytest.raises(DigitsFileError, match=r"bad\.npz: member v\.zst " + message) as raised:
+        DigitsFile(bad)
+    assert "\n" not in str(raised.value)
+
+
 def write_digits_to(path: Path, frames, meta: dict) -> Path:
     with DigitsWriter(path, meta) as w:
         for f in frames:
