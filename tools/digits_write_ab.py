@@ -1,18 +1,22 @@
 """A/B of the digits-file writer: this checkout against an earlier revision, the same frames, in one run.
 
-    python tools/digits_write_ab.py REV [--events 150] [--rounds 5]
+    python tools/digits_write_ab.py REV [--events 150] [--rounds 5] [--pace-ms 0]
 
 The earlier writer is ``shared/digitsfile.py`` as it was at ``REV`` (``git show``), loaded beside this checkout's
 (it must import only modules this checkout still has). Each round writes the same parametric frames with all
 four writers (before/after, uncompressed/compressed) in turn, so load on a shared machine hits them alike; the
 table gives the best and the median wall time per event (append and close, fsync included), the CPU time of the
 whole process per event (the background threads' too), the read time and the size per event.
+
+``--pace-ms X`` appends one event every X ms, as a run's event loop does while it waits for its producers or its
+simulation, and "write" is then the time the writer takes on that loop: its appends and its close, per event.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import platform
 import resource
 import statistics
@@ -37,11 +41,27 @@ def _cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+def _write(module, path: Path, frames, compress: bool, pace_s: float) -> float:
+    """Write ``frames`` with ``module``'s writer, one every ``pace_s``; return the seconds spent waiting."""
+    if not pace_s:
+        module.write_digits(path, frames, {"seed": 11}, compress=compress)
+        return 0.0
+    waited = 0.0
+    with module.DigitsWriter(path, {"seed": 11}, compress=compress) as writer:
+        for frame in frames:
+            writer.append(frame)
+            t0 = time.perf_counter()
+            time.sleep(pace_s)
+            waited += time.perf_counter() - t0
+    return waited
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rev", help="the git revision whose writer is 'before'")
     parser.add_argument("--events", type=int, default=150)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--pace-ms", type=float, default=0.0, help="one event every this many ms (default: no wait)")
     args = parser.parse_args(argv)
 
     source = subprocess.run(
@@ -73,18 +93,19 @@ def main(argv: list[str] | None = None) -> int:
             for who, kind, module, compress in writers:
                 path = Path(tmp) / "ab.npz"
                 cpu0, t0 = _cpu_s(), time.perf_counter()
-                module.write_digits(path, frames, {"seed": 11}, compress=compress)
+                waited = _write(module, path, frames, compress, args.pace_ms / 1e3)
                 t1, cpu1 = time.perf_counter(), _cpu_s()
                 after.DigitsFile(path)
                 t2 = time.perf_counter()
                 row = results.setdefault((who, kind), {"write": [], "cpu": [], "read": [], "size": []})
-                row["write"].append(1e3 * (t1 - t0) / args.events)
+                row["write"].append(1e3 * (t1 - t0 - waited) / args.events)
                 row["cpu"].append(1e3 * (cpu1 - cpu0) / args.events)
                 row["read"].append(1e3 * (t2 - t1) / args.events)
                 row["size"].append(path.stat().st_size / args.events / 1e3)
                 path.unlink()
-    load_avg = " ".join(f"{x:.2f}" for x in __import__("os").getloadavg())
-    print(f"{args.events} parametric events, {args.rounds} rounds; {_cpu_name()}, load average {load_avg} at the end")
+    load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    pace = f", one every {args.pace_ms:g} ms" if args.pace_ms else ""
+    print(f"{args.events} parametric events{pace}, {args.rounds} rounds; {_cpu_name()}, load average {load_avg} at end")
     print("writer   format        write best/median   CPU median   read median   size")
     for (who, kind), row in results.items():
         print(
