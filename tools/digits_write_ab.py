@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -32,13 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 def _cpu_s() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
 
 
 def _write(module, path: Path, frames, compress: bool, pace_s: float) -> float:
@@ -105,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                 path.unlink()
     load_avg = " ".join(f"{x:.2f}" for x in os.getloadavg())
     pace = f", one every {args.pace_ms:g} ms" if args.pace_ms else ""
-    print(f"{args.events} parametric events{pace}, {args.rounds} rounds; {_cpu_name()}, load average {load_avg} at end")
+    where = f"{os.cpu_count()} CPUs, load average {load_avg} at the end"
+    print(f"{args.events} parametric events{pace}, {args.rounds} rounds; {where}")
     print("writer   format        write best/median   CPU median   read median   size")
     for (who, kind), row in results.items():
         print(
