@@ -95,8 +95,9 @@ class DigitsWriter(AtomicWriter):
     counts the events already there. Without ``resume``, a leftover spool is an error (never silently dropped).
     ``compress=False`` writes the uncompressed format (``pxdbg-digits-1``, plain ``numpy.load``).
 
-    Disk: the columns move from the spool into the ``.npz`` one at a time, so writing needs room for the largest
-    column once more; that is checked first, and a shortage is an error that keeps the spool (nothing is lost;
+    Disk: during a run the spool holds the raw columns and, compressed, their blocks so far (about 1.35x the raw
+    size). At close the columns move from the spool into the ``.npz`` one at a time, so that needs room for the
+    largest column once more; that is checked first, and a shortage is an error that keeps the spool (nothing is lost;
     ``resume`` finishes it). Resuming from a partial ``.npz`` copies it into the spool first (the old file stays
     until the new one replaces it).
     """
