@@ -71,11 +71,15 @@ class BackgroundCompressor:
                 self._cond.wait(_POLL_S)
             self._raise_failure()
 
-    def stop(self) -> None:
-        """Stop the threads (an abort, or a failure elsewhere) and close their files; what they wrote stays."""
+    def cancel(self) -> None:
+        """Tell the threads to stop after the block in hand, without waiting (a writer dropped unclosed)."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Stop the threads (an abort, or a failure elsewhere) and close their files; what they wrote stays."""
+        self.cancel()
         for thread in self._threads:
             thread.join(timeout=60)  # at most one block in flight each: well under a second
             if thread.is_alive():
@@ -129,6 +133,8 @@ class BackgroundCompressor:
         finally:
             for fd in fds.values():
                 os.close(fd)
+            for name in names:  # what was written stays (a stopped writer's spool is resumed or dropped)
+                self._sinks[name].close()
 
     @staticmethod
     def _compress(fd: int, name: str, dtype: np.dtype, start: int, end: int) -> bytes:

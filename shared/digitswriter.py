@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import shutil
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
@@ -138,6 +139,9 @@ class DigitsWriter(AtomicWriter):
             self._counts = open(self._spool / "counts", "ab")
             if compress:
                 self._compressor = BackgroundCompressor(self._spool, self.path, ready=self._offsets[-1])
+                # a writer dropped without close or abort (an error before its owner took it) must not leave
+                # threads polling for the life of the process
+                weakref.finalize(self, self._compressor.cancel)
         except OSError as exc:
             raise _with_path(exc, self.path) from None
 

@@ -557,6 +557,22 @@ def test_a_damaged_compressed_column_is_one_line(tmp_path, change, message):
     assert "\n" not in str(raised.value)
 
 
+def test_a_writer_dropped_unclosed_stops_its_compressor_threads(tmp_path):
+    import gc
+
+    w = DigitsWriter(tmp_path / "dropped.npz", _stream_meta(77))
+    w.append(_frames(1)[0])
+    threads = list(w._compressor._threads)
+    assert all(t.is_alive() for t in threads)
+    for f in (*w._files.values(), w._crcs, w._counts):
+        f.close()
+    del w, f
+    gc.collect()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+
+
 def write_digits_to(path: Path, frames, meta: dict) -> Path:
     with DigitsWriter(path, meta) as w:
         for f in frames:
