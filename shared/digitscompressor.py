@@ -85,7 +85,10 @@ class BackgroundCompressor:
             if thread.is_alive():
                 raise RuntimeError(f"{thread.name} did not stop within 60 s")
         for sink in self._sinks.values():
-            sink.close()
+            try:
+                sink.close()
+            except OSError:
+                pass  # a full disk, already reported by the thread that wrote it; the spool is resumed from raw
 
     def _raise_failure(self) -> None:
         if self._error is not None:
@@ -134,7 +137,12 @@ class BackgroundCompressor:
             for fd in fds.values():
                 os.close(fd)
             for name in names:  # what was written stays (a stopped writer's spool is resumed or dropped)
-                self._sinks[name].close()
+                try:
+                    self._sinks[name].close()
+                except OSError as exc:  # its buffer could not be written (a full disk): the blocks are redone
+                    with self._cond:
+                        self._error = self._error or exc
+                        self._cond.notify_all()
 
     @staticmethod
     def _compress(fd: int, name: str, dtype: np.dtype, start: int, end: int) -> bytes:

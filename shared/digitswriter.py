@@ -190,25 +190,32 @@ class DigitsWriter(AtomicWriter):
         if self._closed:
             return self.path
         n = self._offsets[-1]
-        need = n * max(np.dtype(dt).itemsize for _, dt in COLUMNS) + 8 * len(self._offsets) + (1 << 20)
-        free = shutil.disk_usage(self.path.parent).free
-        if free < need:  # say so before writing anything: the spool stays, nothing is lost
-            for f in (*self._files.values(), self._crcs, self._counts):
-                f.flush()
-            raise DigitsFileError(
-                f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB more, "
-                f"{free / 1e6:.1f} MB are free. Its {self.n_events} events are kept in {self._spool}; free "
-                f"some space and run the same command with --resume to finish it"
-            )
-        for f in (*self._files.values(), self._crcs, self._counts):
-            f.close()
+        spooled = (*self._files.values(), self._crcs, self._counts)
+        for f in spooled:
+            f.flush()
         if self._compressor is not None:
             try:
                 self._compressor.finish(n)  # the last, partial block; the others are done or in progress
             except BaseException:
                 self._closed = True
                 self._compressor.stop()
+                for f in spooled:
+                    f.close()
                 raise
+            # a member is copied from its .zst, which then goes: room for the largest one more
+            largest = max((self._spool / f"{name}.zst").stat().st_size for name, _ in COLUMNS)
+        else:
+            largest = n * max(np.dtype(dt).itemsize for _, dt in COLUMNS)
+        need = largest + 8 * len(self._offsets) + (1 << 20)
+        free = shutil.disk_usage(self.path.parent).free
+        if free < need:  # say so before writing anything: the spool stays, nothing is lost
+            raise DigitsFileError(
+                f"not enough free disk space to write {self.path}: it needs {need / 1e6:.1f} MB more, "
+                f"{free / 1e6:.1f} MB are free. Its {self.n_events} events are kept in {self._spool}; free "
+                f"some space and run the same command with --resume to finish it"
+            )
+        for f in spooled:
+            f.close()
         self._closed = True
         self.meta["complete"] = bool(complete)
         self.meta["format"] = FORMAT_ZSTD if self.compress else FORMAT_RAW  # the writer's, not a joined part's
