@@ -298,7 +298,7 @@ def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_
     not lose the ones already moved."""
     import errno
 
-    from pxdbg.shared import digitsfile
+    from pxdbg.shared import digitswriter
 
     frames = _frames(3)
     meta = {"model": "parametric", "checkpoint_sha256": "0" * 64, "precision": "fp32", "seed": 77, "first_frame": 0}
@@ -306,18 +306,18 @@ def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_
     w = DigitsWriter(out, meta)
     for f in frames:
         w.append(f)
-    real, calls = digitsfile._write_column, []
+    real, calls = digitswriter._write_column, []
 
-    def full_at_the_third_column(zf, name, dtype, n, source, compress):
+    def full_at_the_third_column(zf, name, dtype, n, spool, compress):
         calls.append(name)
         if len(calls) == 3:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real(zf, name, dtype, n, source, compress)
+        return real(zf, name, dtype, n, spool, compress)
 
-    monkeypatch.setattr(digitsfile, "_write_column", full_at_the_third_column)
+    monkeypatch.setattr(digitswriter, "_write_column", full_at_the_third_column)
     with pytest.raises(DigitsFileError, match=r"No space left on device while writing .*cut\.npz.*--resume"):
         w.close()
-    monkeypatch.setattr(digitsfile, "_write_column", real)
+    monkeypatch.setattr(digitswriter, "_write_column", real)
     spool = spool_of(out)
     moved = json.loads((spool / "moved.json").read_text())["columns"]
     assert sorted(moved) == sorted(calls[:2]) and not any((spool / c).exists() for c in moved)
@@ -331,19 +331,22 @@ def test_an_assembly_cut_short_keeps_every_column_and_resume_puts_them_back(tmp_
 
 
 @pytest.mark.slow
-def test_writing_the_output_needs_one_column_more_not_twice_the_disk(tmp_path):
+@pytest.mark.parametrize(("compress", "room"), [(False, 1.6), (True, 1.8)])
+def test_writing_the_output_needs_one_column_more_not_twice_the_disk(tmp_path, compress, room):
+    """Uncompressed, the spool and the output's largest column fit, twice the output not. Compressed, the spool
+    holds the raw columns and their compressed blocks (1.35x raw) until the output is assembled."""
     frames = _frames(20)
     size = sum(f.n_digits for f in frames) * 5  # sensor, u, charge 1 byte, v 2 bytes per digit
     disk = tmp_path / "small"
-    _tmpfs(disk, f"{int(1.6 * size / 1024)}k")  # the output and its largest column fit; twice the output not
+    _tmpfs(disk, f"{int(room * size / 1024)}k")
     try:
         out = disk / "tight.npz"
-        with DigitsWriter(out, {"seed": 77}) as w:
+        with DigitsWriter(out, {"seed": 77}, compress=compress) as w:
             for f in frames:
                 w.append(f)
         back = DigitsFile(out)
         assert back.n_events == 20 and all(a == b for a, b in zip(back, frames))
-        print(f"output {out.stat().st_size / 1e6:.2f} MB written on a {1.6 * size / 1e6:.2f} MB disk")
+        print(f"output {out.stat().st_size / 1e6:.2f} MB written on a {room * size / 1e6:.2f} MB disk")
     finally:
         _unmount(disk)
 
@@ -394,6 +397,192 @@ def test_the_compressed_file_is_near_the_wire_size_and_old_files_still_read(tmp_
     assert ratio <= 1.2 and old.stat().st_size > 2.5 * new.stat().st_size
 
 
+def _zip_members(path: Path) -> dict[str, bytes]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        return {i.filename: zf.read(i) for i in zf.infolist()}
+
+
+def test_columns_are_compressed_during_the_run_and_the_file_never_depends_on_the_timing(tmp_path, monkeypatch):
+    """The background compressor works a block at a time while events are appended; a slow compressor, or none
+    before close, gives the same bytes, and the members are np.load-able and plain zstd frames."""
+    import zipfile
+
+    import zstandard
+
+    from pxdbg.shared import digitscompressor
+    from pxdbg.shared.digitscodec import BLOCK_DIGITS, encode_block
+
+    frames = _frames(40)
+    digits = sum(f.n_digits for f in frames)
+    assert digits > 2 * BLOCK_DIGITS  # two whole blocks and a tail
+    meta = _stream_meta(77)
+    fast = tmp_path / "fast.npz"
+    w = DigitsWriter(fast, meta)
+    for f in frames:
+        w.append(f)
+    blocks = spool_of(fast) / "v.zst"
+    deadline = time.monotonic() + 60
+    while blocks.stat().st_size == 0 and time.monotonic() < deadline:  # compressed before close is called
+        time.sleep(0.01)
+    assert blocks.stat().st_size > 0
+    w.close()
+
+    real = digitscompressor.BackgroundCompressor._compress
+
+    def slow(*args):
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(digitscompressor.BackgroundCompressor, "_compress", staticmethod(slow))
+    slowed = tmp_path / "slow.npz"
+    with DigitsWriter(slowed, meta) as w:
+        for f in frames:
+            w.append(f)
+    assert fast.read_bytes() == slowed.read_bytes()
+    assert all(a == b for a, b in zip(DigitsFile(fast), frames))
+
+    with np.load(fast) as z:  # no pickle: offsets and meta as arrays, the columns as their zstd bytes
+        assert int(z["offsets"][-1]) == digits and json.loads(str(z["meta"]))["format"] == "pxdbg-digits-2"
+    v = np.concatenate([f.v for f in frames])
+    with zipfile.ZipFile(fast) as zf, zf.open("v.zst") as member:
+        transformed = zstandard.ZstdDecompressor().stream_reader(member, read_across_frames=True).read()
+    prev, expected = 0, []
+    for a in range(0, digits, BLOCK_DIGITS):
+        expected.append(encode_block("v", v[a : a + BLOCK_DIGITS], prev).tobytes())
+        prev = int(v[a + BLOCK_DIGITS - 1]) if a + BLOCK_DIGITS <= digits else prev
+    assert transformed == b"".join(expected)  # zstd -d gives the transformed column, as the docs say
+
+
+def test_a_compressor_failure_is_one_line_at_the_next_write_and_resume_recovers(tmp_path, monkeypatch):
+    import errno
+
+    from pxdbg.shared import digitscompressor
+
+    frames = _frames(40)
+    meta = _stream_meta(77)
+    reference = _zip_members(write_digits_to(tmp_path / "ref.npz", frames, meta))
+
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(digitscompressor.BackgroundCompressor, "_compress", staticmethod(full))
+    out = tmp_path / "fails.npz"
+    w = DigitsWriter(out, meta)
+    with pytest.raises(DigitsFileError) as failed:
+        for f in frames:
+            w.append(f)
+        w.close()
+    line = str(failed.value)
+    assert "\n" not in line and "No space left on device" in line and "--resume" in line and str(out) in line
+    with pytest.raises(DigitsFileError, match="--resume"):  # a stopped run keeps what it has: not here
+        w.close(complete=False)
+    assert not out.exists() and spool_of(out).is_dir() and not any(t.is_alive() for t in w._compressor._threads)
+    monkeypatch.undo()
+    r = DigitsWriter(out, meta, resume=True)
+    for f in frames[r.n_events :]:
+        r.append(f)
+    r.close()
+    assert _zip_members(out) == reference
+
+
+def test_a_resumed_spool_with_torn_compressed_blocks_gives_the_unbroken_file(tmp_path):
+    """A kill can leave a half-written block in a column's .zst; resume makes the blocks again from the raw
+    columns, so the output is byte for byte the unbroken one."""
+    frames = _frames(40)
+    unbroken = tmp_path / "unbroken.npz"
+    with DigitsWriter(unbroken, _stream_meta(77)) as w:
+        for f in frames:
+            w.append(f)
+    out = tmp_path / "k.npz"
+    _killed_writer(out, 77, frames[:30])
+    for name in ("v", "u"):
+        blocks = spool_of(out) / f"{name}.zst"
+        blocks.write_bytes(blocks.read_bytes()[:-7] or b"\x28\xb5")
+    r = DigitsWriter(out, _stream_meta(77), resume=True)
+    assert r.n_events == 30
+    for f in frames[30:]:
+        r.append(f)
+    r.close()
+    assert out.read_bytes() == unbroken.read_bytes()
+
+
+def test_a_column_stored_as_one_zstd_frame_still_reads(tmp_path):
+    """Files written before the background compression hold each column as a single frame."""
+    import zipfile
+
+    import zstandard
+
+    from pxdbg.shared.digitscodec import BLOCK_DIGITS, encode_block
+
+    frames = _frames(20)
+    offsets = np.concatenate([[0], np.cumsum([f.n_digits for f in frames])]).astype(np.int64)
+    old = tmp_path / "one-frame.npz"
+    cctx = zstandard.ZstdCompressor(level=1)
+    with zipfile.ZipFile(old, "w") as zf:
+        with zf.open("offsets.npy", "w") as m:
+            np.lib.format.write_array(m, offsets)
+        with zf.open("meta.npy", "w") as m:
+            np.lib.format.write_array(m, np.array(json.dumps({"seed": 77, "format": "pxdbg-digits-2"})))
+        for name in ("sensor", "u", "v", "charge"):
+            col = np.concatenate([getattr(f, name) for f in frames])
+            prev, parts = 0, []
+            for a in range(0, col.size, BLOCK_DIGITS):
+                parts.append(encode_block(name, col[a : a + BLOCK_DIGITS], prev).tobytes())
+                prev = int(col[min(a + BLOCK_DIGITS, col.size) - 1])
+            zf.writestr(f"{name}.zst", cctx.compress(b"".join(parts)))
+    assert all(a == b for a, b in zip(DigitsFile(old), frames)) and DigitsFile(old).n_events == 20
+
+
+def _zstd_frame(data: bytes) -> bytes:
+    import zstandard
+
+    return zstandard.ZstdCompressor().compress(data)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda blob: blob[: len(blob) // 2], "holds .* bytes, its digits are"),
+        (lambda blob: blob + _zstd_frame(b"x" * 99), "holds more than its"),
+        (lambda blob: blob[:50] + bytes(len(blob) - 50), "is damaged"),
+    ],
+    ids=["cut short", "one frame too many", "zeroed"],
+)
+def test_a_damaged_compressed_column_is_one_line(tmp_path, change, message):
+    good = write_digits_to(tmp_path / "good.npz", _frames(20), _stream_meta(77))
+    members = _zip_members(good)
+    members["v.zst"] = change(members["v.zst"])
+    bad = _zip(tmp_path / "bad.npz", members)
+    with pytest.raises(DigitsFileError, match=r"bad\.npz: member v\.zst " + message) as raised:
+        DigitsFile(bad)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_writer_dropped_unclosed_stops_its_compressor_threads(tmp_path):
+    import gc
+
+    w = DigitsWriter(tmp_path / "dropped.npz", _stream_meta(77))
+    w.append(_frames(1)[0])
+    threads = list(w._compressor._threads)
+    assert all(t.is_alive() for t in threads)
+    for f in (*w._files.values(), w._crcs, w._counts):
+        f.close()
+    del w, f
+    gc.collect()
+    for t in threads:
+        t.join(timeout=10)
+    assert not any(t.is_alive() for t in threads)
+
+
+def write_digits_to(path: Path, frames, meta: dict) -> Path:
+    with DigitsWriter(path, meta) as w:
+        for f in frames:
+            w.append(f)
+    return path
+
+
 def _killed_writer(out: Path, seed: int, frames) -> None:
     """A writer that appended ``frames`` and was never closed: the spool a SIGKILL leaves."""
     w = DigitsWriter(out, _stream_meta(seed))
@@ -401,6 +590,7 @@ def _killed_writer(out: Path, seed: int, frames) -> None:
         w.append(f)
     for f in (*w._files.values(), w._counts, *([w._crcs] if hasattr(w, "_crcs") else [])):
         f.close()
+    w._compressor.stop()  # its threads would die with the process
 
 
 @pytest.mark.parametrize("damage", ["negative count", "swapped counts", "u 255", "v 65535", "sensor 200"])
@@ -566,3 +756,61 @@ def test_outputs_are_not_overwritten_without_force(tmp_path):
     assert proc.returncode == 2 and "is complete" in proc.stderr and "another stream" not in proc.stderr
     pxdbg("generate", "--events", "2", "--seed", "4", "--out", str(out), "--force", "-q")
     assert DigitsFile(out).meta["seed"] == 4
+
+
+CONSUMERS_SBATCH = Path(__file__).resolve().parent.parent / "examples" / "slurm" / "consumers.sbatch"
+
+
+def _consumer_task(tmp_path: Path, endpoint: str, env: dict) -> subprocess.CompletedProcess:
+    """examples/slurm/consumers.sbatch run as Slurm would run array task 7 (6 events in parts of 3)."""
+    task_env = {
+        **env,
+        "SLURM_ARRAY_TASK_ID": "7",
+        "SLURMD_NODENAME": "node4",
+        "PXDBG_ENDPOINTS": endpoint,
+        "PXDBG_OUT": str(tmp_path / "out"),
+        "PXDBG_EVENTS": "6",
+        "PXDBG_CHUNK": "3",
+        "PXDBG_SEED": "40",
+        "PXDBG": f"{sys.executable} -m pxdbg",
+        "PXDBG_RUN_ARGS": "-q",
+    }
+    return subprocess.run(
+        ["bash", str(CONSUMERS_SBATCH)], capture_output=True, text=True, timeout=180, env=task_env, cwd=tmp_path
+    )
+
+
+@pytest.mark.parametrize("summary", ["printed", "lost"])
+def test_a_consumer_task_killed_between_a_part_and_its_rename_recovers_on_resubmission(tmp_path, python_env, summary):
+    """A kill after ``pxdbg run`` finished a part but before the script renamed it leaves a complete
+    part.partial.npz: the resubmitted task renames it (``--resume`` of a complete file would fail), then goes on."""
+    from ops_helpers import producer_process
+
+    with producer_process(tmp_path / "producer.log", python_env, metrics=False) as (endpoint, _, _):
+        first = _consumer_task(tmp_path, endpoint, python_env)
+        assert first.returncode == 0, first.stderr
+        task = tmp_path / "out" / "task-00007"
+        parts = [task / "part-000000000", task / "part-000000003"]
+        whole = [DigitsFile(p.with_suffix(".npz")) for p in parts]
+        assert [f.n_events for f in whole] == [3, 3] and all(f.meta["seed"] == 47 for f in whole)
+        summaries = [json.loads(p.with_suffix(".json").read_text()) for p in parts]
+
+        # the state a kill leaves after the first part's `pxdbg run` ended, before either rename
+        parts[0].with_suffix(".npz").rename(f"{parts[0]}.partial.npz")
+        parts[0].with_suffix(".json").rename(f"{parts[0]}.json.tmp")
+        if summary == "lost":  # killed after the output was closed but before pxdbg printed its summary
+            Path(f"{parts[0]}.json.tmp").write_text("")
+        parts[1].with_suffix(".npz").unlink()  # and the second part not begun
+        parts[1].with_suffix(".json").unlink()
+
+        again = _consumer_task(tmp_path, endpoint, python_env)
+    assert again.returncode == 0, again.stderr
+    assert "was complete when the task was killed; renaming it" in again.stdout and "Traceback" not in again.stderr
+    assert sorted(p.name for p in task.iterdir()) == sorted(
+        ["part-000000000.npz", "part-000000003.npz", "part-000000003.json"]
+        + (["part-000000000.json"] if summary == "printed" else [])
+    )
+    for part, before in zip(parts, whole):
+        assert frames_equal(DigitsFile(part.with_suffix(".npz")), before)
+    if summary == "printed":
+        assert json.loads(parts[0].with_suffix(".json").read_text()) == summaries[0]

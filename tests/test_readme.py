@@ -1,7 +1,8 @@
 """The README's commands, run exactly as printed.
 
 A fenced ``sh``/``bash`` or ``python`` block right after a ``<!-- runnable -->`` line (optionally
-``<!-- runnable timeout=SECONDS -->``) is run: shell blocks with ``bash -e`` and the venv's ``pxdbg`` first on
+``<!-- runnable timeout=SECONDS -->``, and ``slow`` at the end for a block that takes a minute or more: its test
+is marked slow, out of the fast suite) is run: shell blocks with ``bash -e`` and the venv's ``pxdbg`` first on
 ``PATH``, Python blocks with this interpreter, each in a fresh directory where ``examples`` and ``tests`` link
 to the repository's. A block that fails, or runs past its bound (default 120 s), fails its test.
 """
@@ -19,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
-MARK = re.compile(r"^<!-- runnable(?: timeout=(\d+))? -->$")
+MARK = re.compile(r"^<!-- runnable(?: timeout=(\d+))?( slow)? -->$")
 FENCE = re.compile(r"^```(\w*)$")
 LANGUAGES = {"sh": "shell", "bash": "shell", "python": "python"}
 
@@ -32,6 +33,7 @@ class Block:
     language: str
     code: str
     timeout: float
+    slow: bool = False
 
 
 def runnable_blocks(text: str) -> list[Block]:
@@ -46,7 +48,7 @@ def runnable_blocks(text: str) -> list[Block]:
             raise AssertionError(f"README.md:{i + 1}: a runnable mark must precede a sh, bash or python block")
         end = next(j for j in range(i + 2, len(lines)) if lines[j].strip() == "```")
         code = "\n".join(lines[i + 2 : end]) + "\n"
-        blocks.append(Block(i + 2, LANGUAGES[fence.group(1)], code, float(mark.group(1) or 120)))
+        blocks.append(Block(i + 2, LANGUAGES[fence.group(1)], code, float(mark.group(1) or 120), bool(mark.group(2))))
     return blocks
 
 
@@ -62,11 +64,20 @@ def test_the_readme_has_runnable_blocks_and_the_parser_finds_them():
     assert {b.language for b in BLOCKS} == {"shell", "python"}, BLOCKS
     sample = "text\n<!-- runnable timeout=5 -->\n```sh\necho hi\n```\n```sh\nnot marked\n```\n"
     assert runnable_blocks(sample) == [Block(3, "shell", "echo hi\n", 5.0)]
+    slow = "<!-- runnable timeout=300 slow -->\n```python\nprint(1)\n```\n<!-- runnable slow -->\n```sh\ntrue\n```\n"
+    assert runnable_blocks(slow) == [
+        Block(2, "python", "print(1)\n", 300.0, True),
+        Block(6, "shell", "true\n", 120.0, True),
+    ]
     with pytest.raises(AssertionError, match="must precede"):
         runnable_blocks("<!-- runnable -->\n```yaml\na: 1\n```\n")
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"line {b.line} ({_section(b.line)})" for b in BLOCKS])
+@pytest.mark.parametrize(
+    "block",
+    [pytest.param(b, marks=[pytest.mark.slow] if b.slow else []) for b in BLOCKS],
+    ids=[f"line {b.line} ({_section(b.line)})" for b in BLOCKS],
+)
 def test_readme_block_runs_as_printed(block: Block, tmp_path):
     for name in ("examples", "tests"):
         (tmp_path / name).symlink_to(REPO / name)
