@@ -21,6 +21,8 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass, field
 from statistics import median
 
+from pxdbg.consumer.health import typical_latency
+
 
 @dataclass(frozen=True)
 class PeerLoad:
@@ -72,11 +74,6 @@ def plan(start: int, prefetch: int, end: int | None, taken: Iterable[int], peers
     return out
 
 
-def _median(values) -> float | None:
-    known = [v for v in values if v]
-    return median(known) if known else None
-
-
 def overdue(
     now: float,
     copies: dict,
@@ -93,7 +90,8 @@ def overdue(
     ``copies``: {frame index: [(peer key, requested at), ...]} for the frames of the window not yet received;
     ``latency``: {peer key: recent seconds from request to arrival, or None}. A frame with fewer than
     ``max_copies`` requests is overdue when its first request is older than ``min_age`` and than ``factor``
-    times both its producer's latency and the typical (median) latency of the other producers. A producer that
+    times both its producer's latency and the typical latency of the other producers
+    (:func:`pxdbg.consumer.health.typical_latency`). A producer that
     delivered nothing yet is judged by the others' latency; ``initial_latency`` stands in when nobody delivered.
     A producer whose own latency is more than ``factor`` times the others' is a straggler as a whole: its frames
     are judged by the others' latency alone. So a farm that is uniformly slow (every producer saturated) makes
@@ -102,7 +100,7 @@ def overdue(
     overdue after ``min_age``.
     """
     urgent = set(urgent)
-    typical = {key: _median(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
+    typical = {key: typical_latency(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
