@@ -334,7 +334,8 @@ class Consumer:
         self.ready.add(idx)
         if self.waiting_since is not None and idx == self.next:
             self.consume(now)
-        self.assign(now)
+        else:
+            self.assign(now)
 
     def consume(self, now: float) -> None:
         wait = now - self.waiting_since
@@ -347,6 +348,7 @@ class Consumer:
             self.finish(now)
             return
         self.sim.at(now + self.sim.settings.work_s, self.worked)
+        self.assign(now)  # the window moved: the client's loop asks for the frame that entered it
 
     def worked(self, now: float, _=None) -> None:
         if self.finished is not None:
@@ -354,8 +356,6 @@ class Consumer:
         self.waiting_since = now
         if self.next in self.ready:
             self.consume(now)
-        else:
-            self.assign(now)
 
     def finish(self, now: float) -> None:
         self.finished = now

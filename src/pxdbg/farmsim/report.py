@@ -86,7 +86,11 @@ def measure(sim: Sim, scale: float = 1.0) -> dict:
         during = waits[(times >= a) & (times < b)]
         out["rolling_restart_s"] = b - a
         out["rolling_restart_wait_p99_s"] = _pct(during, 99)
-        out["rolling_restart_p99_vs_fault_free"] = _pct(during, 99) / out["wait_p99_s"] if len(calm) else math.nan
+        # waits below a millisecond count as one (a fault-free p99 of 0 would make any ratio infinite)
+        floor = 1e-3
+        out["rolling_restart_p99_vs_fault_free"] = (
+            max(_pct(during, 99), floor) / max(out["wait_p99_s"], floor) if len(calm) and len(during) else math.nan
+        )
     return out
 
 
