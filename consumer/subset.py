@@ -81,17 +81,20 @@ class Subset:
         return self._order
 
     def choose(self, endpoints: Sequence[str], now: float) -> list[str]:
-        """The endpoints to use now, in ranking order: the best-ranked ``max_producers`` of ``endpoints`` that are
-        not held out, starting ``rotation`` places down the ranking. Call it with every fresh resolution."""
+        """The endpoints to use now: the best-ranked ``max_producers`` of ``endpoints`` that are not held out,
+        starting ``rotation`` places down the ranking (held-out ones fill up only where too few are left). Call
+        it with every fresh resolution."""
         if self._start is None:
             self._start = now
         self._held = {ep: until for ep, until in self._held.items() if until > now}
-        order = [ep for ep in self._ranked(endpoints) if ep not in self._held]
-        if not order:
-            chosen: list[str] = []
-        else:
+        ranked = self._ranked(endpoints)
+        order = [ep for ep in ranked if ep not in self._held]
+        if order:
             shift = self.rotation(now) % len(order)
-            chosen = (order[shift:] + order[:shift])[: self.max_producers]
+            order = order[shift:] + order[:shift]
+        # held-out producers rank after all others: where there are too few others (a small farm), a lost
+        # producer stays in the subset and is taken back as soon as it answers
+        chosen = (order + [ep for ep in ranked if ep in self._held])[: self.max_producers]
         if self.current:
             self.changes += len(set(chosen) - set(self.current))
         self.current = chosen
@@ -105,7 +108,7 @@ class Subset:
 
     def drop(self, endpoint: str, now: float) -> None:
         """``endpoint`` was lost, quarantined or drains: leave it out for ``hold_s`` seconds; the next
-        :meth:`choose` puts the next-ranked producer in its place."""
+        :meth:`choose` puts the next-ranked producer in its place, if there is one."""
         self._held[endpoint] = now + self.hold_s
 
     def held(self, now: float) -> list[str]:

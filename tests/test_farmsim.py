@@ -70,10 +70,13 @@ def test_the_emulated_partition_case_costs_under_a_second_of_stall():
     # the cut-off producer and asks the others for its frames
     common = dict(producers=3, consumers=1, frame_s=0.027, work_s=0.04, events=480, seed=3)
     ref = simulate(Settings(**common))
-    got = simulate(Settings(partition=(5.0, 0.34, 7.0), **common))
+    sim = Sim(Settings(partition=(5.0, 0.34, 7.0), **common)).run()
+    got = measure(sim)
     assert got["frames_consumed"] == ref["frames_consumed"] == 480
     assert got["counters"]["producer_failures"] == 1 and got["counters"]["producers_silent"] >= 1
     assert got["wait_total_per_consumer_s"] - ref["wait_total_per_consumer_s"] < 1.0
+    ((_, producer, made),) = sim.heals
+    assert producer.frames > made, "the producer was not used again after the heal"
 
 
 def test_a_lost_producer_is_replaced_and_the_farm_recovers():

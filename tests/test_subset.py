@@ -64,7 +64,10 @@ def test_rotation_moves_one_member_at_a_time():
 
 
 def test_fewer_endpoints_than_the_bound_uses_them_all_and_bad_settings_are_refused():
-    assert sorted(Subset(8).choose(FARM[:3], 0.0)) == sorted(FARM[:3])
+    small = Subset(8)
+    assert sorted(small.choose(FARM[:3], 0.0)) == sorted(FARM[:3])
+    small.drop(FARM[0], 1.0)
+    assert sorted(small.choose(FARM[:3], 2.0)) == sorted(FARM[:3]), "too few others: a lost one stays, to come back"
     assert Subset(8).choose([], 0.0) == []
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="max_producers"):

@@ -510,6 +510,7 @@ class Sim:
         self.finished = 0
         self.wait_total = 0.0  # every wait, the warm-up's too (the emulated farm's "stall")
         self.restart_window: tuple[float, float] | None = None
+        self.heals: list[tuple[float, Producer, int]] = []  # (when, which, frames it had made by then)
         self.waits = array("d")  # every wait once warm, seconds
         self.wait_times = array("d")  # when each of them ended
         self.consumed_at = array("d")  # when each frame was taken by an event loop
@@ -590,6 +591,7 @@ class Sim:
         self.at(now + seconds, self.heal, producer)
 
     def heal(self, now: float, producer: Producer) -> None:
+        self.heals.append((now, producer, producer.frames))
         producer.reachable = True
         producer.registered = True
         self._register(now)
