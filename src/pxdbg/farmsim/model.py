@@ -37,6 +37,8 @@ CLIENT_TIMEOUT_S = 30.0
 #: Seconds between two looks at every producer's health when nothing is due sooner (a loss or silence is looked
 #: at when its verdict falls due, see ``Sim._cut``; what remains, the stall and the end of a quarantine, is slow).
 JUDGE_S = 1.0
+#: Seconds after the last consumer started before the steady state is measured (their windows fill first).
+SETTLE_S = 5.0
 
 
 @dataclass
@@ -511,6 +513,10 @@ class Sim:
         self.wait_total = 0.0  # every wait, the warm-up's too (the emulated farm's "stall")
         self.restart_window: tuple[float, float] | None = None
         self.heals: list[tuple[float, Producer, int]] = []  # (when, which, frames it had made by then)
+        #: from when the figures count: the whole run for a fixed number of events, else once every consumer
+        #: started and filled its window
+        self.measure_from = 0.0 if settings.events is not None else settings.ramp_s + SETTLE_S
+        self.at_start: dict = {"counters": dict(self.counters), "frames_lost": 0, "busy": [0.0] * len(self.producers)}
         self.waits = array("d")  # every wait once warm, seconds
         self.wait_times = array("d")  # when each of them ended
         self.consumed_at = array("d")  # when each frame was taken by an event loop
@@ -525,6 +531,14 @@ class Sim:
     def at(self, when: float, fn, arg=None) -> None:
         self._seq += 1
         heapq.heappush(self._queue, (when, self._seq, fn, arg))
+
+    def _snapshot(self, now: float, _=None) -> None:
+        self.at_start = {
+            "counters": dict(self.counters),
+            "frames_lost": self.frames_lost,
+            "busy": [p.busy_s for p in self.producers],
+            "frames": [p.frames for p in self.producers],
+        }
 
     def registered(self) -> list[str]:
         return self._registered
@@ -686,6 +700,8 @@ class Sim:
         for c in self.consumers:
             self.at(c.start, c.refresh)
         self._schedule_faults()
+        if self.measure_from > 0:
+            self.at(self.measure_from, self._snapshot)
         horizon = self.settings.duration
         queue = self._queue
         while queue:

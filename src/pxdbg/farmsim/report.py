@@ -30,11 +30,16 @@ def measure(sim: Sim, scale: float = 1.0) -> dict:
     end = sim.end
     consumed = np.frombuffer(sim.consumed_at, dtype=float) if len(sim.consumed_at) else np.zeros(0)
     first_fault = min((t for _, t in sim.faults), default=end)
-    # steady state: after every consumer started and filled its window, before the first fault
-    warm = s.ramp_s + min(5.0, 0.1 * end)
+    # steady state: from sim.measure_from (every consumer started and filled its window) to the first fault
+    warm = sim.measure_from
     steady_end = first_fault if first_fault > warm + BIN_S else end
     n_steady = int(((consumed >= warm) & (consumed < steady_end)).sum())
     steady_rate = n_steady / max(steady_end - warm, 1e-9) if s.events is None else len(consumed) / max(end, 1e-9)
+    # counters over the measured part only (the start's window fill and hedge bursts are not the steady state)
+    base = sim.at_start
+    counters = {k: v - base["counters"].get(k, 0) for k, v in sim.counters.items()}
+    frames_lost = sim.frames_lost - base["frames_lost"]
+    span = max(end - warm, 1e-9)
     capacity = s.capacity()
     offered = s.consumers / s.work_s if s.work_s > 0 else math.inf
     deliverable = min(capacity, offered)
@@ -45,8 +50,10 @@ def measure(sim: Sim, scale: float = 1.0) -> dict:
     times = np.frombuffer(sim.wait_times, dtype=float) if len(sim.wait_times) else np.zeros(0)
     calm = waits[times < first_fault] if sim.faults else waits
 
-    generated = sum(p.frames for p in sim.producers)
-    busy = [p.busy_s / max(end, 1e-9) for p in sim.producers]
+    made_before = base.get("frames", [0] * len(sim.producers))
+    generated = sum(p.frames - m for p, m in zip(sim.producers, made_before))
+    used = int((consumed >= warm).sum())
+    busy = [(p.busy_s - b) / span for p, b in zip(sim.producers, base["busy"])]
     connections = [p.max_connections for p in sim.producers]
     hb = s.policy.heartbeat_interval
     out = {
@@ -66,15 +73,17 @@ def measure(sim: Sim, scale: float = 1.0) -> dict:
         "utilisation_mean": float(np.mean(busy)),
         "utilisation_min": float(np.min(busy)),
         "utilisation_max": float(np.max(busy)),
+        "measured_from_s": warm,
         "frames_consumed": len(consumed),
         "frames_generated": generated,
         # made for nothing: second copies, and frames for a connection the consumer had already dropped
-        "waste": (sim.counters["duplicates_dropped"] + sim.frames_lost) / generated if generated else 0.0,
-        "hedge_waste": sim.counters["duplicates_dropped"] / max(1, len(consumed)),
+        "waste": (counters["duplicates_dropped"] + frames_lost) / generated if generated else 0.0,
+        "hedge_waste": counters["duplicates_dropped"] / max(1, used),
         "connections_per_producer_mean": float(np.mean(connections)),
         "connections_per_producer_max": int(max(connections)),
         "heartbeats_per_producer_s": float(np.mean(connections)) / hb,
-        "counters": dict(sim.counters),
+        "counters": counters,
+        "counters_whole_run": dict(sim.counters),
     }
     for kind, t in sim.faults:
         after = waits[times >= t]
@@ -109,6 +118,7 @@ def recovery(consumed: np.ndarray, fault: float, end: float, baseline: float) ->
 
 
 ROWS = (
+    ("measured from", lambda m: f"{m['measured_from_s']:.0f} s (virtual) to the end"),
     ("throughput", lambda m: f"{m['throughput_fps']:,.0f} frames/s"),
     ("  of what the farm can deliver", lambda m: f"{m['throughput_of_deliverable']:.1%} (goal >= 95 %)"),
     ("  of the farm's capacity", lambda m: f"{m['throughput_of_capacity']:.1%}"),
