@@ -73,6 +73,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     j.add_argument("--net-ms", type=float, default=0.5, help="one-way network delay (0.5)")
     j.add_argument("--prefetch", type=int, default=16, help="frames requested ahead per consumer (16)")
     j.add_argument("--hedge-budget", type=float, default=0.05, help="hedges per frame received (0.05)")
+    j.add_argument(
+        "--hedge-burst", type=float, default=4.0, help="hedges a consumer may make at once (4: the client's)"
+    )
     j.add_argument("--max-producers", type=int, default=8, help="producers per consumer: the subset size (8)")
     j.add_argument("--heartbeat", type=float, default=0.5, help="heartbeat interval, seconds (0.5)")
     j.add_argument("--heartbeat-timeout", type=float, default=5.0, help="silence that means lost, seconds (5)")
@@ -118,6 +121,7 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, int]:
             net_s=args.net_ms / 1e3,
             prefetch=args.prefetch,
             hedge_budget=args.hedge_budget,
+            hedge_burst=args.hedge_burst,
             max_producers=args.max_producers,
             max_consumers=args.max_consumers,
             policy=policy,

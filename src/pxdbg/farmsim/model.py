@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from pxdbg.consumer import credits, health
 from pxdbg.consumer.health import ALIVE, CONNECTING, DRAINING, QUARANTINED, HealthPolicy, PeerHealth
-from pxdbg.consumer.subset import Subset
+from pxdbg.consumer.subset import DEFAULT_HOLD_S, Subset
 from pxdbg.producer.queues import ConsumerQueues, LimitError
 
 #: The real client's constants (``pxdbg.consumer.client``), repeated here because importing the client would
@@ -63,7 +63,9 @@ class Settings:
     net_s: float = 0.0005  # one-way network delay
     prefetch: int = 16
     hedge_budget: float = 0.05
+    hedge_burst: float = HEDGE_BURST
     max_producers: int = 8  # subset size
+    hold_s: float = DEFAULT_HOLD_S  # how long a dropped producer stays out of a subset
     max_consumers: int = 256  # the producer's admission limit
     max_pending: int = 4096
     policy: HealthPolicy = field(default_factory=HealthPolicy)
@@ -182,7 +184,7 @@ class Consumer:
         s = sim.settings
         self.sim = sim
         self.index = index
-        self.subset = Subset(s.max_producers, key=f"job-{index}", seed=s.seed)
+        self.subset = Subset(s.max_producers, key=f"job-{index}", seed=s.seed, hold_s=s.hold_s)
         self.peers: dict[str, PeerHealth] = {}
         self.cids: dict[str, bytes] = {}
         self.serial = 0
@@ -191,13 +193,14 @@ class Consumer:
         self.end = s.events
         self.ready: set[int] = set()
         self.hedged: dict[int, str] = {}
-        self.budget = credits.HedgeBudget(ratio=s.hedge_budget, burst=HEDGE_BURST)
+        self.budget = credits.HedgeBudget(ratio=s.hedge_budget, burst=s.hedge_burst)
         self.waiting_since: float | None = start
         self.start = start
         self.finished: float | None = None
         self.check_at = math.inf
         self.judged = 0.0
         self.skipped: set[int] = set()  # overdue frames the budget left alone (counted once)
+        self.retiring: set[str] = set()  # out of the subset, kept until the frames they owe arrive
         self.consumed = 0
 
     # -- connections ------------------------------------------------------------------------------------------
@@ -206,8 +209,17 @@ class Consumer:
         if self.finished is not None:
             return
         chosen = set(self.subset.choose(self.sim.registered(), now))
+        self.retiring -= chosen
         for ep in [ep for ep in self.peers if ep not in chosen]:
-            if self.peers[ep].state != DRAINING:  # a draining one may still deliver what it owes
+            peer = self.peers[ep]
+            if peer.state == DRAINING:  # it may still deliver what it owes
+                continue
+            if peer.state == ALIVE and peer.outstanding and ep in self.sim.registered_set:
+                # left the subset alive (its hold ended elsewhere, a rotation): asked nothing new, kept until
+                # what it owes arrives, instead of re-issuing frames that are on their way
+                self.retiring.add(ep)
+            else:
+                self.retiring.discard(ep)
                 self.disconnect(ep, now)
         for ep in chosen:
             if ep not in self.peers:
@@ -243,6 +255,7 @@ class Consumer:
         self.assign(now)
 
     def disconnect(self, ep: str, now: float) -> None:
+        self.retiring.discard(ep)
         peer = self.peers.pop(ep)
         peer.forget_work()
         self._unhedge(ep)
@@ -334,6 +347,9 @@ class Consumer:
             self.sim.counters["hedges_wasted"] += 1
         self.budget.earn(1)
         self.ready.add(idx)
+        if ep in self.retiring and not peer.outstanding:
+            self.retiring.discard(ep)
+            self.disconnect(ep, now)
         if self.waiting_since is not None and idx == self.next:
             self.consume(now)
         else:
@@ -389,6 +405,8 @@ class Consumer:
         if self.finished is not None:
             return
         alive = [ep for ep, p in self.peers.items() if p.state == ALIVE and not p.silent_since]
+        if self.retiring:
+            alive = [ep for ep in alive if ep not in self.retiring]
         if alive:
             taken = set(self.ready)
             for p in self.peers.values():
@@ -427,7 +445,8 @@ class Consumer:
             # skipping the call changes no decision and is most of the simulator's time under load
             return
         latency = {ep: self.peers[ep].latency for ep in working}
-        candidates = self.loads([ep for ep in alive if not self.peers[ep].silent_since], now, trust_all=bool(urgent))
+        fit = [ep for ep in alive if not self.peers[ep].silent_since and ep not in self.retiring]
+        candidates = self.loads(fit, now, trust_all=bool(urgent))
         decided = credits.hedges(
             now,
             copies,
@@ -492,6 +511,7 @@ class Sim:
         self.producers = [Producer(self, i, s) for i, s in enumerate(settings.speeds())]
         self.by_endpoint = {p.endpoint: p for p in self.producers}
         self._registered = [p.endpoint for p in self.producers]
+        self.registered_set = set(self._registered)
         self.counters: dict[str, int] = {
             k: 0
             for k in (
@@ -546,6 +566,7 @@ class Sim:
     def _register(self, now: float) -> None:
         """The rendezvous directory changed: every consumer sees it at its next re-read (within a second)."""
         self._registered = [p.endpoint for p in self.producers if p.up and not p.draining and p.registered]
+        self.registered_set = set(self._registered)
         for c in self.consumers:
             if c.finished is None:
                 self.at(now + self.rng.uniform(0, 1.0), c.refresh)
