@@ -200,7 +200,6 @@ class Consumer:
         self.check_at = math.inf
         self.judged = 0.0
         self.skipped: set[int] = set()  # overdue frames the budget left alone (counted once)
-        self.retiring: set[str] = set()  # out of the subset, kept until the frames they owe arrive
         self.consumed = 0
 
     # -- connections ------------------------------------------------------------------------------------------
@@ -209,17 +208,8 @@ class Consumer:
         if self.finished is not None:
             return
         chosen = set(self.subset.choose(self.sim.registered(), now))
-        self.retiring -= chosen
         for ep in [ep for ep in self.peers if ep not in chosen]:
-            peer = self.peers[ep]
-            if peer.state == DRAINING:  # it may still deliver what it owes
-                continue
-            if peer.state == ALIVE and peer.outstanding and ep in self.sim.registered_set:
-                # left the subset alive (its hold ended elsewhere, a rotation): asked nothing new, kept until
-                # what it owes arrives, instead of re-issuing frames that are on their way
-                self.retiring.add(ep)
-            else:
-                self.retiring.discard(ep)
+            if self.peers[ep].state != DRAINING:  # a draining one may still deliver what it owes
                 self.disconnect(ep, now)
         for ep in chosen:
             if ep not in self.peers:
@@ -255,7 +245,6 @@ class Consumer:
         self.assign(now)
 
     def disconnect(self, ep: str, now: float) -> None:
-        self.retiring.discard(ep)
         peer = self.peers.pop(ep)
         peer.forget_work()
         self._unhedge(ep)
@@ -347,9 +336,6 @@ class Consumer:
             self.sim.counters["hedges_wasted"] += 1
         self.budget.earn(1)
         self.ready.add(idx)
-        if ep in self.retiring and not peer.outstanding:
-            self.retiring.discard(ep)
-            self.disconnect(ep, now)
         if self.waiting_since is not None and idx == self.next:
             self.consume(now)
         else:
@@ -405,8 +391,6 @@ class Consumer:
         if self.finished is not None:
             return
         alive = [ep for ep, p in self.peers.items() if p.state == ALIVE and not p.silent_since]
-        if self.retiring:
-            alive = [ep for ep in alive if ep not in self.retiring]
         if alive:
             taken = set(self.ready)
             for p in self.peers.values():
@@ -445,7 +429,7 @@ class Consumer:
             # skipping the call changes no decision and is most of the simulator's time under load
             return
         latency = {ep: self.peers[ep].latency for ep in working}
-        fit = [ep for ep in alive if not self.peers[ep].silent_since and ep not in self.retiring]
+        fit = [ep for ep in alive if not self.peers[ep].silent_since]
         candidates = self.loads(fit, now, trust_all=bool(urgent))
         decided = credits.hedges(
             now,
@@ -511,7 +495,6 @@ class Sim:
         self.producers = [Producer(self, i, s) for i, s in enumerate(settings.speeds())]
         self.by_endpoint = {p.endpoint: p for p in self.producers}
         self._registered = [p.endpoint for p in self.producers]
-        self.registered_set = set(self._registered)
         self.counters: dict[str, int] = {
             k: 0
             for k in (
@@ -566,7 +549,6 @@ class Sim:
     def _register(self, now: float) -> None:
         """The rendezvous directory changed: every consumer sees it at its next re-read (within a second)."""
         self._registered = [p.endpoint for p in self.producers if p.up and not p.draining and p.registered]
-        self.registered_set = set(self._registered)
         for c in self.consumers:
             if c.finished is None:
                 self.at(now + self.rng.uniform(0, 1.0), c.refresh)
