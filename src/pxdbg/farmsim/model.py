@@ -640,7 +640,8 @@ class Sim:
             return
         self.counters["frames_reissued"] += len(health.on_draining(peer, dropped, "it shuts down"))
         c._unhedge(producer.endpoint)
-        c.subset.drop(producer.endpoint, now)
+        # not held out of the subset: a drain is a restart, and its rendezvous entry (gone while it is down)
+        # says when it is back, so its consumers return to it and load spreads as before
         c.refresh(now)
 
     def drained(self, producer: Producer, now: float) -> None:
@@ -658,7 +659,6 @@ class Sim:
         c, ep = arg
         if ep in c.peers:
             self.counters["producers_drained"] += 1
-            c.subset.drop(ep, now)
             c.disconnect(ep, now)
             c.refresh(now)
 
