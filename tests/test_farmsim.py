@@ -155,3 +155,28 @@ def test_the_command_line_prints_json_and_refuses_bad_faults_in_one_line():
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--lose" in bad.stderr, bad.stderr
     table = subprocess.run([*cmd, "--events", "3"], capture_output=True, text=True, timeout=120, check=True)
     assert "Jain's fairness index" in table.stdout and "slice" in table.stdout
+
+
+def test_a_slice_stands_for_the_farm():
+    # what one producer and one consumer see depends on the ratios a slice keeps, not on the farm's size
+    def run(slice_: int) -> dict:
+        s = Settings(
+            producers=slice_,
+            consumers=10 * slice_,
+            frame_s=0.01,
+            load=0.9,
+            events=None,
+            duration=25.0,
+            ramp_s=5.0,
+            max_producers=2,
+            prefetch=4,
+            hedge_budget=0.01,
+            seed=7,
+        )
+        return simulate(s, farm_producers=1000)
+
+    small, large = run(10), run(20)
+    assert small["throughput_fps"] == pytest.approx(large["throughput_fps"], rel=0.03)
+    assert small["capacity_fps"] == pytest.approx(large["capacity_fps"]) == pytest.approx(100_000)
+    assert abs(small["jain"] - large["jain"]) < 0.01
+    assert small["connections_per_producer_mean"] == pytest.approx(large["connections_per_producer_mean"], rel=0.05)
