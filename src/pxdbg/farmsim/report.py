@@ -169,7 +169,8 @@ def table(m: dict) -> str:
     rows.append(
         (
             "producers lost / drained / quarantined",
-            f"{c['producer_failures']} / {c['producers_drained']} / {c['producers_quarantined']} (consumer verdicts)",
+            f"{c['producer_failures']} / {c['producers_drained']} / {c['producers_quarantined']} (consumer verdicts); "
+            f"{c['admissions_refused']} hellos refused (producer full)",
         )
     )
     width = max(len(r[0]) for r in rows)
