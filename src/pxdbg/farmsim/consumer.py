@@ -274,7 +274,7 @@ class Consumer:
             copies,
             latency,
             candidates,
-            self.budget.tokens if self.budget.ratio > 0 else 0.0,
+            self.budget,  # credits.hedges spends from it, as it does the client's
             factor=s.policy.straggler_factor,
             min_age=s.policy.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
@@ -291,7 +291,6 @@ class Consumer:
                     self.sim.counters["frames_reissued"] += 1
                 else:
                     self.hedged[i] = decided.first[i]
-                    self.budget.tokens -= 1
                     self.sim.counters["hedged"] += 1
 
     def schedule_check(self, now: float) -> None:
