@@ -23,6 +23,11 @@ from statistics import median
 
 from pxdbg.consumer.health import typical_latency
 
+#: Seconds from request to arrival assumed for a producer while no producer has delivered a frame.
+INITIAL_LATENCY_S = 1.0
+#: Hedge tokens a consumer starts with (and holds at most): :class:`HedgeBudget`'s ``burst``.
+HEDGE_BURST = 4.0
+
 
 @dataclass(frozen=True)
 class PeerLoad:
@@ -39,6 +44,32 @@ class PeerLoad:
     latency: float | None = None
     #: age in seconds of the oldest frame it owes (0 when it owes none)
     oldest_age: float = 0.0
+
+
+def peer_load(
+    key: Hashable,
+    health,
+    now: float,
+    *,
+    prefetch: int,
+    usable: int,
+    suspect: bool,
+    trust_all: bool = False,
+) -> PeerLoad:
+    """What the planner knows of one producer from its :class:`pxdbg.consumer.health.PeerHealth`-like state
+    (``outstanding``, ``seconds_per_frame``, ``latency``, ``slow_strikes``, ``cap``). A producer under suspicion of
+    being slow (``suspect``: a frame of it was hedged; or overtaken in a row) takes one frame at a time, unless
+    ``trust_all`` (the frames of a silent or draining producer must go somewhere, and being overtaken by a producer
+    that then went silent is no sign of slowness); one whose speed is not known yet (it delivered nothing) at most
+    its share of the window among the ``usable`` producers (not quarantined), so the producer that welcomes first
+    does not take the whole window."""
+    share = -(-prefetch // max(1, usable))
+    if not trust_all and (suspect or health.slow_strikes):
+        limit = 1
+    else:
+        limit = min(prefetch, health.cap, share if health.seconds_per_frame is None else prefetch)
+    oldest = now - min(health.outstanding.values()) if health.outstanding else 0.0
+    return PeerLoad(key, len(health.outstanding), health.seconds_per_frame, limit, health.latency, oldest)
 
 
 def window(start: int, prefetch: int, end: int | None) -> range:

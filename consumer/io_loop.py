@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pxdbg.consumer")
 #: Hedged requests a consumer may make before it received any frame (its budget's bucket size): enough for a
 #: producer that hangs from the start to be overtaken ``max_strikes`` (3) times and quarantined.
-HEDGE_BURST = 4.0
+HEDGE_BURST = credits.HEDGE_BURST
 #: Seconds without any producer after which a consumer says what it waits for.
 WAITING_NOTICE_S = 2.0
 

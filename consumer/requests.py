@@ -24,7 +24,7 @@ log = logging.getLogger("pxdbg.consumer")
 #: Seconds between two looks for overdue frames.
 HEDGE_CHECK_S = 0.01
 #: The latency assumed before any producer delivered a frame (no hedge is made on a guess before 4x that).
-INITIAL_LATENCY_S = 1.0
+INITIAL_LATENCY_S = credits.INITIAL_LATENCY_S
 
 
 class RequestPlanner:
@@ -49,19 +49,17 @@ class RequestPlanner:
         overtaken by a producer that then went silent is no sign of slowness); one whose speed is not known yet
         (it delivered nothing) at most its share of the window among the producers not quarantined, so the
         producer that welcomes first does not take the whole window."""
-        suspects = set() if trust_all else set(self._hedged.values())
+        suspects = set(self._hedged.values())
         usable = sum(p.state != QUARANTINED for p in self.peers.values())
-        share = -(-self.prefetch // max(1, usable))
         return [
-            credits.PeerLoad(
+            credits.peer_load(
                 p.endpoint,
-                len(p.health.outstanding),
-                p.health.seconds_per_frame,
-                1
-                if (p.endpoint in suspects or (p.health.slow_strikes and not trust_all))
-                else min(self.prefetch, p.health.cap, share if p.health.seconds_per_frame is None else self.prefetch),
-                p.health.latency,
-                now - min(p.health.outstanding.values()) if p.health.outstanding else 0.0,
+                p.health,
+                now,
+                prefetch=self.prefetch,
+                usable=usable,
+                suspect=p.endpoint in suspects,
+                trust_all=trust_all,
             )
             for p in peers
         ]

@@ -17,6 +17,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pxdbg import farmsim
 from pxdbg.cli import bench, catalog, farm, files, generate, keys, produce, run, samples
 from pxdbg.shared.errors import PxdbgError
 from pxdbg.shared.version import __version__
@@ -108,7 +109,7 @@ COMMANDS: tuple[Command, ...] = (
         generate.add_export_arguments,
         generate.run_export,
     ),
-    Command("farm", "look at a producer farm"),
+    Command("farm", "look at a producer farm, or simulate one"),
     Command(
         "farm status",
         "a table of the producers an endpoint string reaches, asked over the protocol",
@@ -120,6 +121,12 @@ COMMANDS: tuple[Command, ...] = (
         "sum the JSON summaries of `pxdbg run --json` jobs (consumer waits, re-issues, hedges)",
         farm.add_jobs_arguments,
         farm.run_jobs,
+    ),
+    Command(
+        "farm simulate",
+        "simulate a farm in virtual time with the consumer's and producer's own policy code",
+        farmsim.add_arguments,
+        farmsim.run,
     ),
     Command(
         "bench",

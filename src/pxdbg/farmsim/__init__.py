@@ -1,7 +1,7 @@
 """A producer farm simulated in virtual time, driving the consumer's and the producer's own policy code.
 
-``python -m pxdbg.farmsim --producers 1000 --consumers 100000 --load 0.9 --events 0 --json`` (and, once
-registered, ``pxdbg farm simulate``: :func:`add_arguments` and :func:`run` are its whole interface).
+``pxdbg farm simulate --producers 1000 --consumers 100000 --load 0.9 --events 0 --json`` (or ``python -m
+pxdbg.farmsim``; :func:`add_arguments` and :func:`run` are its whole interface).
 
 Large farms are simulated as a **slice**: ``--slice S`` of the ``--producers P`` with ``C * S / P`` of the
 ``--consumers C``, every one of them running the real policy. A consumer uses only its subset of
@@ -137,6 +137,17 @@ def settings_from(args: argparse.Namespace) -> tuple[Settings, int]:
     return settings, args.producers
 
 
+def _finite(value):
+    """``value`` with every non-finite float (inf, nan) replaced by None, recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     """``pxdbg farm simulate``: simulate, print the table (or ``--json``); 0."""
     settings, farm = settings_from(args)
@@ -146,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
     figures["farm_consumers"] = args.consumers
     figures["wall_s"] = round(time.perf_counter() - started, 1)
     if args.json:
-        json.dump(figures, sys.stdout, indent=1, default=float)
+        # strict JSON: an unbounded figure (no offered load: consumers that never wait) is null, not Infinity
+        json.dump(_finite(figures), sys.stdout, indent=1, default=float, allow_nan=False)
         print()
         return 0
     what = f"{farm} producers x {args.consumers} consumers"

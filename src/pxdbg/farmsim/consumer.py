@@ -7,9 +7,10 @@ import math
 from typing import TYPE_CHECKING
 
 from pxdbg.consumer import credits, health
+from pxdbg.consumer.credits import INITIAL_LATENCY_S
 from pxdbg.consumer.health import ALIVE, CONNECTING, DRAINING, QUARANTINED, PeerHealth
 from pxdbg.consumer.subset import Subset
-from pxdbg.farmsim.settings import CLIENT_TIMEOUT_S, INITIAL_LATENCY_S, JUDGE_S, POLL_S
+from pxdbg.farmsim.settings import CLIENT_TIMEOUT_S, JUDGE_S, POLL_S
 
 if TYPE_CHECKING:
     from pxdbg.farmsim.model import Sim
@@ -209,21 +210,20 @@ class Consumer:
     def loads(self, eps: list[str], now: float, trust_all: bool = False) -> list[credits.PeerLoad]:
         """What the planner knows (as the client's ``_loads``): a suspect producer takes one frame at a time, one
         of unknown speed at most its share of the window."""
-        suspects = set() if trust_all else set(self.hedged.values())
+        suspects = set(self.hedged.values())
         usable = sum(p.state != QUARANTINED for p in self.peers.values())
-        share = -(-self.sim.settings.prefetch // max(1, usable))
-        prefetch = self.sim.settings.prefetch
-        out = []
-        for ep in eps:
-            p = self.peers[ep]
-            limit = (
-                1
-                if ep in suspects or (p.slow_strikes and not trust_all)
-                else min(prefetch, p.cap, share if p.seconds_per_frame is None else prefetch)
+        return [
+            credits.peer_load(
+                ep,
+                self.peers[ep],
+                now,
+                prefetch=self.sim.settings.prefetch,
+                usable=usable,
+                suspect=ep in suspects,
+                trust_all=trust_all,
             )
-            oldest = now - min(p.outstanding.values()) if p.outstanding else 0.0
-            out.append(credits.PeerLoad(ep, len(p.outstanding), p.seconds_per_frame, limit, p.latency, oldest))
-        return out
+            for ep in eps
+        ]
 
     def assign(self, now: float) -> None:
         if self.finished is not None:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from pxdbg.consumer.credits import HEDGE_BURST
 from pxdbg.consumer.health import HealthPolicy
 from pxdbg.consumer.subset import DEFAULT_HOLD_S
 
 #: The real client's constants (``pxdbg.consumer.client``), repeated here because importing the client would
 #: import zmq for nothing: the hedge bucket's size and the latency assumed before any frame arrived.
-HEDGE_BURST = 4.0
-INITIAL_LATENCY_S = 1.0
 #: Seconds between two looks of an idle consumer's loop (the client's poll tick); frames arriving wake it sooner.
 POLL_S = 0.05
 #: Seconds a rendezvous entry of a producer that stopped heartbeating stays (three 2 s heartbeats).
