@@ -250,7 +250,7 @@ def test_models_init_writes_marked_random_weights_that_payload_add_refuses(tmp_p
 
 
 def test_a_new_subcommand_is_one_registration(monkeypatch, capsys):
-    """A module with ``add_arguments(parser)`` and ``run(args) -> int`` becomes ``pxdbg farm simulate`` by one entry of
+    """A module with ``add_arguments(parser)`` and ``run(args) -> int`` becomes ``pxdbg farm rehearse`` by one entry of
     ``COMMANDS``; it is listed under its group, parses its own options and its exit status is pxdbg's."""
     import types
 
@@ -263,15 +263,15 @@ def test_a_new_subcommand_is_one_registration(monkeypatch, capsys):
     monkeypatch.setattr(
         cli,
         "COMMANDS",
-        (*cli.COMMANDS, cli.Command("farm simulate", "simulate a farm", module.add_arguments, module.run)),
+        (*cli.COMMANDS, cli.Command("farm rehearse", "rehearse a farm", module.add_arguments, module.run)),
     )
-    assert cli.main(["farm", "simulate", "--producers", "5"]) == 3
+    assert cli.main(["farm", "rehearse", "--producers", "5"]) == 3
     assert capsys.readouterr().out == "simulated 5 producers\n"
     with pytest.raises(SystemExit):
         cli.main(["farm", "--help"])
-    assert "simulate a farm" in capsys.readouterr().out
+    assert "rehearse a farm" in capsys.readouterr().out
     with pytest.raises(SystemExit):
-        cli.main(["farm", "simulate"])
+        cli.main(["farm", "rehearse"])
     assert "the following arguments are required: --producers" in capsys.readouterr().err
 
 

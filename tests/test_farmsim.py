@@ -146,9 +146,11 @@ def test_every_decision_is_the_project_modules(monkeypatch):
 
 
 def test_the_command_line_prints_json_and_refuses_bad_faults_in_one_line():
-    cmd = [sys.executable, "-m", "pxdbg.farmsim", "--producers", "40", "--consumers", "400", "--slice", "20"]
+    pxdbg = [sys.executable, "-m", "pxdbg", "farm", "simulate"]
+    cmd = [*pxdbg, "--producers", "40", "--consumers", "400", "--slice", "20"]
     out = subprocess.run([*cmd, "--events", "5", "--json"], capture_output=True, text=True, timeout=120, check=True)
-    figures = json.loads(out.stdout)
+    # strict JSON: a figure without a bound (no offered load) is null, never Infinity or NaN
+    figures = json.loads(out.stdout, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
     assert figures["farm_producers"] == 40 and figures["producers"] == 20 and figures["consumers"] == 200
     assert figures["capacity_fps"] == pytest.approx(40 * 21.5, rel=1e-6)
     bad = subprocess.run([*cmd, "--lose", "ten:0.05"], capture_output=True, text=True, timeout=60)
