@@ -18,6 +18,9 @@ copy for inference only:
   computes it in fp32; ``"bf16"`` in bf16 with its bias centred on the hit threshold: the pre-activation comes
   out as an offset from ``atanh(threshold)``, so values near the threshold, where a rounding flips a pixel
   between hit and no hit, keep bf16's full relative precision, and the threshold is added back in fp32.
+
+Inference code of the models (past 500 lines: the folding of every layer kind sits beside the checks that it is
+exact).
 """
 
 from __future__ import annotations

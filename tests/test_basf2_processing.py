@@ -1,7 +1,10 @@
 """basf2's processing model in the stand-in (tests/standin/README.md names the basf2 file of each rule): the
 path split, initialize before the fork, which process runs which module, terminate and beginRun/endRun per
 process, EventInfoSetter's numbering, what travels between processes, the GIL, dying children and orphans.
-Plain Python test modules only; no pxdbg."""
+Plain Python test modules only; no pxdbg.
+
+Past 500 lines: one test per rule of basf2's processing model, each naming its basf2 source file.
+"""
 
 from __future__ import annotations
 

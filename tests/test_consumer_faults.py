@@ -6,6 +6,8 @@ elsewhere; the run fails only when no usable producer is left, with a message th
 These tests check the wiring, one per behaviour, against real sockets in real time; the rules themselves (how
 many strikes, when a producer is slow, stalled, silent or lost, how long a quarantine lasts) are checked case by
 case, with the time passed in, in tests/test_health.py.
+
+Past 500 lines: one test per behaviour of a hostile producer, sharing the fake producers of pipeline_helpers.
 """
 
 from __future__ import annotations

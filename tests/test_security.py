@@ -1,6 +1,9 @@
 """CURVE keys, the allow-list and its reloads, refusals as the consumer reports them, private ipc directories.
 
 Real zmq sockets on the loopback; the producer and consumer processes come in the pipeline tests below.
+
+Past 500 lines: one test per rule of the allow-list, the key files and the refusals, sharing one set of socket
+fixtures.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ PID, namespaces, bridge, iptables rules, ``/etc/netns`` entries), also after a f
 
 Faults: :meth:`partition` / :meth:`heal` (the node's link down / up), :meth:`loss` (random packet loss on a
 node's link with iptables ``statistic``), :meth:`limit` (bandwidth, ``tc tbf``). Every wait is bounded.
+
+One file, past 500 lines, on purpose: the cluster's set-up and its teardown (after a failure too) must be read
+together to see that nothing it starts outlives it.
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ separate event and persistent maps, ``StoreEntry``, ``StoreAccessorBase``, ``PyS
 ``VxdID``, ``DigitBase``, ``PXDDigit``, ``BackgroundInfo`` and ``DBStoreEntry``; and the C++ bodies of the
 ``BGOverlayInput`` and ``BGOverlayExecutor`` modules. Messages of the C++ side are collected in a log that the
 ``basf2`` stand-in drains after every module call; ``B2FATAL`` throws (basf2 would end the process).
+
+One file, past 500 lines, on purpose: it is one cling declaration of the C++ classes basf2's headers declare
+together, each rule next to the header it comes from.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ processing models:
   process, events travelling between them through bounded queues as ROOT-streamed data store entries.
 
 Each rule names the basf2 file it follows; ../README.md has the table and what is simplified.
+
+One file, past 500 lines, on purpose: ``import basf2`` is one module in basf2 too, and its processing model (fork,
+queues, per-process logging) is one piece of logic.
 """
 
 from __future__ import annotations
