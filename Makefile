@@ -42,4 +42,4 @@ bench: $(STAMP)
 	$(BIN)/pxdbg bench
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info
