@@ -11,7 +11,7 @@ PIP := $(BIN)/python -m pip install -q --disable-pip-version-check
 DEMO_STAMP := $(VENV)/.pxdbg-demo
 STAMP := $(VENV)/.pxdbg-installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test test-fast lint bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,17 @@ demo: $(DEMO_STAMP)
 	$(BIN)/pxdbg run --workers 2 --events 500 --seed 2026 --prefetch 16 --out out/demo.npz --force
 	$(BIN)/pxdbg validate out/demo.npz --out out/validation
 
+# Two pytest-xdist workers for everything but the farm tests, which share one emulated Slurm cluster and run
+# afterwards one at a time (tests/conftest.py refuses them on a worker). Both parts run; either failing fails.
+XDIST ?= -n 2
+PYTEST := $(BIN)/python -m pytest
+
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST) --ignore=tests/farm $(XDIST); a=$$?; $(PYTEST) tests/farm; b=$$?; exit $$((a || b))
+
+# the edit-run loop: no slow tests (full-size GAN forwards, long real-time runs) and no farm
+test-fast: $(STAMP)
+	$(PYTEST) -m "not slow and not farm" $(XDIST)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
