@@ -16,21 +16,24 @@ def _stage(cin: int, cout: int) -> list[nn.Module]:
     return [nn.Conv2d(cin, cout, 5, 1, 2), nn.BatchNorm2d(cout), nn.ReLU(), nn.Upsample(scale_factor=2)]
 
 
+#: Channels after the linear layer and after each of the five stages: the published network.
+CHANNELS = (512, 512, 256, 128, 64, 32)
+
+
 class Model(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, ...] = CHANNELS) -> None:
+        """``channels`` other than CHANNELS give a narrower network of the same structure (tests); checkpoints
+        fit only the published one."""
         super().__init__()
-        self.fc = nn.Linear(LATENT_DIM, 512 * 8 * 24)
+        self.bottom = channels[0]
+        self.fc = nn.Linear(LATENT_DIM, channels[0] * 8 * 24)
         self.features = nn.Sequential(
-            *_stage(512, 512),
-            *_stage(512, 256),
-            *_stage(256, 128),
-            *_stage(128, 64),
-            *_stage(64, 32),
-            nn.Conv2d(32, 1, 5, 1, 2),
+            *(layer for cin, cout in zip(channels, channels[1:]) for layer in _stage(cin, cout)),
+            nn.Conv2d(channels[-1], 1, 5, 1, 2),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self.features(self.fc(z).view(-1, 512, 8, 24)))
+        return torch.tanh(self.features(self.fc(z).view(-1, self.bottom, 8, 24)))
 
 
 def generate(model: Model) -> torch.Tensor:

@@ -301,17 +301,19 @@ class Model(nn.Module):
     #: Images mixed together by the relational block: one event (labels 0..39).
     images_per_event = N_LABELS
 
-    def __init__(self) -> None:
+    def __init__(self, stages: tuple[tuple[int, int], ...] = STAGES) -> None:
+        """``stages`` other than STAGES give a narrower network of the same structure (tests; every width a
+        multiple of 4); checkpoints fit only basf2's."""
         super().__init__()
         self.shared = nn.Embedding(N_LABELS, EMBED_DIM)
         self.RR_G = RelationalReasoning()
-        self.linear = SNLinear(LATENT_DIM + EMBED_DIM, STAGES[0][0] * BOTTOM[0] * BOTTOM[1])
+        self.linear = SNLinear(LATENT_DIM + EMBED_DIM, stages[0][0] * BOTTOM[0] * BOTTOM[1])
         self.blocks = nn.ModuleList(
             nn.ModuleList([GBlock(cin, cin if first else cout, upsample=not first)])
-            for cin, cout in STAGES
+            for cin, cout in stages
             for first in (True, False)
         )
-        self.output_layer = nn.Sequential(BatchNorm(STAGES[-1][1]), nn.ReLU(inplace=True), SNConv2d(STAGES[-1][1], 1))
+        self.output_layer = nn.Sequential(BatchNorm(stages[-1][1]), nn.ReLU(inplace=True), SNConv2d(stages[-1][1], 1))
 
     def forward(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Latents z (N, 128) and sensor labels y (N,) int64 in 0..39 -> images (N, 1, 256, 768) in [-1, 1].

@@ -28,18 +28,23 @@ class Block(nn.Module):
         return h + self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
+#: Channels after the linear layer and after each of the five up-blocks: the published network.
+CHANNELS = (256, 256, 128, 64, 32, 16)
+
+
 class Model(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, channels: tuple[int, ...] = CHANNELS) -> None:
+        """``channels`` other than CHANNELS give a narrower network of the same structure (tests); checkpoints
+        fit only the published one."""
         super().__init__()
-        self.fc = nn.Linear(LATENT_DIM, 256 * 8 * 24)
-        self.blocks = nn.ModuleList(
-            Block(cin, cout) for cin, cout in ((256, 256), (256, 128), (128, 64), (64, 32), (32, 16))
-        )
-        self.norm = nn.BatchNorm2d(16)
-        self.conv = nn.Conv2d(16, 1, 3, padding=1)
+        self.bottom = channels[0]
+        self.fc = nn.Linear(LATENT_DIM, channels[0] * 8 * 24)
+        self.blocks = nn.ModuleList(Block(cin, cout) for cin, cout in zip(channels, channels[1:]))
+        self.norm = nn.BatchNorm2d(channels[-1])
+        self.conv = nn.Conv2d(channels[-1], 1, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.fc(z).view(-1, 256, 8, 24)
+        x = self.fc(z).view(-1, self.bottom, 8, 24)
         for block in self.blocks:
             x = block(x)
         return torch.tanh(self.conv(F.relu(self.norm(x))))

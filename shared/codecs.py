@@ -70,6 +70,7 @@ def _row_starts(enc: str, counts: np.ndarray, u: np.ndarray | None, n: int) -> n
         ends = np.cumsum(counts, dtype=np.int64)
         return (ends - counts)[counts > 0]
     first = np.zeros(n, dtype=bool)
+    assert u is not None, "every encoding but 'rows' carries the u column"
     if n:
         first[0] = True
         first[1:] = u[1:] != u[:-1]

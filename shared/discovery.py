@@ -132,7 +132,7 @@ class _Dns:
     def _lookup(self) -> None:
         try:
             infos = socket.getaddrinfo(self.name, self.port, type=socket.SOCK_STREAM)
-            found = sorted({tcp_endpoint(info[4][0], self.port) for info in infos})
+            found = sorted({tcp_endpoint(str(info[4][0]), self.port) for info in infos})
         except (OSError, UnicodeError) as exc:
             self._failures += 1
             if self._failures <= 3 or self._failures % 100 == 0:

@@ -10,6 +10,13 @@ import pytest
 from pxdbg.shared import payloads
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The farm tests share one emulated cluster (namespaces, addresses, Slurm ports): never on parallel workers."""
+    if os.environ.get("PYTEST_XDIST_WORKER") and item.get_closest_marker("farm"):
+        pytest.fail("the farm tests run one at a time: deselect them (-m 'not farm') under -n, or run them without -n")
+
+
 @pytest.fixture(autouse=True)
 def _isolated_payload_stores(tmp_path_factory, monkeypatch):
     """No test sees the user's payload store or PXDBG_PAYLOADS; the shipped store stays visible."""
@@ -41,6 +48,31 @@ def random_frame(rng: np.random.Generator, occupancy: float = 0.01):
 @pytest.fixture
 def frame_factory():
     return random_frame
+
+
+#: Narrow widths of each GAN: the published layers, shapes and names at a fraction of the cost, for tests of structure
+#: (folding, engines, batching); each model keeps one full-size test of the same kind in the slow suite.
+NARROW_WIDTHS = {
+    "convnet": (32, 32, 16, 16, 8, 8),
+    "resnet": (32, 32, 16, 16, 8, 8),
+    "ieagan": ((16, 16), (16, 8), (8, 8), (8, 8), (8, 4), (4, 4)),
+}
+
+
+@pytest.fixture
+def narrow_widths() -> dict[str, tuple]:
+    return NARROW_WIDTHS
+
+
+@pytest.fixture
+def narrow_gan():
+    """``narrow_gan(name)``: a freshly initialised GAN of that name with NARROW_WIDTHS channels (imports torch)."""
+    import importlib
+
+    def build(name: str):
+        return importlib.import_module(f"pxdbg.models.{name}").Model(NARROW_WIDTHS[name])
+
+    return build
 
 
 PXDBG = [sys.executable, "-m", "pxdbg"]

@@ -147,9 +147,9 @@ def _waits(log: str) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
-@pytest.mark.parametrize(
-    ("gil_s", "nproc"), [(6, 0), (6, 2), pytest.param(40, 0, marks=pytest.mark.slow)], ids=["6s-p0", "6s-p2", "40s-p0"]
-)
+# real time (seconds of GIL held per event), and a loaded machine can delay a heartbeat past its verdict
+@pytest.mark.slow
+@pytest.mark.parametrize(("gil_s", "nproc"), [(6, 0), (6, 2), (40, 0)], ids=["6s-p0", "6s-p2", "40s-p0"])
 def test_cpp_modules_holding_the_gil_cost_no_loss(tmp_path, bgfile, farm, gil_s, nproc):
     """FullSim's stand-in holds the GIL for ``gil_s`` seconds per event in the process that runs it (the same as
     the module's with -p 0): no producer is judged lost, no frame re-issued, the frames are right, and the

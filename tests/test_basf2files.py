@@ -124,6 +124,7 @@ def test_bad_files_are_one_line_each(standin, tmp_path):
     assert proc.returncode == 0 and "our layout" in proc.stdout, proc.stderr
 
 
+@pytest.mark.slow  # a steering job in ROOT's cling
 def test_export_is_overlaid_by_bgoverlayinput(tmp_path):
     """pxdbg export --basf2 (in its own process, with pxdbg's own class declarations); the stand-in's BGOverlayInput
     accepts the file, and with no signal digits the overlay after BGOverlayExecutor is exactly the generated

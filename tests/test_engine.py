@@ -43,9 +43,10 @@ def _with_batchnorm_statistics(net: nn.Module, seed: int) -> nn.Module:
 
 
 @pytest.mark.parametrize("module", [convnet, resnet])
-def test_folding_gives_the_unfolded_outputs_and_leaves_the_checkpoint_module_alone(module):
+def test_folding_gives_the_unfolded_outputs_and_leaves_the_checkpoint_module_alone(module, narrow_gan):
     torch.set_num_threads(2)
-    net = _with_batchnorm_statistics(module.Model(), seed=1)
+    name = module.__name__.rsplit(".", 1)[1]
+    net = _with_batchnorm_statistics(narrow_gan(name), seed=1)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     folded = fold_batchnorm(net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules() if module is convnet)
@@ -60,7 +61,7 @@ def test_folding_gives_the_unfolded_outputs_and_leaves_the_checkpoint_module_alo
     # the checkpoint's module: same names, same values, still loads strictly both ways
     after = net.state_dict()
     assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
-    module.Model().load_state_dict(after, strict=True)
+    narrow_gan(name).load_state_dict(after, strict=True)
     net.load_state_dict(before, strict=True)
     assert all("forward" not in vars(m) for m in net.modules())
 
@@ -84,11 +85,13 @@ def test_subpixel_convolution_equals_convolution_of_the_upsampled_input(k, phase
         torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("width", ["narrow", pytest.param("full", marks=pytest.mark.slow)])
 @pytest.mark.parametrize("module", [convnet, resnet])
-def test_fp32_inference_network_gives_the_checkpoint_module_outputs(module):
+def test_fp32_inference_network_gives_the_checkpoint_module_outputs(module, width, narrow_gan):
     """Folded, sub-pixel, fused ReLU, channels_last: in fp32 within 1e-4 of the module on the tanh output."""
     torch.set_num_threads(2)
-    net = _with_batchnorm_statistics(module.Model(), seed=11)
+    net = module.Model() if width == "full" else narrow_gan(module.__name__.rsplit(".", 1)[1])
+    net = _with_batchnorm_statistics(net, seed=11)
     fast = inference_network(net, "fp32", None)
     assert any(isinstance(m, SubpixelConv2d) for m in fast.modules())
     z = torch.randn(2, 96, generator=torch.Generator().manual_seed(12))
@@ -98,8 +101,8 @@ def test_fp32_inference_network_gives_the_checkpoint_module_outputs(module):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
 
-def test_engines_in_every_precision_keep_the_checkpoint_module_and_its_names():
-    net = _with_batchnorm_statistics(convnet.Model(), seed=3)
+def test_engines_in_every_precision_keep_the_checkpoint_module_and_its_names(narrow_gan):
+    net = _with_batchnorm_statistics(narrow_gan("convnet"), seed=3)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     for precision in ("fp32", "bf16"):
         GanEngine(net, CPU, precision, info=registry.get("convnet"))
@@ -109,9 +112,9 @@ def test_engines_in_every_precision_keep_the_checkpoint_module_and_its_names():
     assert all("forward" not in vars(m) for m in net.modules())
 
 
-def test_fp32_engine_matches_the_seed_generation():
+def test_fp32_engine_matches_the_seed_generation(narrow_gan):
     torch.set_num_threads(2)
-    net = _with_batchnorm_statistics(resnet.Model(), seed=4)
+    net = _with_batchnorm_statistics(narrow_gan("resnet"), seed=4)
     engine = GanEngine(net, CPU, "fp32", info=registry.get("resnet"), images_per_call=2)
     z = torch.randn(2, 96, generator=torch.Generator().manual_seed(5))
     with torch.inference_mode():
@@ -121,12 +124,12 @@ def test_fp32_engine_matches_the_seed_generation():
     assert int(diff.max()) <= 1 and float((diff > 0).float().mean()) < 1e-3
 
 
-def test_output_layer_comes_from_the_registry():
-    net = convnet.Model().eval()
+def test_output_layer_comes_from_the_registry(narrow_gan):
+    net = narrow_gan("convnet").eval()
     engine = GanEngine(net, CPU, "bf16", info=registry.get("convnet"))
     out = engine.fast_net.get_submodule("features.20")  # reads an upsampled input: a sub-pixel convolution
     assert isinstance(out, SubpixelConv2d) and isinstance(out.conv, OutputConv2d) and out.conv.mode == "bf16x2"
-    res = GanEngine(resnet.Model().eval(), CPU, "bf16", info=registry.get("resnet"))
+    res = GanEngine(narrow_gan("resnet").eval(), CPU, "bf16", info=registry.get("resnet"))
     assert isinstance(res.fast_net.get_submodule("conv"), OutputConv2d)
     wrong = ModelInfo("convnet", "gan", "test", latent_dim=96, output_layer="features.99")
     with pytest.raises(ValueError, match="no output layer 'features.99'"):

@@ -68,10 +68,10 @@ def upstream_state_dict(seed: int = 0) -> dict[str, torch.Tensor]:
     return sd
 
 
-def randomised(seed: int = 0) -> ieagan.Model:
+def randomised(seed: int = 0, stages: tuple[tuple[int, int], ...] = ieagan.STAGES) -> ieagan.Model:
     """The model's own initialisation with non-trivial statistics, singular vectors and biases, in eval mode."""
     torch.manual_seed(seed)
-    net = ieagan.Model()
+    net = ieagan.Model(stages)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in net.state_dict().items():
@@ -219,14 +219,15 @@ def test_inference_layers_compute_the_eval_layers_and_leave_the_module_alone():
         assert all(torch.equal(after[k], t) for k, t in before[id(m)].items())
 
 
-def test_the_engine_runs_plain_layers_and_gives_the_modules_outputs():
+@pytest.mark.parametrize("width", ["narrow", pytest.param("full", marks=pytest.mark.slow)])
+def test_the_engine_runs_plain_layers_and_gives_the_modules_outputs(width, narrow_widths):
     """fp32: the engine's network (inference layers, folded where possible) within 1e-5 of the module; bf16: no
     spectrally normalised or own batch-norm layer is left to autocast, the label encoder stays fp32."""
     from pxdbg.models.engine import GanEngine
     from pxdbg.models.fold import FastConv2d, Fp32Output
 
     torch.set_num_threads(2)
-    net = randomised(4)
+    net = randomised(4, ieagan.STAGES if width == "full" else narrow_widths["ieagan"])
     info = registry.get("ieagan")
     z = torch.randn(40, ieagan.LATENT_DIM, generator=torch.Generator().manual_seed(5))
     y = ieagan.labels(1)
@@ -234,7 +235,9 @@ def test_the_engine_runs_plain_layers_and_gives_the_modules_outputs():
     with torch.inference_mode():
         ref, out = net(z, y), fp32.fast_net(z, y)
     assert ref.std() > 1e-3
-    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    # the published width within 1e-5; a narrow network of random weights spreads its outputs wider, and its
+    # rounding differences with them (measured 1.1e-4 at the narrow widths)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5 if width == "full" else 3e-4)
     bf16 = GanEngine(net, torch.device("cpu"), "bf16", info=info)
     kinds = {type(m) for m in bf16.fast_net.modules()}
     assert not kinds & {ieagan.SNConv2d, ieagan.SNLinear, ieagan.BatchNorm, ieagan.ConditionalBatchNorm}

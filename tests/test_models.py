@@ -58,8 +58,8 @@ def _up(x):
 
 
 def reference_convnet(sd, z):
-    """convnet forward written from the architecture document, on a bare state_dict."""
-    x = F.linear(z, sd["fc.weight"], sd["fc.bias"]).view(-1, 512, 8, 24)
+    """convnet forward written from the architecture document, on a bare state_dict (of any width)."""
+    x = F.linear(z, sd["fc.weight"], sd["fc.bias"]).view(z.shape[0], -1, 8, 24)
     for conv, bn in ((0, 1), (4, 5), (8, 9), (12, 13), (16, 17)):
         x = F.conv2d(x, sd[f"features.{conv}.weight"], sd[f"features.{conv}.bias"], padding=2)
         x = _up(F.relu(_bn(x, sd, f"features.{bn}")))
@@ -67,7 +67,7 @@ def reference_convnet(sd, z):
 
 
 def reference_resnet(sd, z):
-    x = F.linear(z, sd["fc.weight"], sd["fc.bias"]).view(-1, 256, 8, 24)
+    x = F.linear(z, sd["fc.weight"], sd["fc.bias"]).view(z.shape[0], -1, 8, 24)
     for b in range(5):
         p = f"blocks.{b}"
         h = _up(F.relu(_bn(x, sd, p + ".norm1")))
@@ -79,18 +79,22 @@ def reference_resnet(sd, z):
 
 
 @pytest.mark.parametrize(
-    ("module", "keys", "n_params", "reference"),
-    [
-        (convnet, CONVNET_KEYS, 20_444_865, reference_convnet),
-        (resnet, RESNET_KEYS, 6_648_097, reference_resnet),
-    ],
+    ("module", "keys", "n_params"),
+    [(convnet, CONVNET_KEYS, 20_444_865), (resnet, RESNET_KEYS, 6_648_097)],
 )
-def test_upstream_architecture(module, keys, n_params, reference):
-    net = _randomised(module.Model())
+def test_upstream_architecture(module, keys, n_params):
+    net = module.Model()
     sd = net.state_dict()
     assert sorted(sd) == sorted(keys)
     assert sum(p.numel() for p in net.parameters()) == n_params
     assert sd["fc.weight"].shape == (98304 if module is convnet else 49152, 96)
+
+
+@pytest.mark.parametrize("width", ["narrow", pytest.param("full", marks=pytest.mark.slow)])
+@pytest.mark.parametrize(("module", "reference"), [(convnet, reference_convnet), (resnet, reference_resnet)])
+def test_forward_is_the_architecture_written_out(module, reference, width, narrow_gan):
+    net = _randomised(module.Model() if width == "full" else narrow_gan(module.__name__.rsplit(".", 1)[1]))
+    sd = net.state_dict()
     z = torch.randn(2, 96, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         ours = net(z)

@@ -61,6 +61,7 @@ def test_identical_frames_with_1_and_3_producers(tmp_path, reference):
     assert all(a == b for a, b in zip(three, reference))
 
 
+@pytest.mark.slow  # real time: a producer killed, its loss verdict, a restart
 def test_failover_after_sigkill_and_reuse_after_restart(tmp_path, reference):
     with producers(tmp_path) as p:
         eps = [p.start(f"p{i}") for i in range(3)]
@@ -90,6 +91,7 @@ def test_failover_after_sigkill_and_reuse_after_restart(tmp_path, reference):
     assert all(a == b for a, b in zip(got, expected)), "frames after failover must equal a fault-free run"
 
 
+@pytest.mark.slow  # real time: waits out the loss verdict and the return
 def test_a_cut_off_producer_is_lost_and_taken_back_not_quarantined(tmp_path):
     """A producer that stops answering altogether (SIGSTOP: to its consumers a partition looks the same) is lost
     at the heartbeat timeout and used again as soon as it answers; the frames hedged away from it while it was
@@ -266,6 +268,7 @@ def _rss_mb(pid: int) -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+@pytest.mark.slow  # a long run by design
 def test_memory_stays_flat_over_a_long_run():
     with BackgroundClient(workers=1, seed=5, prefetch=8) as client:
         worker = client.local_workers.workers[0].process.pid

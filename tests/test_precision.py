@@ -84,6 +84,7 @@ def test_sparsify_through_a_staging_copy_equals_the_plain_copy(frame_factory):
     assert all(a == b for a, b in zip(staged, plain, strict=True))
 
 
+@pytest.mark.slow  # a real producer process that loads resnet in bf16
 def test_consumer_refuses_a_producer_of_another_precision(tmp_path, ckpt):
     with producers(tmp_path) as p:
         ep = p.start("bf16", "--model", "resnet", "--checkpoint", str(ckpt), "--precision", "bf16")

@@ -128,6 +128,7 @@ def test_request_queue_keeps_order_across_requests():
     assert len(r) == 0 and list(r) == []
 
 
+@pytest.mark.slow  # fills every queue limit
 def test_queued_requests_at_every_limit_fit_in_a_few_megabytes():
     """The default limits (256 consumers x 4,096 pending frames) held as queued indices."""
     q = ConsumerQueues(max_consumers=256, max_pending=4096)

@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 pkg=$(mktemp -d)
 mkdir -p "$pkg/pxdbg"
-cp -r src/pxdbg/. "$pkg/pxdbg/"
-for sub in shared models producer consumer; do cp -r "$sub" "$pkg/pxdbg/$sub"; done
+# -L: src/pxdbg's subpackages are symlinks to the top-level folders; the copy holds the files
+cp -rL src/pxdbg/. "$pkg/pxdbg/"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 PYTHONPATH="$pkg" PYTHONUNBUFFERED=1 python3 -m pxdbg bench --producer --device cuda --json "$@"
