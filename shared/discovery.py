@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pxdbg.shared.errors import ConfigError
+from pxdbg.shared.sparselog import warn_sparsely
+from pxdbg.shared.validators import positive_seconds
 
 log = logging.getLogger("pxdbg.discovery")
 
@@ -135,8 +137,17 @@ class _Dns:
             found = sorted({tcp_endpoint(str(info[4][0]), self.port) for info in infos})
         except (OSError, UnicodeError) as exc:
             self._failures += 1
-            if self._failures <= 3 or self._failures % 100 == 0:
-                log.warning("DNS lookup of %s failed (%s); keeping %d endpoint(s)", self.name, exc, len(self.last))
+            warn_sparsely(
+                log,
+                self._failures,
+                "DNS lookup of %s failed (%s, %d so far); keeping %d endpoint(s)",
+                self.name,
+                exc,
+                self._failures,
+                len(self.last),
+                first=3,
+                every=100,
+            )
             found = None
         with self._lock:
             self._result = found
@@ -310,8 +321,7 @@ class Registration:
         info: dict | None = None,
         interval: float = REGISTER_INTERVAL,
     ) -> None:
-        if not interval > 0:
-            raise ConfigError(f"the heartbeat interval must be positive, got {interval!r}")
+        positive_seconds("the heartbeat interval", interval)
         parsed = _parse_entry(endpoint)
         if not isinstance(parsed, _Static):
             raise ConfigError(f"a producer registers a concrete tcp:// or ipc:// endpoint, got {endpoint!r}")
@@ -360,8 +370,16 @@ class Registration:
                 failures = 0
             except OSError as exc:  # a shared filesystem hiccup: try again next interval
                 failures += 1
-                if failures <= 3 or failures % 100 == 0:
-                    log.warning("cannot refresh rendezvous entry %s: %s", self.path, exc)
+                warn_sparsely(
+                    log,
+                    failures,
+                    "cannot refresh rendezvous entry %s (%d so far): %s",
+                    self.path,
+                    failures,
+                    exc,
+                    first=3,
+                    every=100,
+                )
 
     def close(self) -> None:
         """Stop the heartbeat and remove the entry. Idempotent."""
