@@ -18,6 +18,7 @@ import os
 import re
 import stat
 import time
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -93,10 +94,8 @@ class CampaignTotals:
 
 
 def _bucket(seconds: float) -> int:
-    for i, bound in enumerate(WAIT_BUCKETS_S):
-        if seconds <= bound:
-            return i
-    return len(WAIT_BUCKETS_S)
+    """The bucket of ``seconds``: the first bound at or above it (the rule of :mod:`pxdbg.shared.histogram`)."""
+    return bisect_left(WAIT_BUCKETS_S, seconds)
 
 
 def _finite(value, lo: float = 0.0, hi: float = 1e12) -> bool:
