@@ -26,6 +26,7 @@ HANDOFF_DEPTH = 2
 class PostThread:
     """Encodes and ships the batches the generation thread hands over (:meth:`hand_over`), until :meth:`finish`.
 
+    ``encode(seed, idx, frame, codec)`` is the model's wire encoding (:meth:`pxdbg.models.BackgroundModel.encode`).
     ``stop`` is the producer's stop event: once set, nothing more is sent. ``on_dead`` is called when the thread
     died or is stuck while work waits for it (the producer then stops: its frames would never leave)."""
 
@@ -33,14 +34,14 @@ class PostThread:
         self,
         ctx: zmq.Context,
         endpoint: str,
-        identity: str,
+        encode: Callable[..., protocol.EncodedFrame],
         stats: ProducerStats,
         stop: threading.Event,
         *,
         linger_ms: int,
         on_dead: Callable[[], None],
     ) -> None:
-        self.ctx, self.endpoint, self.identity, self.stats = ctx, endpoint, identity, stats
+        self.ctx, self.endpoint, self.encode, self.stats = ctx, endpoint, encode, stats
         self.stop, self.linger_ms, self.on_dead = stop, linger_ms, on_dead
         self._handoff: queue.Queue = queue.Queue(maxsize=HANDOFF_DEPTH)
         self._thread = threading.Thread(target=self._run, name="pxdbg-post", daemon=True)
@@ -99,10 +100,7 @@ class PostThread:
             try:
                 if len(payload) != len(batch):
                     raise ValueError(f"the model gave {len(payload)} frames for {len(batch)} asked")
-                return [
-                    (w, protocol.encode_frame(w.seed, w.idx, self.identity, f, codec=w.codec).parts())
-                    for w, f in zip(batch, payload)
-                ]
+                return [(w, self.encode(w.seed, w.idx, f, w.codec).parts()) for w, f in zip(batch, payload)]
             except Exception as exc:  # a frame the model made but we cannot encode: report, go on
                 log.exception("encoding failed for %d frames", len(batch))
                 self.stats.count("encoding_errors")

@@ -457,7 +457,7 @@ class ProducerServer:
         post = PostThread(
             ctx,
             self._inproc,
-            self.identity_str,
+            self.model.encode,  # the model's wire path, the one the bench times
             self.stats,
             self._stop,
             linger_ms=self.transport_options.linger_ms,

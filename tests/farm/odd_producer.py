@@ -25,13 +25,14 @@ class OddModel:
     def __getattr__(self, name):
         return getattr(self._model, name)
 
-    def frames_for(self, keys):
+    def wire_frames_for(self, keys):
+        """The producer's one call into its model (everything else passes through to the real model)."""
         self.batches += 1
         if self.hang_after is not None and self.batches > self.hang_after:
             logging.warning("the model hangs now (batch %d)", self.batches)
             self.stop.wait(600)  # bounded: released when the producer stops
         t0 = time.perf_counter()
-        out = self._model.frames_for(keys)
+        out = self._model.wire_frames_for(keys)
         self.stop.wait((time.perf_counter() - t0) * (self.slow - 1))
         return out
 
