@@ -1,0 +1,194 @@
+"""The consumer uses a bounded subset of the producers its endpoints resolve to (pxdbg.consumer.subset, wired in).
+
+Real sockets and processes: a rendezvous directory of 1,500 entries of which 3 are real producers, a static list
+of fake producers some of which misbehave; the subset's key and bounds from the environment without sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+
+import pytest
+
+from pipeline_helpers import FakeProducer, producers, synthetic_frame, wait_until
+from pxdbg import models
+from pxdbg.consumer import BackgroundClient, ClientOptions
+from pxdbg.consumer.options import MAX_PRODUCERS_LIMIT, consumer_key
+from pxdbg.consumer.subset import DEFAULT_MAX_PRODUCERS, Subset
+from pxdbg.shared.errors import ConfigError
+from pxdbg.shared.spec import ProducerSpec
+
+pytestmark = pytest.mark.timeout(240)
+SEED = 31337
+
+
+# -- socket-free: the consumer's key and the bounds ----------------------------------------------------------
+def test_the_key_comes_from_the_environment_slurm_or_the_process():
+    assert consumer_key({"PXDBG_CONSUMER_KEY": "job-7", "SLURM_ARRAY_JOB_ID": "1"}) == "job-7"
+    assert consumer_key({"SLURM_ARRAY_JOB_ID": "812", "SLURM_ARRAY_TASK_ID": "3"}) == "slurm-812-3"
+    host_pid = consumer_key({"SLURM_ARRAY_JOB_ID": "812"})  # no task id: not an array task
+    assert host_pid.endswith(f":{os.getpid()}")
+    assert ClientOptions(subset_key="mine").subset_key == "mine"
+    assert ClientOptions().max_producers == DEFAULT_MAX_PRODUCERS
+
+
+@pytest.mark.parametrize(
+    ("environ", "words"),
+    [
+        ({"PXDBG_CONSUMER_KEY": ""}, "PXDBG_CONSUMER_KEY must be 1..200"),
+        ({"PXDBG_CONSUMER_KEY": "a b"}, "PXDBG_CONSUMER_KEY must be"),
+        ({"PXDBG_CONSUMER_KEY": "x" * 5000}, "got 'xxxxxxxx"),
+        ({"SLURM_ARRAY_JOB_ID": "1;rm", "SLURM_ARRAY_TASK_ID": "2"}, "SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID must"),
+    ],
+)
+def test_a_bad_key_is_one_short_line(environ, words):
+    with pytest.raises(ConfigError, match=words) as info:
+        consumer_key(environ)
+    text = str(info.value)
+    assert "\n" not in text and len(text) < 200, text
+
+
+def test_a_bad_key_or_too_many_producers_fail_before_any_socket(monkeypatch):
+    monkeypatch.setenv("PXDBG_CONSUMER_KEY", "no\nnewlines")
+    with pytest.raises(ConfigError, match="PXDBG_CONSUMER_KEY"):
+        BackgroundClient("tcp://127.0.0.1:9", seed=1)
+    with pytest.raises(ConfigError, match="subset_key"):
+        ClientOptions(subset_key=7)
+    with pytest.raises(ConfigError, match=f"at most {MAX_PRODUCERS_LIMIT}"):
+        ClientOptions(subset_key="k", max_producers=MAX_PRODUCERS_LIMIT + 1)
+
+
+# -- real sockets ----------------------------------------------------------------------------------------------
+def _write_entry(rdv, name: str, endpoint: str, now: float) -> None:
+    # fresh for a minute whatever the test's pace (the consumer re-reads the directory every second)
+    (rdv / f"{name}.json").write_text(json.dumps({"endpoint": endpoint, "heartbeat": now + 30, "interval": 60.0}))
+
+
+class FdWatch(threading.Thread):
+    """The most file descriptors this process held while it ran (sampled every 20 ms)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.most = self.count()
+        self.stop = threading.Event()
+
+    @staticmethod
+    def count() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            self.most = max(self.most, self.count())
+
+
+def test_1500_entries_of_which_3_are_real_give_identical_frames(tmp_path):
+    """The issue's case: a directory of 1,500 fresh entries, 1,497 where nothing listens (1,297 ipc paths without
+    a socket, 200 closed loopback ports) and 3 real producers. The consumer walks past the dead ones, never holds
+    more than max_producers of them and hands out the frames ``generate`` makes."""
+    events = 40
+    reference = models.load("parametric").frames(SEED, range(events))
+    rdv = tmp_path / "rdv"
+    rdv.mkdir()
+    now = time.time()
+    for i in range(1297):
+        _write_entry(rdv, f"dead{i}", f"ipc://{tmp_path}/dead{i}.sock", now)
+    for port in range(21600, 21800):
+        _write_entry(rdv, f"closed{port}", f"tcp://127.0.0.1:{port}", now)
+    with producers(tmp_path) as p:
+        real = [p.start(f"real{i}") for i in range(3)]
+        # a producer registers once it listens: so do these
+        assert wait_until(lambda: all(os.path.exists(ep[len("ipc://") :]) for ep in real), 60), p.log("real0")
+        for i, ep in enumerate(real):
+            _write_entry(rdv, f"real{i}", ep, now)
+        first_real = min(i for i, ep in enumerate(_ranked(rdv)) if ep in real)
+        fds = FdWatch()
+        fds.start()
+        t0 = time.monotonic()
+        try:
+            with BackgroundClient(f"dir:{rdv}", seed=SEED, subset_key="job-1500", connect_timeout=120) as client:
+                got = [client.next() for _ in range(events)]
+                counters = dict(client.counters)
+                per_producer = dict(client.frames_per_producer)
+        finally:
+            fds.stop.set()
+            fds.join(5)
+        elapsed = time.monotonic() - t0
+    print(
+        f"\n1,500 entries, 3 real (the first ranked {first_real + 1}th for this consumer): {events} frames in "
+        f"{elapsed:.1f} s; at most {counters['most_producers_held']} producers held, {fds.most - fds.count()} file "
+        f"descriptors above the baseline at most; {counters.get('subset_probes_failed', 0)} probes failed, "
+        f"{counters['subset_changes']} members changed; frames from {sorted(per_producer.values())}"
+    )
+    assert all(a == b for a, b in zip(got, reference, strict=True))
+    assert set(per_producer) <= set(real)
+    assert counters["producers_known"] == 1500
+    assert counters["most_producers_held"] <= DEFAULT_MAX_PRODUCERS
+    assert counters["subset_size"] == DEFAULT_MAX_PRODUCERS
+    # holding every entry would cost thousands (a DEALER's mailbox, a monitor, a connection each)
+    assert fds.most - fds.count() < 200, fds.most
+
+
+def _endpoints(rdv) -> list[str]:
+    return [json.loads(f.read_text())["endpoint"] for f in rdv.iterdir()]
+
+
+def _ranked(rdv) -> list[str]:
+    """Every endpoint of ``rdv`` in the order this test's consumer ranks them."""
+    eps = _endpoints(rdv)
+    return Subset(len(eps), key="job-1500", seed=SEED).choose(eps, 0.0)
+
+
+def test_misbehaving_members_are_replaced_and_the_frames_stay_the_same(tmp_path):
+    """Six fakes on a static list, three of which answer every request with an error; a consumer of two at a
+    time quarantines each bad one it meets, uses the next in its ranking instead and still hands out the
+    stream's frames, never holding more than two."""
+    identity = ProducerSpec().identity()
+    eps = [f"ipc://{tmp_path}/f{i}.sock" for i in range(6)]
+    kinds = ["error", "good", "error", "good", "error", "good"]
+    fakes = [FakeProducer(ep, identity, kind, delay=0.001) for ep, kind in zip(eps, kinds)]
+    try:
+        for f in fakes:
+            f.start()
+        # the bad ones ranked before the second good one are each met (and quarantined) before the run settles
+        ranked = Subset(6, key="k6", seed=5).choose(eps, 0.0)
+        good_at = [i for i, ep in enumerate(ranked) if kinds[eps.index(ep)] == "good"]
+        bad_first = sum(kinds[eps.index(ep)] == "error" for ep in ranked[: good_at[1]])
+        with BackgroundClient(eps, seed=5, prefetch=4, max_producers=2, subset_key="k6", connect_timeout=30) as c:
+            got = [c.next() for _ in range(30)]
+            counters = dict(c.counters)
+            used = dict(c.frames_per_producer)
+    finally:
+        for f in fakes:
+            f.close()
+    assert all(a == synthetic_frame(5, i) for i, a in enumerate(got))
+    assert all(kinds[eps.index(ep)] == "good" for ep in used), used
+    assert counters["most_producers_held"] <= 2
+    assert bad_first >= 1 and counters["producers_quarantined"] >= bad_first, (bad_first, counters)
+    assert counters["subset_changes"] >= counters["producers_quarantined"], counters
+
+
+def test_the_subset_is_the_one_the_policy_chooses_and_the_same_for_the_same_key(tmp_path):
+    identity = ProducerSpec().identity()
+    eps = [f"ipc://{tmp_path}/g{i}.sock" for i in range(12)]
+    fakes = [FakeProducer(ep, identity, delay=0.001) for ep in eps]
+    try:
+        for f in fakes:
+            f.start()
+        held = []
+        for _ in range(2):
+            with BackgroundClient(eps, seed=9, prefetch=4, max_producers=3, subset_key="job-42") as c:
+                assert [c.next() for _ in range(6)] == [synthetic_frame(9, i) for i in range(6)]
+                held.append(sorted(c.endpoints))
+                counters = dict(c.counters)
+        with BackgroundClient(eps, seed=9, prefetch=4, max_producers=3, subset_key="job-43") as c:
+            c.next()
+            other = sorted(c.endpoints)
+    finally:
+        for f in fakes:
+            f.close()
+    assert held[0] == held[1] == sorted(Subset(3, key="job-42", seed=9).choose(eps, 0.0))
+    assert other == sorted(Subset(3, key="job-43", seed=9).choose(eps, 0.0))
+    assert counters["subset_size"] == 3 and counters["producers_known"] == 12 and counters["subset_changes"] == 0
