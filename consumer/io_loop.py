@@ -100,6 +100,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._opened: dict[str, float] = {}  # endpoint -> when its current connection attempt began
         self._subset_drops: list[str] = []  # members to replace at the end of this pass
         self._set_aside: dict[str, PeerHealth] = {}  # quarantined producers out of the subset: their record
+        self._restarting: set[str] = set()  # members that shut down cleanly and have not welcomed us since
         self._said_order: int | None = None  # order of magnitude of the farm size last logged
         self._next_hedge = 0.0
         self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
@@ -208,6 +209,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
                     self._set_aside[ep] = peer.health
             peer.close_socket(say_bye=True)
             self._opened.pop(ep, None)
+            self._restarting.discard(ep)
             with self._buffer.cv:
                 del self.peers[ep]
         for ep in endpoints:
@@ -247,8 +249,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             return
         late = []
         for ep, peer in self.peers.items():
-            if peer.state != CONNECTING:
-                continue
+            if peer.state != CONNECTING or (ep in self._restarting and self._source.dynamic):
+                continue  # a restarting producer's entry goes while it is down, and brings it back when it is up
             age = now - self._opened.get(ep, now)
             if age >= SUBSET_PROBE_S or self._refused(ep, age):
                 late.append(ep)
@@ -450,6 +452,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self.counters["producers_quarantined"] += 1
         self.counters["frames_reissued"] += len(lost)
         peer.close_socket(say_bye=True)
+        self._restarting.discard(peer.endpoint)
         self._leave_subset(peer.endpoint)
 
     def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None:
@@ -471,7 +474,10 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             self._opened[peer.endpoint] = time.monotonic()
             # a clean shutdown is a restart: its entry goes and comes back with it, so it is not held out
             # (held out, a rolling restart moved every consumer away and back and raised the simulated p99 wait)
-            if not drained:
+            if drained:
+                self._restarting.add(peer.endpoint)
+            else:
+                self._restarting.discard(peer.endpoint)
                 self._leave_subset(peer.endpoint)
 
     def _check_workers(self) -> None:

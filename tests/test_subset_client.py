@@ -192,3 +192,38 @@ def test_the_subset_is_the_one_the_policy_chooses_and_the_same_for_the_same_key(
     assert held[0] == held[1] == sorted(Subset(3, key="job-42", seed=9).choose(eps, 0.0))
     assert other == sorted(Subset(3, key="job-43", seed=9).choose(eps, 0.0))
     assert counters["subset_size"] == 3 and counters["producers_known"] == 12 and counters["subset_changes"] == 0
+
+
+def test_a_draining_member_is_replaced_once_its_entry_goes_and_frames_stay_the_same(tmp_path):
+    """The consumer's first-ranked producer drains after 5 frames and its rendezvous entry goes (as a producer's
+    does when it shuts down): its dropped frames go to the others, the next in the ranking takes its place, and
+    the stream is unchanged; the consumer never holds more than its two."""
+    identity = ProducerSpec().identity()
+    rdv = tmp_path / "rdv"
+    rdv.mkdir()
+    eps = [f"ipc://{tmp_path}/d{i}.sock" for i in range(8)]
+    ranked = Subset(8, key="drain", seed=3).choose(eps, 0.0)
+    now = time.time()
+    for i, ep in enumerate(eps):
+        _write_entry(rdv, f"d{i}", ep, now)
+    fakes = [FakeProducer(ep, identity, "drain" if ep == ranked[0] else "good", delay=0.005, after=5) for ep in eps]
+    try:
+        for f in fakes:
+            f.start()
+        with BackgroundClient(
+            f"dir:{rdv}", seed=3, prefetch=4, max_producers=2, subset_key="drain", heartbeat_interval=0.1
+        ) as c:
+            got = [c.next() for _ in range(10)]
+            assert wait_until(lambda: fakes[eps.index(ranked[0])].drained_at is not None, 10)
+            (rdv / f"d{eps.index(ranked[0])}.json").unlink()
+            got += [c.next() for _ in range(50)]
+            assert wait_until(lambda: ranked[0] not in c.endpoints, 10), c.producer_report()
+            got += [c.next() for _ in range(10)]
+            counters, used, held = dict(c.counters), dict(c.frames_per_producer), sorted(c.endpoints)
+    finally:
+        for f in fakes:
+            f.close()
+    assert got == [synthetic_frame(3, i) for i in range(70)]
+    assert counters["producers_draining"] >= 1 and counters["most_producers_held"] <= 2, counters
+    assert held == sorted(ranked[1:3]), (held, ranked)
+    assert set(used) <= set(ranked[:3]), used
