@@ -26,7 +26,7 @@ from pxdbg.consumer import credits, health
 from pxdbg.consumer.dispatch import MessageHandlers
 from pxdbg.consumer.errors import IdentityMismatchError, NoProducerError, PipelineError, ProducerFailure
 from pxdbg.consumer.health import PeerHealth
-from pxdbg.consumer.options import ClientOptions
+from pxdbg.consumer.options import MAX_PRODUCERS, WHOLE_FARM, ClientOptions
 from pxdbg.consumer.peers import (
     ALIVE,
     CONNECTING,
@@ -94,8 +94,10 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
         self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
         # the producers used: a seeded subset of those the source resolves to; local workers are all used
-        size = options.max_producers if workers is None else max(options.max_producers, workers)
-        self.subset = Subset(size, key=options.subset_key or "", seed=self.seed)
+        size = options.max_producers or MAX_PRODUCERS
+        self.subset = Subset(
+            size if workers is None else max(size, workers), key=options.subset_key or "", seed=self.seed
+        )
         self._known: list[str] = []  # what the source resolved to last
         self._opened: dict[str, float] = {}  # endpoint -> when its current connection attempt began
         self._subset_drops: list[str] = []  # members to replace at the end of this pass
@@ -177,6 +179,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         with self._buffer.cv:
             known = dict(self.peers)
         before, self._known = set(self._known), list(endpoints)
+        if self.options.max_producers is None and self.workers is None:  # the default: see ClientOptions
+            self.subset.max_producers = len(endpoints) if 0 < len(endpoints) <= WHOLE_FARM else MAX_PRODUCERS
         candidates = endpoints
         if len(endpoints) > self.subset.max_producers:
             # a producer quarantined for the run gives its place to another for good; where nothing else is

@@ -26,8 +26,12 @@ from pxdbg.shared.validators import positive_seconds
 DEFAULT_HEDGE_BUDGET = 0.05
 #: Fraction of a farm's frames asked of a second producer too and compared (local workers: none by default).
 DEFAULT_AUDIT = 0.01
-#: Most producers one consumer uses at once by default (see :mod:`pxdbg.consumer.subset`).
+#: Most producers one consumer of a large farm uses at once by default (see :mod:`pxdbg.consumer.subset`).
 MAX_PRODUCERS = DEFAULT_MAX_PRODUCERS
+#: Without ``max_producers``, a farm of at most this many producers is used whole: a few connections cost
+#: nothing, and one consumer of a small farm may need more than two producers' rate (a fast event loop, a
+#: straggler among three).
+WHOLE_FARM = 8
 #: Largest ``max_producers`` accepted: each producer used costs two sockets (a DEALER and its monitor), and
 #: libzmq allows 1,023 per context.
 MAX_PRODUCERS_LIMIT = 256
@@ -91,8 +95,9 @@ class ClientOptions:
     producer and handed out only when both copies agree (None: 0.01 for a farm, 0 for local workers); a
     producer whose copy differs from the others' is quarantined for the run. ``max_strikes``: bad messages (or
     frames overtaken in a row) before a quarantine. ``max_producers``: most producers used at once (a seeded
-    subset of those the endpoints resolve to, :mod:`pxdbg.consumer.subset`); ``subset_key`` names this consumer
-    in that choice (None: :func:`consumer_key`, from the environment).
+    subset of those the endpoints resolve to, :mod:`pxdbg.consumer.subset`; None: a farm of up to
+    :data:`WHOLE_FARM` producers whole, a larger one :data:`MAX_PRODUCERS` at a time); ``subset_key`` names
+    this consumer in that choice (None: :func:`consumer_key`, from the environment).
     """
 
     spec: ProducerSpec = field(default_factory=ProducerSpec)
@@ -111,7 +116,7 @@ class ClientOptions:
     straggler_min_s: float = 0.05
     hedge_budget: float | None = None
     max_strikes: int = 3
-    max_producers: int = MAX_PRODUCERS
+    max_producers: int | None = None
     subset_key: str | None = None
     audit: float | None = None
     #: the health rules' thresholds, derived from the fields above
@@ -135,8 +140,7 @@ class ClientOptions:
             _count("events", self.events, 0)
         for name in ("connect_timeout", "frame_timeout", "quarantine"):
             put(name, positive_seconds(name, getattr(self, name)))
-        _count("max_producers", self.max_producers, 1)
-        if self.max_producers > MAX_PRODUCERS_LIMIT:
+        if self.max_producers is not None and _count("max_producers", self.max_producers, 1) > MAX_PRODUCERS_LIMIT:
             raise ConfigError(
                 f"max_producers must be at most {MAX_PRODUCERS_LIMIT} (each producer used costs two sockets; "
                 f"libzmq allows 1,023), got {self.max_producers}"

@@ -22,8 +22,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 
-#: Producers one consumer uses by default (chosen with ``python -m pxdbg.farmsim``; see the README, "At scale").
-DEFAULT_MAX_PRODUCERS = 8
+#: Producers one consumer uses by default: the farm simulator's choice for a large farm (~100 consumers per
+#: producer at 90 % load; README, "At scale"): two, and the credit planner picks between them ("power of two
+#: choices"). A consumer that alone needs more than two producers' rate (a fast event loop on a small farm) is
+#: given a larger bound.
+DEFAULT_MAX_PRODUCERS = 2
 #: Seconds a dropped producer (lost, quarantined, drained) stays out of the subset before it may rank in again.
 DEFAULT_HOLD_S = 60.0
 

@@ -16,7 +16,7 @@ import pytest
 from pipeline_helpers import FakeProducer, producers, synthetic_frame, wait_until
 from pxdbg import models
 from pxdbg.consumer import BackgroundClient, ClientOptions
-from pxdbg.consumer.options import MAX_PRODUCERS_LIMIT, consumer_key
+from pxdbg.consumer.options import MAX_PRODUCERS_LIMIT, WHOLE_FARM, consumer_key
 from pxdbg.consumer.subset import DEFAULT_MAX_PRODUCERS, Subset
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.spec import ProducerSpec
@@ -32,7 +32,7 @@ def test_the_key_comes_from_the_environment_slurm_or_the_process():
     host_pid = consumer_key({"SLURM_ARRAY_JOB_ID": "812"})  # no task id: not an array task
     assert host_pid.endswith(f":{os.getpid()}")
     assert ClientOptions(subset_key="mine").subset_key == "mine"
-    assert ClientOptions().max_producers == DEFAULT_MAX_PRODUCERS
+    assert ClientOptions().max_producers is None  # the default: a small farm whole, a large one in subsets
 
 
 @pytest.mark.parametrize(
@@ -186,11 +186,19 @@ def test_the_subset_is_the_one_the_policy_chooses_and_the_same_for_the_same_key(
         with BackgroundClient(eps, seed=9, prefetch=4, max_producers=3, subset_key="job-43") as c:
             c.next()
             other = sorted(c.endpoints)
+        with BackgroundClient(eps[:WHOLE_FARM], seed=9, prefetch=4, subset_key="job-43") as c:
+            c.next()
+            small = sorted(c.endpoints)
+        with BackgroundClient(eps[: WHOLE_FARM + 1], seed=9, prefetch=4, subset_key="job-43") as c:
+            c.next()
+            large = sorted(c.endpoints)
     finally:
         for f in fakes:
             f.close()
     assert held[0] == held[1] == sorted(Subset(3, key="job-42", seed=9).choose(eps, 0.0))
     assert other == sorted(Subset(3, key="job-43", seed=9).choose(eps, 0.0))
+    assert small == sorted(eps[:WHOLE_FARM]), "a farm of up to WHOLE_FARM producers is used whole by default"
+    assert large == sorted(Subset(DEFAULT_MAX_PRODUCERS, key="job-43", seed=9).choose(eps[: WHOLE_FARM + 1], 0.0))
     assert counters["subset_size"] == 3 and counters["producers_known"] == 12 and counters["subset_changes"] == 0
 
 
