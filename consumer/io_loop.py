@@ -104,6 +104,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._set_aside: dict[str, PeerHealth] = {}  # quarantined producers out of the subset: their record
         self._restarting: set[str] = set()  # members that shut down cleanly and have not welcomed us since
         self._said_order: int | None = None  # order of magnitude of the farm size last logged
+        self._large_farm = False  # used in subsets (without max_producers; see _sync_peers)
         self._next_hedge = 0.0
         self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
         # hedging's token bucket; the overdue frames already counted as skipped (each is counted once)
@@ -180,7 +181,13 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             known = dict(self.peers)
         before, self._known = set(self._known), list(endpoints)
         if self.options.max_producers is None and self.workers is None:  # the default: see ClientOptions
-            self.subset.max_producers = len(endpoints) if 0 < len(endpoints) <= WHOLE_FARM else MAX_PRODUCERS
+            # a farm counts as large from past WHOLE_FARM until it shrinks to half that: a restart in a farm of
+            # nine must not open and close six connections of every consumer
+            if len(endpoints) > WHOLE_FARM:
+                self._large_farm = True
+            elif len(endpoints) <= WHOLE_FARM // 2:
+                self._large_farm = False
+            self.subset.max_producers = MAX_PRODUCERS if self._large_farm else max(len(endpoints), 1)
         candidates = endpoints
         if len(endpoints) > self.subset.max_producers:
             # a producer quarantined for the run gives its place to another for good; where nothing else is

@@ -96,8 +96,9 @@ class ClientOptions:
     producer whose copy differs from the others' is quarantined for the run. ``max_strikes``: bad messages (or
     frames overtaken in a row) before a quarantine. ``max_producers``: most producers used at once (a seeded
     subset of those the endpoints resolve to, :mod:`pxdbg.consumer.subset`; None: a farm of up to
-    :data:`WHOLE_FARM` producers whole, a larger one :data:`MAX_PRODUCERS` at a time); ``subset_key`` names
-    this consumer in that choice (None: :func:`consumer_key`, from the environment).
+    :data:`WHOLE_FARM` producers whole, a larger one :data:`MAX_PRODUCERS` at a time, until it shrinks to
+    half that); ``subset_key`` names this consumer in that choice (None: :func:`consumer_key`, from the
+    environment).
     """
 
     spec: ProducerSpec = field(default_factory=ProducerSpec)
