@@ -10,9 +10,11 @@ no producer answers, and asks for frames (:mod:`pxdbg.consumer.requests`). Frame
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import socket
+import stat
 import threading
 import time
 from collections import Counter
@@ -24,7 +26,7 @@ from pxdbg.consumer import credits, health
 from pxdbg.consumer.dispatch import MessageHandlers
 from pxdbg.consumer.errors import IdentityMismatchError, NoProducerError, PipelineError, ProducerFailure
 from pxdbg.consumer.health import PeerHealth
-from pxdbg.consumer.options import ClientOptions
+from pxdbg.consumer.options import MAX_PRODUCERS, WHOLE_FARM, ClientOptions
 from pxdbg.consumer.peers import (
     ALIVE,
     CONNECTING,
@@ -36,6 +38,7 @@ from pxdbg.consumer.peers import (
     ping_message,
 )
 from pxdbg.consumer.requests import RequestPlanner
+from pxdbg.consumer.subset import Subset
 from pxdbg.consumer.workers import LocalWorkers
 from pxdbg.shared import codecs, discovery, security
 from pxdbg.shared import transport as sockets
@@ -51,6 +54,11 @@ log = logging.getLogger("pxdbg.consumer")
 HEDGE_BURST = credits.HEDGE_BURST
 #: Seconds without any producer after which a consumer says what it waits for.
 WAITING_NOTICE_S = 2.0
+#: Seconds a member of the subset may take to welcome us before another producer is tried in its place (only
+#: while producers outside the subset are left to try): a live producer answers a hello in milliseconds.
+SUBSET_PROBE_S = 2.0
+#: Seconds after which a tcp member whose connections fail at once (refused) is replaced, likewise.
+SUBSET_REFUSED_S = 0.2
 
 
 class ConsumerIO(MessageHandlers, RequestPlanner):
@@ -85,7 +93,18 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._source = source
         self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
         self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
-        self._skipped_producers = 0
+        # the producers used: a seeded subset of those the source resolves to; local workers are all used
+        size = options.max_producers or MAX_PRODUCERS
+        self.subset = Subset(
+            size if workers is None else max(size, workers), key=options.subset_key or "", seed=self.seed
+        )
+        self._known: list[str] = []  # what the source resolved to last
+        self._opened: dict[str, float] = {}  # endpoint -> when its current connection attempt began
+        self._subset_drops: list[str] = []  # members to replace at the end of this pass
+        self._set_aside: dict[str, PeerHealth] = {}  # quarantined producers out of the subset: their record
+        self._restarting: set[str] = set()  # members that shut down cleanly and have not welcomed us since
+        self._said_order: int | None = None  # order of magnitude of the farm size last logged
+        self._large_farm = False  # used in subsets (without max_producers; see _sync_peers)
         self._next_hedge = 0.0
         self._hedged: dict[int, str] = {}  # frame index -> the producer it was first asked of (overdue there)
         # hedging's token bucket; the overdue frames already counted as skipped (each is counted once)
@@ -109,7 +128,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             self._wake_tx.setsockopt(zmq.SNDHWM, 1)
             self._wake_tx.connect(wake_addr)
             self._next_refresh = time.monotonic() + self._source.refresh_interval
-            self._sync_peers(self._source.resolve())
+            self._sync_peers(self._source.resolve(), time.monotonic())
         except BaseException:
             self.stop()
             if self.workers is not None:
@@ -155,51 +174,118 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             for peer in self.peers.values():
                 peer.close_socket(say_bye=True)
 
-    def _sync_peers(self, endpoints: list[str]) -> None:
-        """Use producers that appeared (at most ``max_producers``); drop vanished ones (what they owed is
-        re-issued)."""
+    def _sync_peers(self, endpoints: list[str], now: float) -> None:
+        """Use the subset's choice of ``endpoints`` (what the source resolves to now): open a socket to each
+        member that joined; close those that left it or vanished (what they owed is re-issued)."""
         with self._buffer.cv:
             known = dict(self.peers)
-        fresh = [ep for ep in endpoints if ep not in known]
-        room = max(0, self.options.max_producers - sum(ep in known for ep in endpoints))
-        if len(fresh) > room:
-            # each producer costs sockets and file descriptors (libzmq allows 1,023 sockets per context):
-            # a directory of thousands of entries must not crash the consumer
-            skipped = len(fresh) - room
-            if skipped != self._skipped_producers:
-                log.warning(
-                    "%d producer endpoint(s) at %s skipped: this consumer uses at most %d producers "
-                    "(max_producers); first skipped: %s",
-                    skipped,
-                    self._source,
-                    self.options.max_producers,
-                    fresh[room][:200],
-                )
-            self._skipped_producers = skipped
-            self.counters["producers_skipped"] = skipped
-            fresh = fresh[:room]
-        for ep in fresh:
-            try:
-                sock = open_socket(self._ctx, ep, self.transport)
-            except zmq.ZMQError as exc:  # out of sockets or file descriptors: use the ones we have
-                self.counters["producers_skipped"] += 1
-                log.warning("cannot open a socket to producer %s (%s); skipping it", ep[:200], exc)
-                continue
-            peer = Peer(ep, sock)
-            with self._buffer.cv:
-                self.peers[ep] = peer
-            if known:
-                log.info("producer %s appeared", ep)
+        before, self._known = set(self._known), list(endpoints)
+        if self.options.max_producers is None and self.workers is None:  # the default: see ClientOptions
+            # a farm counts as large from past WHOLE_FARM until it shrinks to half that: a restart in a farm of
+            # nine must not open and close six connections of every consumer
+            if len(endpoints) > WHOLE_FARM:
+                self._large_farm = True
+            elif len(endpoints) <= WHOLE_FARM // 2:
+                self._large_farm = False
+            self.subset.max_producers = MAX_PRODUCERS if self._large_farm else max(len(endpoints), 1)
+        candidates = endpoints
+        if len(endpoints) > self.subset.max_producers:
+            # a producer quarantined for the run gives its place to another for good; where nothing else is
+            # left (or all fit) it stays, and the run fails with its reason once no usable producer is left
+            banned = {ep for ep, h in self._set_aside.items() if h.quarantined_until == math.inf}
+            banned |= {ep for ep, p in known.items() if p.health.quarantined_until == math.inf}
+            candidates = [ep for ep in endpoints if ep not in banned] or endpoints
+        chosen = set(self.subset.choose(candidates, now))
+        self.counters["producers_known"] = len(endpoints)
+        self.counters["subset_size"] = len(chosen)
+        self.counters["subset_changes"] = self.subset.changes
+        if len(endpoints) > len(chosen):
+            order = int(math.log10(len(endpoints)))
+            if order != self._said_order:  # once per order of magnitude, not once per refresh
+                self._said_order = order
+                log.info("using %d of %d producers at %s (max_producers)", len(chosen), len(endpoints), self._source)
         for ep, peer in known.items():
+            if ep in chosen:
+                continue
+            lost = peer.health.forget_work()
+            self._unhedge(ep)
+            self.counters["frames_reissued"] += len(lost)
             if ep not in endpoints:
-                lost = peer.health.forget_work()
-                self._unhedge(ep)
                 log.warning("producer %s vanished; re-issuing its %d outstanding frame(s)", ep, len(lost))
                 self.counters["producers_vanished"] += 1
-                self.counters["frames_reissued"] += len(lost)
-                peer.close_socket(say_bye=True)
-                with self._buffer.cv:
-                    del self.peers[ep]
+            else:
+                log.debug("producer %s left this consumer's subset; re-issuing its %d frame(s)", ep, len(lost))
+                self.counters["subset_left"] += 1
+                if peer.state == QUARANTINED:  # its quarantine (and its doubling) holds if it is chosen again
+                    self._set_aside[ep] = peer.health
+            peer.close_socket(say_bye=True)
+            self._opened.pop(ep, None)
+            self._restarting.discard(ep)
+            with self._buffer.cv:
+                del self.peers[ep]
+        for ep in endpoints:
+            if ep not in chosen or ep in self.peers:
+                continue
+            aside = self._set_aside.pop(ep, None)
+            if aside is not None and aside.state == QUARANTINED:
+                peer = Peer(ep, None, aside)  # a socket once its quarantine is over (_keep_alive)
+            else:
+                try:
+                    sock = open_socket(self._ctx, ep, self.transport)
+                except zmq.ZMQError as exc:  # out of sockets or file descriptors: use the ones we have
+                    self.counters["producers_skipped"] += 1
+                    log.warning("cannot open a socket to producer %s (%s); skipping it", ep[:200], exc)
+                    continue
+                peer = Peer(ep, sock)
+            self._opened[ep] = now
+            with self._buffer.cv:
+                self.peers[ep] = peer
+            if before and ep not in before:
+                log.info("producer %s appeared", ep)
+        for ep in [ep for ep in self._set_aside if ep not in chosen and ep not in endpoints]:
+            del self._set_aside[ep]
+        self.counters["most_producers_held"] = max(self.counters["most_producers_held"], len(self.peers))
+
+    def _leave_subset(self, endpoint: str) -> None:
+        """``endpoint`` was lost, quarantined, or never welcomed us: the subset is chosen again at the end of
+        this pass (:meth:`_apply_subset_drops`), with a replacement where the farm has one."""
+        self._subset_drops.append(endpoint)
+
+    def _probe_subset(self, now: float) -> None:
+        """Drop members that have not welcomed us in time while producers outside the subset are left to try:
+        refused (no ipc socket file: at once; the tcp monitor says each attempt fails: after
+        :data:`SUBSET_REFUSED_S`) or silent for :data:`SUBSET_PROBE_S`. So a directory full of dead entries is
+        walked in seconds instead of each one being waited on."""
+        if len(self._known) <= len(self.subset.current):  # nobody outside the subset to try instead
+            return
+        late = []
+        for ep, peer in self.peers.items():
+            if peer.state != CONNECTING or (ep in self._restarting and self._source.dynamic):
+                continue  # a restarting producer's entry goes while it is down, and brings it back when it is up
+            age = now - self._opened.get(ep, now)
+            if age >= SUBSET_PROBE_S or self._refused(ep, age):
+                late.append(ep)
+        if late and set(self._known) - set(self.subset.current) - set(self.subset.held(now)):
+            self.counters["subset_probes_failed"] += len(late)
+            self._subset_drops.extend(late)
+
+    def _refused(self, endpoint: str, age: float) -> bool:
+        """Whether connections to ``endpoint`` (tried for ``age`` seconds) fail at once: nothing listens there."""
+        if endpoint.startswith("ipc://"):  # no socket file: certain at once
+            try:
+                return not stat.S_ISSOCK(os.stat(endpoint[len("ipc://") :]).st_mode)
+            except OSError:
+                return True
+        # the monitor's state may still be that of an earlier connection to it until this one has tried
+        return age >= SUBSET_REFUSED_S and security.connection_state(self._ctx, endpoint) == "failing"
+
+    def _apply_subset_drops(self, now: float) -> None:
+        if not self._subset_drops:
+            return
+        for ep in dict.fromkeys(self._subset_drops):
+            self.subset.drop(ep, now)
+        self._subset_drops.clear()
+        self._sync_peers(self._known, now)
 
     def _io_run(self) -> None:
         last_alive = time.monotonic()
@@ -228,7 +314,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             now = time.monotonic()  # the one clock reading of this pass: every decision below is made at `now`
             if self._source.dynamic and now >= self._next_refresh:
                 self._next_refresh = now + self._source.refresh_interval
-                self._sync_peers(self._source.resolve())  # new peers join the next pass
+                self._sync_peers(self._source.resolve(), now)  # new peers join the next pass
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain(peer, now)
@@ -239,6 +325,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
                 self._keep_alive(peer, now, hello, ping, others)
             if self._buffer.error is not None:
                 return
+            self._probe_subset(now)
+            self._apply_subset_drops(now)
             usable = [p for p in self.peers.values() if p.state != QUARANTINED]
             if self.peers and not usable and not self._source.dynamic:
                 self._fail(self._no_usable_producer())
@@ -282,6 +370,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         if verdict.kind == health.QUARANTINE_OVER:  # a fresh connection, a fresh start
             log.info("producer %s: quarantine over; trying it again", peer.endpoint)
             peer.reset_socket(self._ctx, self.transport)
+            self._opened[peer.endpoint] = now
             self._change(health.restart, peer.health)
         elif verdict.kind in (health.LOST, health.DRAINED):
             # one that said it was draining and then went silent shut down as it said: its final goodbye was
@@ -374,6 +463,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self.counters["producers_quarantined"] += 1
         self.counters["frames_reissued"] += len(lost)
         peer.close_socket(say_bye=True)
+        self._restarting.discard(peer.endpoint)
+        self._leave_subset(peer.endpoint)
 
     def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None:
         """It is gone (``drained``: it shut down cleanly, an INFO and its own counter); what it owed goes elsewhere;
@@ -391,6 +482,14 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self.counters["frames_reissued"] += len(lost)
         if reconnect:  # a fresh socket: nothing queued for the lost process is delivered to a new one
             peer.reset_socket(self._ctx, self.transport)
+            self._opened[peer.endpoint] = time.monotonic()
+            # a clean shutdown is a restart: its entry goes and comes back with it, so it is not held out
+            # (held out, a rolling restart moved every consumer away and back and raised the simulated p99 wait)
+            if drained:
+                self._restarting.add(peer.endpoint)
+            else:
+                self._restarting.discard(peer.endpoint)
+                self._leave_subset(peer.endpoint)
 
     def _check_workers(self) -> None:
         gone = self.workers.exited()

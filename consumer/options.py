@@ -8,9 +8,14 @@ naming the field, before any socket or process exists.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pxdbg.consumer.health import HealthPolicy
+from pxdbg.consumer.subset import DEFAULT_MAX_PRODUCERS
 from pxdbg.shared import protocol
 from pxdbg.shared.errors import ConfigError
 from pxdbg.shared.seeding import check_seed
@@ -21,8 +26,18 @@ from pxdbg.shared.validators import positive_seconds
 DEFAULT_HEDGE_BUDGET = 0.05
 #: Fraction of a farm's frames asked of a second producer too and compared (local workers: none by default).
 DEFAULT_AUDIT = 0.01
-#: Most producers one consumer uses at once (each costs two sockets and a connection).
-MAX_PRODUCERS = 128
+#: Most producers one consumer of a large farm uses at once by default (see :mod:`pxdbg.consumer.subset`).
+MAX_PRODUCERS = DEFAULT_MAX_PRODUCERS
+#: Without ``max_producers``, a farm of at most this many producers is used whole: a few connections cost
+#: nothing, and one consumer of a small farm may need more than two producers' rate (a fast event loop, a
+#: straggler among three).
+WHOLE_FARM = 8
+#: Largest ``max_producers`` accepted: each producer used costs two sockets (a DEALER and its monitor), and
+#: libzmq allows 1,023 per context.
+MAX_PRODUCERS_LIMIT = 256
+#: The environment variable that names a consumer for its subset (else Slurm's array ids, else host:pid).
+CONSUMER_KEY_ENV = "PXDBG_CONSUMER_KEY"
+_KEY = re.compile(r"^[A-Za-z0-9_.:@/+\-]{1,200}$")
 #: Seconds a producer may owe frames without delivering one before the consumer says so (every as many seconds).
 STALL_WARNING_S = 10.0
 
@@ -33,6 +48,27 @@ def _count(name: str, value: object, least: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
         raise ConfigError(f"{name} must be a {'positive' if least else 'non-negative'} integer, got {value!r}")
     return value
+
+
+def consumer_key(environ: Mapping[str, str] | None = None) -> str:
+    """The name of this consumer that, with the stream seed, picks its subset of producers (reproducible per
+    job): ``$PXDBG_CONSUMER_KEY``, else Slurm's array job and task ids, else ``host:pid``.
+    :class:`ConfigError` for a key that is not 1..200 letters, digits or ``_.:@/+-``."""
+    env = os.environ if environ is None else environ
+    given = env.get(CONSUMER_KEY_ENV)
+    if given is not None:
+        return check_consumer_key(given, CONSUMER_KEY_ENV)
+    job, task = env.get("SLURM_ARRAY_JOB_ID"), env.get("SLURM_ARRAY_TASK_ID")
+    if job and task:
+        return check_consumer_key(f"slurm-{job}-{task}", "SLURM_ARRAY_JOB_ID/SLURM_ARRAY_TASK_ID")
+    return f"{socket.gethostname()[:100]}:{os.getpid()}"
+
+
+def check_consumer_key(key: object, what: str = "subset_key") -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        shown = repr(key)[:40] + ("..." if len(repr(key)) > 40 else "")
+        raise ConfigError(f"{what} must be 1..200 letters, digits or _.:@/+- (it names this consumer), got {shown}")
+    return key
 
 
 def _fraction(name: str, value: object, what: str) -> float:
@@ -58,7 +94,11 @@ class ClientOptions:
     local workers, which share this machine's CPUs). ``audit``: the fraction of frames also asked of a second
     producer and handed out only when both copies agree (None: 0.01 for a farm, 0 for local workers); a
     producer whose copy differs from the others' is quarantined for the run. ``max_strikes``: bad messages (or
-    frames overtaken in a row) before a quarantine. ``max_producers``: most producers used at once.
+    frames overtaken in a row) before a quarantine. ``max_producers``: most producers used at once (a seeded
+    subset of those the endpoints resolve to, :mod:`pxdbg.consumer.subset`; None: a farm of up to
+    :data:`WHOLE_FARM` producers whole, a larger one :data:`MAX_PRODUCERS` at a time, until it shrinks to
+    half that); ``subset_key`` names this consumer in that choice (None: :func:`consumer_key`, from the
+    environment).
     """
 
     spec: ProducerSpec = field(default_factory=ProducerSpec)
@@ -77,7 +117,8 @@ class ClientOptions:
     straggler_min_s: float = 0.05
     hedge_budget: float | None = None
     max_strikes: int = 3
-    max_producers: int = MAX_PRODUCERS
+    max_producers: int | None = None
+    subset_key: str | None = None
     audit: float | None = None
     #: the health rules' thresholds, derived from the fields above
     policy: HealthPolicy = field(init=False, repr=False, compare=False)
@@ -100,7 +141,12 @@ class ClientOptions:
             _count("events", self.events, 0)
         for name in ("connect_timeout", "frame_timeout", "quarantine"):
             put(name, positive_seconds(name, getattr(self, name)))
-        _count("max_producers", self.max_producers, 1)
+        if self.max_producers is not None and _count("max_producers", self.max_producers, 1) > MAX_PRODUCERS_LIMIT:
+            raise ConfigError(
+                f"max_producers must be at most {MAX_PRODUCERS_LIMIT} (each producer used costs two sockets; "
+                f"libzmq allows 1,023), got {self.max_producers}"
+            )
+        put("subset_key", consumer_key() if self.subset_key is None else check_consumer_key(self.subset_key))
         if self.hedge_budget is not None:
             put("hedge_budget", _fraction("hedge_budget", self.hedge_budget, "frames received"))
         if self.audit is not None:

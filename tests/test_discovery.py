@@ -294,9 +294,10 @@ def test_fifos_links_out_huge_files_and_lying_entries_never_block_or_stay_fresh(
     assert elapsed < 2.0, f"resolve took {elapsed:.1f} s"
 
 
-def test_1500_entries_never_crash_a_consumer_and_the_skip_is_said(tmp_path, caplog):
+def test_1500_entries_never_crash_a_consumer_and_the_subset_is_said_once(tmp_path, caplog):
     """Row: 1,500 fresh entries for ports nobody serves crashed every consumer with 'Too many open files' (a
-    DEALER and a monitor socket per entry; libzmq allows 1,023 sockets per context)."""
+    DEALER and a monitor socket per entry; libzmq allows 1,023 sockets per context). Now a consumer holds at
+    most max_producers of them, walks past the refused ones and says once how many of how many it uses."""
     from pipeline_helpers import FakeProducer, synthetic_frame
     from pxdbg.consumer import BackgroundClient
     from pxdbg.shared.spec import ProducerSpec
@@ -304,19 +305,23 @@ def test_1500_entries_never_crash_a_consumer_and_the_skip_is_said(tmp_path, capl
     rdv = tmp_path / "rdv"
     rdv.mkdir()
     now = time.time()
-    for port in range(20000, 21500):  # nobody listens there (tcp, so each would also get a monitor socket)
+    for port in range(20000, 21500):  # nobody listens there (tcp, so each also gets a monitor socket)
         (rdv / f"p{port}.json").write_text(
             json.dumps({"endpoint": f"tcp://127.0.0.1:{port}", "heartbeat": now + 30, "interval": 60.0})
         )
-    real = f"ipc://{tmp_path}/real.sock"  # sorts before every tcp:// entry, so it is among those used
+    real = f"ipc://{tmp_path}/real.sock"
     (rdv / "real.json").write_text(json.dumps({"endpoint": real, "heartbeat": now + 30, "interval": 60.0}))
     identity = ProducerSpec().identity()
-    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    caplog.set_level("INFO", logger="pxdbg.consumer")
+    # 64 at a time: every dead port is refused within a pass or two, so the one real producer is found in seconds
     with FakeProducer(real, identity, delay=0.002):
-        with BackgroundClient(f"dir:{rdv}", seed=5, prefetch=4, connect_timeout=30, heartbeat_interval=0.2) as c:
+        with BackgroundClient(
+            f"dir:{rdv}", seed=5, prefetch=4, connect_timeout=60, heartbeat_interval=0.2, max_producers=64
+        ) as c:
             got = [c.next() for _ in range(5)]
-            used, skipped = len(c.endpoints), c.counters["producers_skipped"]
+            counters = dict(c.counters)
     assert all(a == synthetic_frame(5, i) for i, a in enumerate(got))
-    assert used == 128 and skipped == 1501 - 128
-    lines = [r.getMessage() for r in caplog.records if "skipped" in r.getMessage()]
-    assert len(lines) == 1 and "1373 producer endpoint(s)" in lines[0] and "max_producers" in lines[0]
+    assert counters["producers_known"] == 1501 and counters["subset_size"] == 64
+    assert counters["most_producers_held"] == 64, counters
+    lines = [r.getMessage() for r in caplog.records if "max_producers" in r.getMessage()]
+    assert lines == [f"using 64 of 1501 producers at dir:{rdv} (max_producers)"], lines

@@ -86,7 +86,9 @@ class ContextGuard:
 
     def _monitor(self, sock: zmq.Socket, events: int = _MONITORED) -> zmq.Socket:
         addr = f"inproc://pxdbg-monitor-{id(self)}-{self._next()}"
-        sock.monitor(addr, events)
+        # MONITOR_STOPPED tells _read_monitor to close the PAIR: without it every closed socket left one behind,
+        # and a consumer that reconnects or replaces producers ran out of sockets (libzmq allows 1,023)
+        sock.monitor(addr, events | zmq.EVENT_MONITOR_STOPPED)
         pair = _own_socket(self.ctx, zmq.PAIR)
         pair.connect(addr)
         return pair

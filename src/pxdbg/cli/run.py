@@ -9,6 +9,7 @@ import time
 
 from pxdbg import outputs
 from pxdbg.cli.common import QUIET_HELP, Progress, fraction, log, output, positive, seconds, stream
+from pxdbg.consumer.options import MAX_PRODUCERS, WHOLE_FARM
 from pxdbg.shared import security
 from pxdbg.shared.spec import ProducerSpec
 
@@ -60,8 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-producers",
         type=positive,
-        default=128,
-        help="most producers used at once; the rest of what --connect resolves to is skipped (default %(default)s)",
+        default=None,
+        help="most producers used at once: a subset of what --connect resolves to, chosen by the stream seed and "
+        "$PXDBG_CONSUMER_KEY (else the Slurm array task, else host:pid); one that fails is replaced (default: "
+        f"a farm of up to {WHOLE_FARM} producers whole, a larger one {MAX_PRODUCERS} at a time)",
     )
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     parser.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP)
