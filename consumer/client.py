@@ -25,6 +25,7 @@ import threading
 import time
 import weakref
 from collections import Counter
+from typing import Literal, overload
 
 import numpy as np
 
@@ -151,6 +152,13 @@ class BackgroundClient:
             raise
 
     # -- the event loop's side ---------------------------------------------------------------------------
+    @overload
+    def next(self, dense: Literal[False] = ...) -> SparseFrame: ...
+    @overload
+    def next(self, dense: Literal[True]) -> np.ndarray: ...
+    @overload
+    def next(self, dense: bool) -> SparseFrame | np.ndarray: ...
+
     def next(self, dense: bool = False) -> SparseFrame | np.ndarray:
         """The next frame of the stream (sparse digits; a (40, 250, 768) uint8 array when ``dense``)."""
         t0 = time.perf_counter()

@@ -175,10 +175,12 @@ class HedgeBudget:
             self.tokens = self.burst if self.ratio > 0 else 0.0
 
     def earn(self, frames: int = 1) -> None:
+        assert self.tokens is not None  # __post_init__ fills it
         self.tokens = min(self.burst, self.tokens + self.ratio * frames)
 
     def spend(self) -> bool:
         """Take one token for a hedged request; False (nothing taken) when less than one is left."""
+        assert self.tokens is not None  # __post_init__ fills it
         if self.tokens < 1 - 1e-9:
             return False
         self.tokens -= 1

@@ -256,6 +256,7 @@ def assess(peer: PeerHealth, now: float, policy: HealthPolicy, others: Iterable[
     busy = peer.busy_for(now)
     if busy > policy.stall_timeout:
         return Verdict(STALLED, f"answered heartbeats but delivered none of the frames asked of it for {busy:.1f} s")
+    assert policy.pong_timeout is not None  # __post_init__ replaces None with the default
     if not peer.silent_since and silent_for > policy.heartbeat_interval + policy.pong_timeout:
         peer.silent_since = now
         return Verdict(SUSPECT, f"missed its heartbeat (silent for {silent_for:.1f} s)")
@@ -268,6 +269,7 @@ def stall_warning(peer: PeerHealth, now: float, policy: HealthPolicy) -> float |
     if peer.state != ALIVE:
         return None
     busy = peer.busy_for(now)
+    assert policy.warn_interval is not None  # __post_init__ replaces None with the default
     if busy > policy.warn_interval and now - peer.warned > policy.warn_interval:
         peer.warned = now
         return busy

@@ -65,7 +65,7 @@ DEFAULT_LOOKAHEAD = 2
 WATCH_INTERVAL_S = 0.5
 #: The largest frame a connection accepts (every pixel of the frame hit).
 MAX_DIGITS = 40 * 250 * 768
-_DTYPES = (SENSOR_DTYPE, U_DTYPE, V_DTYPE, CHARGE_DTYPE)
+_DTYPES: tuple[np.dtype, ...] = (SENSOR_DTYPE, U_DTYPE, V_DTYPE, CHARGE_DTYPE)
 _LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 
 
@@ -149,7 +149,7 @@ class PrefetchProcess:
         config_path.write_text(config.to_json())
         cmd = [python or sys.executable, "-m", "pxdbg.consumer.prefetch_server", str(config_path)]
         cmd += ["--bind", self.endpoint, "--owner-pid", str(self.owner_pid)]
-        self.process = subprocess.Popen(
+        self.process: subprocess.Popen[bytes] | None = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -209,7 +209,7 @@ class PrefetchConnection:
         self.mispredicted = 0
         self.received = 0
         self._asked: collections.deque[int] = collections.deque()
-        self._ctx = zmq.Context()
+        self._ctx: zmq.Context | None = zmq.Context()
         self._sock = self._ctx.socket(zmq.DEALER)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.connect(endpoint)

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgpack
 import numpy as np
@@ -29,6 +30,9 @@ from pxdbg.consumer.errors import PipelineError
 from pxdbg.consumer.prefetch import WATCH_INTERVAL_S, PrefetchConfig
 from pxdbg.shared.errors import PxdbgError
 from pxdbg.shared.frame import SparseFrame
+
+if TYPE_CHECKING:
+    from pxdbg.consumer.workers import LocalWorkers
 
 log = logging.getLogger("pxdbg.prefetch")
 #: Log records the server keeps for a connection that has not asked yet (older ones are dropped and counted).
@@ -77,7 +81,7 @@ class _Stream:
     def __init__(self, config: PrefetchConfig, endpoints: list[str]) -> None:
         self.config = config
         self.endpoints = endpoints
-        self.client = None
+        self.client: BackgroundClient | None = None
         self.position: int | None = None
         self.restarts = 0
 
@@ -111,13 +115,14 @@ class PrefetchServer:
         self.relay = _Relay()
         logging.getLogger("pxdbg").addHandler(self.relay)
         logging.getLogger("pxdbg").setLevel(logging.INFO)
-        self.workers = None
+        self.workers: LocalWorkers | None = None
         if config.workers is not None:
             from pxdbg.consumer.workers import LocalWorkers
 
             self.workers = LocalWorkers(config.workers, config.spec)
             endpoints = self.workers.endpoints
         else:
+            assert config.endpoints is not None  # PrefetchConfig holds workers or endpoints
             endpoints = config.endpoints
         self.stream = _Stream(config, endpoints)
         self.ctx = zmq.Context()
@@ -145,6 +150,7 @@ class PrefetchServer:
                     peer, index = self.requests.get(timeout=WATCH_INTERVAL_S)
                 except queue.Empty:
                     continue
+                result: SparseFrame | BaseException
                 if failed is None:
                     try:
                         result = self.stream.get(index)
@@ -210,7 +216,7 @@ class PrefetchServer:
                     kind = msg.get("k") if isinstance(msg, dict) else None
                 except Exception:
                     kind = None
-                if kind == "get" and isinstance(msg.get("i"), int) and 0 <= msg["i"] < 2**63:
+                if kind == "get" and isinstance(msg, dict) and isinstance(msg.get("i"), int) and 0 <= msg["i"] < 2**63:
                     self.last_peer = peer
                     self.peers.add(peer)
                     self.requests.put((peer, msg["i"]))

@@ -33,7 +33,7 @@ def printable(text: str, limit: int) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-class StatusReplies(dict):
+class StatusReplies(dict[str, dict]):
     """Endpoint -> checked snapshot, for each producer that answered well (a plain ``dict`` of those).
 
     ``refused``: endpoint -> why its CURVE handshake failed (a refusal, not silence); ``bad``: endpoint -> why
@@ -141,7 +141,12 @@ def status_rows(
     the producer started. ``timeout``: how long the look waited (for a silent producer's row)."""
     rows = []
     for ep in endpoints:
-        row = {"endpoint": printable(ep, 256), "state": "answered", "why": None, "frames_per_s": None}
+        row: dict[str, object] = {
+            "endpoint": printable(ep, 256),
+            "state": "answered",
+            "why": None,
+            "frames_per_s": None,
+        }
         snap = latest.get(ep)
         if snap is None:
             if ep in latest.refused:
@@ -152,9 +157,9 @@ def status_rows(
                 row.update(state="silent", why=f"no answer in {timeout:g} s")
             rows.append({**row, "snapshot": None})
             continue
-        sent, before = snap["counters"].get("frames_sent", 0), (earlier or {}).get(ep)
+        sent, before = snap["counters"].get("frames_sent", 0), earlier.get(ep) if earlier is not None else None
         span = snap["uptime_s"] - before["uptime_s"] if before is not None else 0.0
-        if span > 0:
+        if before is not None and span > 0:
             rate = (sent - before["counters"].get("frames_sent", 0)) / span
         else:
             rate = sent / max(snap["uptime_s"], 1e-9)

@@ -333,7 +333,8 @@ class ProducerServer:
             return self._on_hello(sock, cid, header, _peer_ip(first))
         if kind == protocol.STATUS:
             if not self._status_limit.allow(cid, time.monotonic()):
-                return self.stats.count("status_rate_limited")
+                self.stats.count("status_rate_limited")
+                return None
             return self._send(sock, cid, protocol.snapshot(self.snapshot()))
         if not protocol.MIN_PROTOCOL_VERSION <= header["v"] <= protocol.PROTOCOL_VERSION:
             return self._bad("malformed_messages", f"a {kind!r} message of protocol version {header['v']}")
@@ -496,4 +497,4 @@ def _peer_ip(frame: zmq.Frame | None) -> str | None:
         ipaddress.ip_address(address)
     except (zmq.ZMQError, ValueError, TypeError):
         return None
-    return address
+    return address if isinstance(address, str) else None  # a string property; ip_address also takes ints

@@ -34,6 +34,7 @@ MAX_META_CHARS = 1 << 20
 def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, kind: str, ndim: int) -> np.ndarray:
     """One ``.npy`` member, its header checked against the member's size before anything is allocated."""
     with zf.open(info) as fp:
+        assert isinstance(fp, zipfile.ZipExtFile)  # what open() gives in read mode; its readinto fills the array
         try:
             version = np.lib.format.read_magic(fp)
             if version == (1, 0):
@@ -53,7 +54,7 @@ def _read_npy(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, kind: str,
                 f"{info.file_size - fp.tell()} bytes"
             )
         arr = np.empty(shape, dtype)
-        view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+        view = arr.reshape(-1).view(np.uint8).data if arr.size else memoryview(b"")
         got = 0
         while got < nbytes:
             k = fp.readinto(view[got:])
@@ -75,7 +76,7 @@ def _read_zst(zf: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path, name: str,
         )
     raw = np.empty(nbytes, np.uint8)
     with zf.open(info) as fp:
-        inflate_into(fp.read, info.file_size, memoryview(raw), f"{path}: member {info.filename}")
+        inflate_into(fp.read, info.file_size, raw.data, f"{path}: member {info.filename}")
     out = np.empty(n, dtype)
     decode_column(raw, name, out)
     return out
@@ -104,6 +105,12 @@ class DigitsFile:
     digit ranges (sensor < 40, u < 250, v < 768, charge 1..255), each event's canonical order and the
     metadata's types. Any problem is one :class:`DigitsFileError` line naming the file.
     """
+
+    # the digit columns (one per entry of COLUMNS), set by _load
+    sensor: np.ndarray
+    u: np.ndarray
+    v: np.ndarray
+    charge: np.ndarray
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)

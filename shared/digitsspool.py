@@ -186,7 +186,15 @@ def restore_moved(spool: Path, path: Path) -> None:
             with open(spool / f"{name}.part", "wb") as dst:
                 if moved.get("format") == FORMAT_ZSTD:
                     dtype = dict(COLUMNS)[name]
-                    inflate_column(src.read, nbytes, name, dtype, int(moved["digits"]), dst.write, str(part))
+                    inflate_column(
+                        src.read,
+                        nbytes,
+                        name,
+                        dtype,
+                        int(moved["digits"]),
+                        lambda block: dst.write(block.data),
+                        str(part),
+                    )
                 else:
                     copy_exactly(src, dst, nbytes, f"{part} is shorter than the columns noted in {note}")
             os.replace(spool / f"{name}.part", spool / name)

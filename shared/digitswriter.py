@@ -11,6 +11,7 @@ import weakref
 import zipfile
 import zlib
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -54,6 +55,15 @@ def _member(zf: zipfile.ZipFile, name: str):
     return zf.open(info, "w", force_zip64=True)
 
 
+def _archive_file(zf: zipfile.ZipFile) -> IO[bytes]:
+    assert zf.fp is not None  # None only once the archive is closed
+    return zf.fp
+
+
+def _archive_position(zf: zipfile.ZipFile) -> int:
+    return _archive_file(zf).tell()
+
+
 def _write_column(zf: zipfile.ZipFile, name: str, dtype, n: int, spool: Path, compress: bool) -> tuple[int, int]:
     """Write column ``name`` (``n`` items) from the spool as a member: the raw column as ``.npy``, or the blocks
     the background compressor wrote as ``.zst``. Returns (start, size) of its stored bytes in the archive, from
@@ -63,7 +73,7 @@ def _write_column(zf: zipfile.ZipFile, name: str, dtype, n: int, spool: Path, co
         nbytes = n * np.dtype(dtype).itemsize
         with _member(zf, name + ".npy") as member:
             np.lib.format.write_array_header_1_0(member, header)
-            start = zf.fp.tell()
+            start = _archive_position(zf)
             # exactly n items: an append cut short by a signal may have left a tail
             with open(spool / name, "rb") as raw:
                 copy_exactly(raw, member, nbytes, f"spool file {spool / name} is shorter than its {n} entries")
@@ -71,7 +81,7 @@ def _write_column(zf: zipfile.ZipFile, name: str, dtype, n: int, spool: Path, co
     source = spool / f"{name}.zst"
     nbytes = source.stat().st_size
     with _member(zf, name + ".zst") as member, open(source, "rb") as blocks:
-        start = zf.fp.tell()
+        start = _archive_position(zf)
         copy_exactly(blocks, member, nbytes, f"spool file {source} changed while being copied")
     return start, nbytes
 
@@ -162,7 +172,7 @@ class DigitsWriter(AtomicWriter):
                 f = self._files[name]
                 f.write(column.data)
                 f.flush()  # an event is on disk (for a killed run's recovery) once its count is
-                crc = zlib.crc32(column, crc)
+                crc = zlib.crc32(column.data, crc)
             self._crcs.write(np.uint32(crc).tobytes())
             self._crcs.flush()
             self._counts.write(np.int64(frame.n_digits).tobytes())
@@ -230,8 +240,8 @@ class DigitsWriter(AtomicWriter):
                     np.lib.format.write_array(member, np.array(json.dumps(self.meta, sort_keys=True)))
                 for name, dtype in COLUMNS:
                     start, nbytes = _write_column(zf, name, dtype, n, self._spool, self.compress)
-                    zf.fp.flush()
-                    os.fsync(zf.fp.fileno())
+                    _archive_file(zf).flush()
+                    os.fsync(_archive_file(zf).fileno())
                     moved[name] = [start, nbytes]
                     digitsspool.note_moved(self._spool, tmp, self.meta["format"], n, moved)
                     (self._spool / name).unlink()

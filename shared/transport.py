@@ -13,6 +13,8 @@ import os
 import re
 import socket
 import stat
+from collections.abc import Callable
+from typing import Literal
 
 import zmq
 
@@ -243,7 +245,8 @@ def release_freed_memory() -> None:
         _malloc_trim(0)
 
 
-_malloc_trim = None
+# None: not looked up yet; False: this C library has none
+_malloc_trim: Callable[[int], object] | Literal[False] | None = None
 
 
 def bound_endpoints(sock: zmq.Socket, endpoints: list[str]) -> list[str]:

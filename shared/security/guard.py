@@ -15,6 +15,7 @@ import logging
 import os
 import threading
 import time
+from typing import Literal, overload
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -173,6 +174,12 @@ class ContextGuard:
 
 _GUARDS: dict[int, ContextGuard] = {}  # id(context) -> its guard
 _GUARDS_LOCK = threading.Lock()
+
+
+@overload
+def context_guard(ctx: zmq.Context, create: Literal[True] = ...) -> ContextGuard: ...
+@overload
+def context_guard(ctx: zmq.Context, create: bool) -> ContextGuard | None: ...
 
 
 def context_guard(ctx: zmq.Context, create: bool = True) -> ContextGuard | None:

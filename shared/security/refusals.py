@@ -29,10 +29,13 @@ def refusal(ctx: zmq.Context, endpoints: list[str]) -> str | None:
     if guard is None or not endpoints:
         return None
     with guard.lock:
-        found = [guard.refusals.get(ep, (None, 0)) for ep in endpoints]
-    if any(count < CONFIRMING_FAILURES for _, count in found):
-        return None
-    return "; ".join(dict.fromkeys(reason for reason, _ in found))
+        found = [guard.refusals.get(ep) for ep in endpoints]
+    reasons = []
+    for entry in found:
+        if entry is None or entry[1] < CONFIRMING_FAILURES:
+            return None
+        reasons.append(entry[0])
+    return "; ".join(dict.fromkeys(reasons))
 
 
 def connection_state(ctx: zmq.Context, endpoint: str) -> str | None:
@@ -64,7 +67,7 @@ def allow_list(sock: zmq.Socket) -> AllowList | None:
     guard = context_guard(sock.context, create=False)
     if guard is None:
         return None
-    domain = sock.zap_domain
-    domain = domain.decode() if isinstance(domain, bytes) else domain
+    raw = sock.zap_domain
+    domain = raw.decode() if isinstance(raw, bytes) else str(raw)
     with guard.lock:
         return guard.domains.get(domain)

@@ -83,6 +83,7 @@ def apply_client(sock: zmq.Socket, opts, endpoint: str, environ=None) -> None:
     if not is_tcp(endpoint):
         return
     if secret_file:
+        assert server_file  # both or neither, checked above
         public, secret = load_secret(secret_file)
         sock.curve_serverkey = load_public(server_file)
         sock.curve_publickey = public
