@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 import random
 from collections import Counter
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import zmq
 
@@ -34,10 +35,14 @@ log = logging.getLogger("pxdbg.consumer")
 FULL_RETRY_S = 1.0
 
 
-def agreeing(copies: dict) -> list[tuple[object, list]]:
+_Key = TypeVar("_Key")
+_Copy = TypeVar("_Copy")
+
+
+def agreeing(copies: dict[_Key, _Copy]) -> list[tuple[_Copy, list[_Key]]]:
     """The copies of one frame grouped by equality, largest group first: ``[(frame, [producers]), ...]``
     (``copies``: {producer: its copy}). One group: they agree; a first group larger than the second: a majority."""
-    groups: list[tuple[object, list]] = []
+    groups: list[tuple[_Copy, list[_Key]]] = []
     for key, frame in copies.items():
         for same_frame, keys in groups:
             if same_frame == frame:
@@ -70,6 +75,17 @@ class MessageHandlers:
     _audit_rng: random.Random
     _offered_codecs: list[str]
     _trim_at: float
+
+    if TYPE_CHECKING:  # the loop's transitions these handlers call (defined by ConsumerIO)
+
+        def _change(self, transition: Callable, *args: object) -> Any: ...
+        def _quarantine(
+            self, peer: Peer, why: str, now: float, identity: bool = False, for_run: bool = False
+        ) -> None: ...
+        def _peer_lost(self, peer: Peer, why: str, reconnect: bool = True, drained: bool = False) -> None: ...
+        def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool: ...
+        def _overtaken(self, endpoint: str, now: float) -> None: ...
+        def _healths(self) -> list[health.PeerHealth]: ...
 
     def _drain(self, peer: Peer, now: float) -> None:
         for _ in range(10000):
@@ -249,12 +265,11 @@ class MessageHandlers:
             self.counters["corrupt_frames"] += 1
             self._strike(peer, "corrupt_frame_messages", "sent frames in a wire codec not agreed on", now)
             return
-        requested_at = peer.health.outstanding.get(idx) if isinstance(idx, int) else None
-        if requested_at is None:
+        if not isinstance(idx, int) or idx not in peer.health.outstanding:
             self.counters["unrequested_frames"] += 1
             self._strike(peer, "unrequested_frames", "sent frames it was not asked for", now)
             return
-        del peer.health.outstanding[idx]
+        requested_at = peer.health.outstanding.pop(idx)
         with self._buffer.cv:
             wanted = idx >= self._buffer.next and idx not in self._buffer.ready
         if not wanted:  # the other copy of a straggler came first
@@ -281,9 +296,10 @@ class MessageHandlers:
         self.wire_bytes += sum(b.buffer.nbytes for b in buffers)
         self.wire_digits += frame.n_digits
         if self.audit:
-            frame = self._audit(peer, idx, frame, now)
-            if frame is None:  # held back until another producer's copy confirms it
+            audited = self._audit(peer, idx, frame, now)
+            if audited is None:  # held back until another producer's copy confirms it
                 return
+            frame = audited
         with self._buffer.cv:
             self._buffer.ready[idx] = frame
             self._buffer.max_buffered = max(self._buffer.max_buffered, len(self._buffer.ready))

@@ -90,7 +90,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self.peers: dict[str, Peer] = {}
         self.workers: LocalWorkers | None = None
         self._buffer = buffer
-        self._source = source
+        self._source: discovery.Source | None = source  # set below from the workers when None
         self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
         self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
         # the producers used: a seeded subset of those the source resolves to; local workers are all used
@@ -114,7 +114,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._waiting_said = False
         self._offered_codecs = codecs.available()  # what every hello of this consumer offers
         self._thread: threading.Thread | None = None
-        self._wake_rx = self._wake_tx = None
+        self._wake_rx: zmq.Socket | None = None
+        self._wake_tx: zmq.Socket | None = None
         self._ctx = zmq.Context()
         try:
             if workers is not None:
@@ -127,6 +128,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             self._wake_tx.setsockopt(zmq.LINGER, 0)
             self._wake_tx.setsockopt(zmq.SNDHWM, 1)
             self._wake_tx.connect(wake_addr)
+            assert self._source is not None  # given, or found from the local workers above
             self._next_refresh = time.monotonic() + self._source.refresh_interval
             self._sync_peers(self._source.resolve(), time.monotonic())
         except BaseException:
@@ -142,6 +144,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
 
     def wake(self) -> None:
         """Make the loop run a pass now (a frame was consumed: the window moved). Never blocks."""
+        assert self._wake_tx is not None  # made by __init__, which failed otherwise
         try:
             self._wake_tx.send(b"", zmq.NOBLOCK)
         except zmq.ZMQError:  # a wake-up is already queued (or the loop is gone)
@@ -260,7 +263,9 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             return
         late = []
         for ep, peer in self.peers.items():
-            if peer.state != CONNECTING or (ep in self._restarting and self._source.dynamic):
+            if peer.state != CONNECTING or (
+                ep in self._restarting and self._source is not None and self._source.dynamic
+            ):
                 continue  # a restarting producer's entry goes while it is down, and brings it back when it is up
             age = now - self._opened.get(ep, now)
             if age >= SUBSET_PROBE_S or self._refused(ep, age):
@@ -291,7 +296,10 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         last_alive = time.monotonic()
         hello = hello_message(self.identity, f"{socket.gethostname()}:{os.getpid()}")
         ping = ping_message()
-        poller, polled = None, None
+        source, wake_rx = self._source, self._wake_rx
+        assert source is not None and wake_rx is not None  # both made by __init__, which failed otherwise
+        poller: zmq.Poller | None = None
+        polled: list[zmq.Socket] | None = None
         tick = int(min(self.policy.heartbeat_interval / 2, 0.05) * 1000) or 1
         while True:
             with self._buffer.cv:
@@ -301,20 +309,21 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             open_sockets = [p.sock for p in peers if p.sock is not None]
             if open_sockets != polled:  # rebuilt only when a socket was replaced, added or dropped
                 poller, polled = zmq.Poller(), open_sockets
-                poller.register(self._wake_rx, zmq.POLLIN)
+                poller.register(wake_rx, zmq.POLLIN)
                 for sock in open_sockets:
                     poller.register(sock, zmq.POLLIN)
+            assert poller is not None  # built on the first pass: polled starts as None
             events = dict(poller.poll(tick))
-            if self._wake_rx in events:
+            if wake_rx in events:
                 while True:
                     try:
-                        self._wake_rx.recv(zmq.NOBLOCK)
+                        wake_rx.recv(zmq.NOBLOCK)
                     except zmq.Again:
                         break
             now = time.monotonic()  # the one clock reading of this pass: every decision below is made at `now`
-            if self._source.dynamic and now >= self._next_refresh:
-                self._next_refresh = now + self._source.refresh_interval
-                self._sync_peers(self._source.resolve(), now)  # new peers join the next pass
+            if source.dynamic and now >= self._next_refresh:
+                self._next_refresh = now + source.refresh_interval
+                self._sync_peers(source.resolve(), now)  # new peers join the next pass
             for peer in peers:
                 if peer.sock is not None and peer.sock in events:
                     self._drain(peer, now)
@@ -328,7 +337,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
             self._probe_subset(now)
             self._apply_subset_drops(now)
             usable = [p for p in self.peers.values() if p.state != QUARANTINED]
-            if self.peers and not usable and not self._source.dynamic:
+            if self.peers and not usable and not source.dynamic:
                 self._fail(self._no_usable_producer())
                 return
             if any(p.state in (ALIVE, DRAINING) for p in self.peers.values()):
@@ -492,7 +501,9 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
                 self._leave_subset(peer.endpoint)
 
     def _check_workers(self) -> None:
-        gone = self.workers.exited()
+        workers = self.workers
+        assert workers is not None  # called only for a client with local workers
+        gone = workers.exited()
         for w in gone:
             peer = self.peers.get(w.endpoint)
             if peer is not None and not peer.process_exited:
@@ -500,7 +511,7 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
                 log.error("local producer %d exited with code %s:\n%s", w.index, w.process.returncode, w.log_tail())
                 if peer.state != CONNECTING or peer.health.outstanding:
                     self._peer_lost(peer, f"process exited with code {w.process.returncode}")
-        if gone and len(gone) == len(self.workers.workers):
+        if gone and len(gone) == len(workers.workers):
             w = gone[0]
             self._fail(
                 ProducerFailure(

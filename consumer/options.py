@@ -13,6 +13,7 @@ import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from pxdbg.consumer.health import HealthPolicy
 from pxdbg.consumer.subset import DEFAULT_MAX_PRODUCERS
@@ -167,23 +168,18 @@ class ClientOptions:
         put("policy", policy)
 
     @classmethod
-    def build(cls, options: ClientOptions | None = None, **keywords: object) -> ClientOptions:
-        """``options`` (default: the defaults) with ``keywords`` replacing its fields.
-
-        The fields of a :class:`ProducerSpec` (``model=``, ``checkpoint=`` ...) may be given flat instead of
-        ``spec=`` (as ``pxdbg run`` does); None among them means the spec's default."""
+    def build(cls, options: ClientOptions | None = None, **keywords: Any) -> ClientOptions:
+        """``options`` (default: the defaults) with ``keywords`` replacing its fields; every field is validated
+        (``__post_init__``), so the values may be the caller's, of any type. Which model is asked for is one field,
+        ``spec=ProducerSpec(...)``, as everywhere else."""
         names = {f.name for f in dataclasses.fields(cls) if f.init}
-        unknown = set(keywords) - names - _SPEC_FIELDS
+        unknown = set(keywords) - names
         if unknown:
-            raise TypeError(f"BackgroundClient() got unexpected keyword argument(s) {', '.join(sorted(unknown))}")
-        flat = {k: keywords.pop(k) for k in list(keywords) if k in _SPEC_FIELDS}
-        if flat:
-            if "spec" in keywords:
-                raise ConfigError(f"give either spec or {', '.join(sorted(flat))}, not both")
-            keywords["spec"] = ProducerSpec(**{k: v for k, v in flat.items() if v is not None})
+            hint = " (a model's settings go in spec=ProducerSpec(...))" if unknown & _SPEC_FIELDS else ""
+            raise TypeError(f"BackgroundClient() got unexpected keyword argument(s) {', '.join(sorted(unknown))}{hint}")
         if options is None:
-            return cls(**keywords)  # type: ignore[arg-type]
-        return dataclasses.replace(options, **keywords)  # type: ignore[arg-type]
+            return cls(**keywords)
+        return dataclasses.replace(options, **keywords)
 
     def for_source(self, local: bool) -> ClientOptions:
         """These options with the defaults that depend on the producers filled in: for ``local`` workers no

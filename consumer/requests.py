@@ -43,6 +43,10 @@ class RequestPlanner:
     _skipped: dict[str, set[int]]
     _next_hedge: float
 
+    if TYPE_CHECKING:  # the loop's send this planner calls (defined by ConsumerIO)
+
+        def _try_send(self, peer: Peer, msg: bytes, now: float) -> bool: ...
+
     def _loads(self, peers: list[Peer], now: float = 0.0, trust_all: bool = False) -> list[credits.PeerLoad]:
         """What the planner knows of ``peers``. A producer under suspicion of being slow takes one frame at a
         time (unless ``trust_all``: the frames of a silent or draining producer must go somewhere, and being

@@ -256,11 +256,11 @@ def test_client_options_are_one_frozen_validated_object():
         name = next(iter(bad))
         with pytest.raises(ConfigError, match=name if name != "heartbeat_timeout" else "twice"):
             ClientOptions(**bad)
-    # the keyword form: fields replace those of the options given; a spec's fields may be given flat
-    built = ClientOptions.build(opts, prefetch=4, model="resnet", precision=None)
+    # the keyword form: fields replace those of the options given; the model is one field, spec
+    built = ClientOptions.build(opts, prefetch=4, spec=ProducerSpec(model="resnet"))
     assert built.prefetch == 4 and built.seed == 5 and built.spec == ProducerSpec(model="resnet")
-    with pytest.raises(ConfigError, match="either spec or model"):
-        ClientOptions.build(spec=ProducerSpec(), model="resnet")
+    with pytest.raises(TypeError, match=r"model \(a model's settings go in spec=ProducerSpec"):
+        ClientOptions.build(model="resnet")
     with pytest.raises(TypeError, match="prefech"):
         ClientOptions.build(prefech=4)
     # the defaults that depend on where the producers are

@@ -18,6 +18,7 @@ from pipeline_helpers import process_gone, producers, wait_until
 from pxdbg import models
 from pxdbg.consumer import BackgroundClient, IdentityMismatchError, NoProducerError
 from pxdbg.shared import protocol
+from pxdbg.shared.spec import ProducerSpec
 
 pytestmark = pytest.mark.timeout(180)
 SEED = 424242
@@ -150,7 +151,9 @@ def test_no_producer_gives_a_clear_error(tmp_path):
 def test_wrong_identity_is_refused(tmp_path):
     with producers(tmp_path) as p:
         ep = p.start("p0")
-        with BackgroundClient([ep], checkpoint_sha256="ab" * 32, seed=1, connect_timeout=30) as client:
+        with BackgroundClient(
+            [ep], spec=ProducerSpec(checkpoint_sha256="ab" * 32), seed=1, connect_timeout=30
+        ) as client:
             with pytest.raises(IdentityMismatchError) as err:
                 client.next()
     msg = str(err.value)
@@ -242,7 +245,7 @@ def test_worker_start_failure_is_reported(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(Exception, match="(?s)exited.*cannot read checkpoint .*not a PyTorch file"):
-        with BackgroundClient(workers=1, model="resnet", checkpoint=str(bad), seed=1) as client:
+        with BackgroundClient(workers=1, spec=ProducerSpec(model="resnet", checkpoint=str(bad)), seed=1) as client:
             client.next()
 
 

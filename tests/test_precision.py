@@ -12,6 +12,7 @@ from pxdbg.consumer import BackgroundClient, IdentityMismatchError
 from pxdbg.models import resnet
 from pxdbg.models.common import sparsify
 from pxdbg.models.engine import GanEngine
+from pxdbg.shared.spec import ProducerSpec
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -88,6 +89,8 @@ def test_sparsify_through_a_staging_copy_equals_the_plain_copy(frame_factory):
 def test_consumer_refuses_a_producer_of_another_precision(tmp_path, ckpt):
     with producers(tmp_path) as p:
         ep = p.start("bf16", "--model", "resnet", "--checkpoint", str(ckpt), "--precision", "bf16")
-        with BackgroundClient([ep], model="resnet", checkpoint=str(ckpt), seed=1, connect_timeout=180) as client:
+        with BackgroundClient(
+            [ep], spec=ProducerSpec(model="resnet", checkpoint=str(ckpt)), seed=1, connect_timeout=180
+        ) as client:
             with pytest.raises(IdentityMismatchError, match="serves model resnet:.*/bf16.*asked for resnet:.*/fp32"):
                 client.next()
