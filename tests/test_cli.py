@@ -224,6 +224,7 @@ def test_the_python_api_cuda_error_names_no_cli_flag():
     assert "--device" not in str(err.value) and "device 'cpu'" in str(err.value)
 
 
+@pytest.mark.slow  # writes and loads full-size random GAN weights
 def test_models_init_writes_marked_random_weights_that_payload_add_refuses(tmp_path):
     import os
 

@@ -91,7 +91,8 @@ def test_event_keyed_stream_equals_in_process_generation(prefetch):
         conn.close()
 
 
-@pytest.mark.parametrize("hold_s", [6, pytest.param(40, marks=pytest.mark.slow)])
+@pytest.mark.slow  # holds the GIL for 6 or 40 s per event, in real time
+@pytest.mark.parametrize("hold_s", [6, 40])
 def test_frames_arrive_while_the_gil_is_held(prefetch, hold_s, caplog, tmp_path):
     """The consumer's process holds the GIL for ``hold_s`` seconds before each of its events (as Geant4 inside
     basf2): the frames of the next events arrive meanwhile, nothing is judged lost or re-issued, and a warm event

@@ -84,6 +84,7 @@ class FdWatch(threading.Thread):
             self.most = max(self.most, self.count())
 
 
+@pytest.mark.slow  # walks hundreds of dead entries in real time (2-30 s)
 def test_1500_entries_of_which_3_are_real_give_identical_frames(tmp_path):
     """The issue's case: a directory of 1,500 fresh entries, 1,497 where nothing listens (1,297 ipc paths without
     a socket, 200 closed loopback ports) and 3 real producers. The consumer walks past the dead ones, never holds

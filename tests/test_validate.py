@@ -446,6 +446,7 @@ def test_tiny_samples_compare_without_chance_figures(parametric_sample):
     assert all(c.verdict in ("PASS", "FAIL", "n/a") for c in checks.values())
 
 
+@pytest.mark.slow  # a sample of its own (~60 s on 2 cores)
 def test_empty_sensor_is_flagged(parametric_sample):
     holed = SampleMetrics(name="sensor 7 empty")
     for f in parametric_sample[1]:
@@ -457,6 +458,7 @@ def test_empty_sensor_is_flagged(parametric_sample):
     assert "hit-charge spectrum" not in _failed(checks)
 
 
+@pytest.mark.slow  # the whole command with its plots (~60 s on 2 cores)
 def test_validate_command_writes_report_and_flags_failures(tmp_path, parametric_sample):
     frames = parametric_sample[1][:40]
     good = write_digits(tmp_path / "good.npz", frames, {"model": "parametric"})
