@@ -104,7 +104,7 @@ def test_bad_arguments_are_refused():
     proc = run("generate", "--model", "resnet", "--events", "1", "--out", "x.npz", check=False)
     assert proc.returncode == 2 and "no public weights for resnet" in proc.stderr
     proc = run("run", "--workers", "0", "--events", "1", check=False)
-    assert proc.returncode == 2 and "must be at least 1" in proc.stderr
+    assert proc.returncode == 2 and "must be a whole number of at least 1" in proc.stderr
     proc = run("generate", "--events", "1", "--seed", str(2**63), "--out", "x.npz", check=False)
     assert proc.returncode == 2 and "2**63" in proc.stderr
 

@@ -9,18 +9,11 @@ import sys
 import time
 
 from pxdbg import outputs
+from pxdbg.shared.validators import count_argument, seconds_argument
 
 log = logging.getLogger("pxdbg")
 
 QUIET_HELP = "no progress lines and no INFO log lines: warnings, errors and the result only"
-
-
-def positive(text: str) -> int:
-    """argparse type: an integer, at least 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def fraction(text: str) -> float:
@@ -34,12 +27,9 @@ def fraction(text: str) -> float:
     return value
 
 
-def seconds(text: str) -> float:
-    """argparse type: a finite, positive number of seconds."""
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
-    return value
+#: argparse types of counts and durations: the shared setting checks (:mod:`pxdbg.shared.validators`)
+positive = count_argument
+seconds = seconds_argument
 
 
 class Progress:
