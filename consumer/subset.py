@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 DEFAULT_MAX_PRODUCERS = 2
 #: Seconds a dropped producer (lost, quarantined, drained) stays out of the subset before it may rank in again.
 DEFAULT_HOLD_S = 60.0
+#: Each further drop of the same producer doubles its hold, at most this many times (60 s -> 64 min).
+MAX_HOLD_DOUBLINGS = 6
 
 
 def _rank(seed: int, key: str, endpoint: str) -> bytes:
@@ -65,6 +67,7 @@ class Subset:
         self.hold_s = float(hold_s)
         self.rotate_s = rotate_s
         self._held: dict[str, float] = {}  # endpoint -> until when it stays out
+        self._drops: dict[str, int] = {}  # endpoint -> times it was dropped (its hold doubles each time)
         self._ranks: dict[str, bytes] = {}  # cache: endpoint -> its rank for this consumer
         self._order: list[str] = []  # every known endpoint, best-ranked first
         self._known: frozenset[str] = frozenset()
@@ -110,9 +113,14 @@ class Subset:
         return int((now - self._start) // self.rotate_s)
 
     def drop(self, endpoint: str, now: float) -> None:
-        """``endpoint`` was lost, quarantined or drains: leave it out for ``hold_s`` seconds; the next
-        :meth:`choose` puts the next-ranked producer in its place, if there is one."""
-        self._held[endpoint] = now + self.hold_s
+        """``endpoint`` was lost or quarantined, or never answered: leave it out for ``hold_s`` seconds, twice as
+        long each further time (at most :data:`MAX_HOLD_DOUBLINGS` doublings); the next :meth:`choose` puts the
+        next-ranked producer in its place, if there is one. The doubling keeps a walk through many dead entries
+        moving: were every hold equal, the first ones dropped would rank in again before a walk longer than
+        ``hold_s`` reached the live producers ranked after them."""
+        n = self._drops.get(endpoint, 0)
+        self._drops[endpoint] = n + 1
+        self._held[endpoint] = now + self.hold_s * 2 ** min(n, MAX_HOLD_DOUBLINGS)
 
     def held(self, now: float) -> list[str]:
         """The endpoints held out at ``now``."""

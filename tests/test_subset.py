@@ -42,6 +42,11 @@ def test_a_lost_producer_is_replaced_by_one_other_and_comes_back_after_its_hold(
     assert s.choose(FARM, 30.0) == second, "no churn while nothing changes"
     assert s.choose(FARM, 61.5) == first, "after its hold it ranks in again"
     assert s.changes == 2
+    # dropped again, it stays out twice as long, then four times: a walk through dead entries keeps moving
+    s.drop(first[2], 62.0)
+    assert first[2] not in s.choose(FARM, 62.0 + 119.0) and first[2] in s.choose(FARM, 62.0 + 121.0)
+    s.drop(first[2], 200.0)
+    assert first[2] in s.held(200.0 + 239.0) and first[2] not in s.held(200.0 + 241.0)
 
 
 def test_a_vanished_producer_changes_one_member_and_a_joining_one_at_most_one():
