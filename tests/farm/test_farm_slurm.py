@@ -67,6 +67,7 @@ def test_consumer_array_matches_in_process_generation(farm):
     assert joined == expected(900, 0, 20)
 
 
+@pytest.mark.timeout(600)  # its own waits: 120 s (start) + 300 s (run) + the digests, above the default 300
 def test_load_thirty_concurrent_consumers(farm):
     consumers, events = 30, 40
     pids = {i: farm.producer_pids(i) for i in PRODUCER_NODES}
