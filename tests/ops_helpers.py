@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 import yaml
@@ -69,14 +70,18 @@ def producer_process(log_path: Path, env: dict, *extra: str, metrics: bool = Tru
             proc.wait(timeout=10)
 
 
+def missing_tool(why: str) -> NoReturn:
+    """A tool the test needs is not installed: a skip with ``why``, or a failure under CI, which installs it."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
 def promtool() -> str:
     """The promtool command; a skip with the reason where it is missing, a failure under CI (CI installs it)."""
     found = shutil.which("promtool")
     if found is None:
-        why = "promtool not installed (apt-get install prometheus, or bash tools/farm-deps.sh as root)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(why)
-        pytest.skip(why)
+        missing_tool("promtool not installed (apt-get install prometheus, or bash tools/farm-deps.sh as root)")
     return found
 
 
