@@ -369,6 +369,43 @@ def test_context_destroy_with_a_consumer_guard_running(keys):
     assert not guard._thread.is_alive() and ctx.closed
 
 
+
+def _thread_cpu_s(native_id: int) -> float:
+    """CPU seconds (user + system) one thread of this process has used, from /proc."""
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_guard_with_nothing_to_poll_sleeps_and_ends_with_its_context():
+    """A consumer's guard whose sockets are all closed (its tcp producers left; ipc ones have no monitor) has
+    nothing to poll. zmq_poll of no items returns at once: the guard spun a core holding the GIL, which slowed
+    every syscall of the I/O thread (a 1,500-entry directory read took 10 s and the walk through dead entries
+    stalled), and it never saw its context end (one spinning thread left per finished client)."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    security.apply_client(sock, TransportOptions(), "tcp://127.0.0.1:9")
+    sock.connect("tcp://127.0.0.1:9")
+    guard = security.guard.context_guard(ctx, create=False)
+    assert guard is not None
+    sock.close(0)
+    assert wait_until(lambda: not guard._monitors, 10), "the closed socket's monitor stays"
+    thread = guard._thread
+    before, t0 = _thread_cpu_s(thread.native_id), time.monotonic()
+    time.sleep(1.0)
+    used, wall = _thread_cpu_s(thread.native_id) - before, time.monotonic() - t0
+    assert used < 0.2 * wall, f"the idle guard used {used:.2f} s of CPU in {wall:.2f} s"
+    # it still serves a socket added now
+    again = ctx.socket(zmq.DEALER)
+    security.apply_client(again, TransportOptions(), "tcp://127.0.0.1:9")
+    again.connect("tcp://127.0.0.1:9")
+    assert wait_until(lambda: security.connection_state(ctx, "tcp://127.0.0.1:9") == "failing", 10)
+    again.close(0)
+    ctx.term()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the guard outlived its context"
+
+
 # -- with real producer processes ------------------------------------------------------------------------
 SEED = 9090
 

@@ -62,6 +62,7 @@ class ContextGuard:
         self._zap: zmq.Socket | None = None
         self._monitors: dict[zmq.Socket, tuple] = {}  # PAIR -> ("server", AllowList) | ("client", ep, why)
         self._serial = 0
+        self._added = threading.Event()  # a socket to poll was added: an idle guard wakes for it
         self._thread = threading.Thread(target=self._run, name="pxdbg-security", daemon=True)
         self._thread.start()
 
@@ -80,10 +81,12 @@ class ContextGuard:
             self.domains[domain] = allow
             sock.zap_domain = domain.encode()
             self._monitors[self._monitor(sock)] = ("server", allow)
+            self._added.set()
 
     def add_client(self, sock: zmq.Socket, endpoint: str, why_refused: dict[str, str]) -> None:
         with self.lock:
             self._monitors[self._monitor(sock, _MONITORED | _CONNECTING)] = ("client", endpoint, why_refused)
+            self._added.set()
 
     def _monitor(self, sock: zmq.Socket, events: int = _MONITORED) -> zmq.Socket:
         addr = f"inproc://pxdbg-monitor-{id(self)}-{self._next()}"
@@ -106,7 +109,17 @@ class ContextGuard:
                     poller, polled = zmq.Poller(), current
                     for s in current:
                         poller.register(s, zmq.POLLIN)
-                events = dict(poller.poll(250))
+                if current:
+                    events = dict(poller.poll(250))
+                else:
+                    # nothing to poll: zmq_poll of no items returns at once, so this loop spun a core holding the
+                    # GIL (every syscall of the consumer's I/O thread waited for it: a directory read took 10 s),
+                    # and never saw its context end; wait for a socket instead, and stop with the context
+                    if self.ctx.closed:
+                        return
+                    self._added.wait(0.25)
+                    self._added.clear()
+                    events = {}
                 for s in events:
                     if s is self._zap:
                         s.send_multipart(zap_reply(s.recv_multipart(), self.domains))
