@@ -29,6 +29,7 @@ from pxdbg.shared.sparselog import warn_sparsely
 if TYPE_CHECKING:
     from pxdbg.consumer.client import ReorderBuffer
     from pxdbg.consumer.credits import HedgeBudget
+    from pxdbg.consumer.options import ClientOptions
 
 log = logging.getLogger("pxdbg.consumer")
 #: Seconds between two hellos to a producer that said it serves its most consumers.
@@ -72,9 +73,12 @@ class MessageHandlers:
     _budget: HedgeBudget
     _hedged: dict[int, str]
     _audits: dict[int, dict[str, SparseFrame]]
+    _ties: dict[int, float]
+    _forgers: set[str]
     _audit_rng: random.Random
     _offered_codecs: list[str]
     _trim_at: float
+    options: ClientOptions
 
     if TYPE_CHECKING:  # the loop's transitions these handlers call (defined by ConsumerIO)
 
@@ -300,6 +304,9 @@ class MessageHandlers:
             if audited is None:  # held back until another producer's copy confirms it
                 return
             frame = audited
+        self._hand_out(idx, frame)
+
+    def _hand_out(self, idx: int, frame: SparseFrame) -> None:
         with self._buffer.cv:
             self._buffer.ready[idx] = frame
             self._buffer.max_buffered = max(self._buffer.max_buffered, len(self._buffer.ready))
@@ -311,8 +318,10 @@ class MessageHandlers:
         A fraction ``audit`` of the frames is asked of a second producer too, and handed out only when both
         copies agree: a checksum cannot catch a producer that labels frame i+1 as frame i with a valid checksum
         (CRC-32 is no MAC), a comparison can. Copies that differ go to a third producer; the producers that
-        disagree with the majority are quarantined for the run. With no third producer, both are (which copy is
-        right cannot be told), and the frame waits for another producer."""
+        disagree with the majority are quarantined for the run. While no third producer can be asked but one
+        may answer (it is asked already, or still connecting), the frame waits for it, up to connect_timeout
+        (see :meth:`_break_ties`); with none, both are quarantined (which copy is right cannot be told) and the
+        frame waits for another producer. A copy from a producer the audit caught is no evidence: it is dropped."""
         copies = self._audits.get(idx)
         if copies is None:
             if self._audit_rng.random() >= self.audit:
@@ -324,12 +333,14 @@ class MessageHandlers:
             return None
         if peer.endpoint in copies:  # its own copy again (the second producer was lost): nothing to compare
             del self._audits[idx]
+            self._ties.pop(idx, None)
             self.counters["audits_inconclusive"] += 1
             return frame
         copies[peer.endpoint] = frame
         groups = agreeing(copies)
         if len(groups) == 1:
             del self._audits[idx]
+            self._ties.pop(idx, None)
             self.counters["audits_passed"] += 1
             return frame
         self.counters["audit_mismatches"] += 1
@@ -341,17 +352,39 @@ class MessageHandlers:
         )
         if len(groups[0][1]) > len(groups[1][1]):  # a majority
             winner, agreed = groups[0]
+            del self._audits[idx]
+            self._ties.pop(idx, None)
             for _, eps in groups[1:]:
                 for ep in eps:
                     self._forger(ep, idx, agreed, now)
-            del self._audits[idx]
             return winner
-        if self._audit_ask(idx, set(copies), now):
-            return None
-        for ep in copies:  # which copy is right cannot be told: neither is used again in this run
-            self._forger(ep, idx, [e for e in copies if e != ep], now)
-        del self._audits[idx]
+        self._ties.setdefault(idx, now + self.options.connect_timeout)
+        self._break_ties(now, [idx])
         return None
+
+    def _break_ties(self, now: float, indices: list[int] | None = None) -> None:
+        """For each audited frame whose copies disagree with no majority: ask a producer that has no copy yet; if
+        none can be asked, wait while one may still answer (it has the frame outstanding already, or is still
+        connecting) until the tie's deadline; past it, or with no such producer, quarantine every producer with
+        a copy for the run (which is right cannot be told) and let the frame be asked elsewhere."""
+        for idx in list(self._ties) if indices is None else indices:
+            copies = self._audits.get(idx)
+            if copies is None or len(copies) < 2:  # settled, or a side was a producer the audit caught since
+                del self._ties[idx]
+                if copies and not self._audit_ask(idx, set(copies), now):  # the one honest copy left
+                    del self._audits[idx]
+                    self._hand_out(idx, next(iter(copies.values())))
+                continue
+            others = [p for p in self.peers.values() if p.endpoint not in copies and p.endpoint not in self._forgers]
+            if any(idx in p.health.outstanding for p in others):
+                continue  # a third copy is on its way
+            if self._audit_ask(idx, set(copies), now):
+                continue
+            if now < self._ties[idx] and any(p.state == CONNECTING and p.sock is not None for p in others):
+                continue  # one that may break the tie is still connecting
+            del self._audits[idx], self._ties[idx]
+            for ep in copies:
+                self._forger(ep, idx, [e for e in copies if e != ep], now)
 
     def _audit_ask(self, idx: int, exclude: set[str], now: float) -> bool:
         """Ask a producer outside ``exclude`` for frame ``idx`` (for the audit); False if none can be asked."""
@@ -359,6 +392,7 @@ class MessageHandlers:
             p
             for p in self.peers.values()
             if p.endpoint not in exclude
+            and p.endpoint not in self._forgers
             and p.state == ALIVE
             and not p.health.silent_since
             and idx not in p.health.outstanding
@@ -370,6 +404,14 @@ class MessageHandlers:
         return False
 
     def _forger(self, endpoint: str, idx: int, others: list[str], now: float) -> None:
+        """Quarantine ``endpoint`` for the run, caught by the audit at frame ``idx``; its copies held for other
+        audits are no evidence: they go (a frame left with no copy is asked again, a tie with one copy left is
+        settled by :meth:`_break_ties`)."""
+        self._forgers.add(endpoint)
+        for i, copies in list(self._audits.items()):
+            copies.pop(endpoint, None)
+            if not copies:
+                del self._audits[i]
         peer = self.peers.get(endpoint)
         if peer is not None:
             self._quarantine(

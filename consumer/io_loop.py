@@ -92,6 +92,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
         self._buffer = buffer
         self._source: discovery.Source | None = source  # set below from the workers when None
         self._audits: dict[int, dict[str, SparseFrame]] = {}  # frame index -> {producer: its copy}, held back
+        self._ties: dict[int, float] = {}  # audited frames whose copies disagree -> when to stop awaiting a third
+        self._forgers: set[str] = set()  # producers the audit caught: their copies are no evidence
         self._audit_rng = random.Random(os.urandom(16))  # a producer cannot tell which frames are audited
         # the producers used: a seeded subset of those the source resolves to; local workers are all used
         size = options.max_producers or MAX_PRODUCERS
@@ -336,6 +338,8 @@ class ConsumerIO(MessageHandlers, RequestPlanner):
                 return
             self._probe_subset(now)
             self._apply_subset_drops(now)
+            if self._ties:
+                self._break_ties(now)
             usable = [p for p in self.peers.values() if p.state != QUARANTINED]
             if self.peers and not usable and not source.dynamic:
                 self._fail(self._no_usable_producer())

@@ -40,6 +40,7 @@ class RequestPlanner:
     _buffer: ReorderBuffer
     _budget: credits.HedgeBudget
     _hedged: dict[int, str]
+    _ties: dict[int, float]
     _skipped: dict[str, set[int]]
     _next_hedge: float
 
@@ -135,6 +136,7 @@ class RequestPlanner:
             taken = set(self._buffer.ready)
         for p in self.peers.values():
             taken.update(p.health.outstanding)
+        taken.update(self._ties)  # copies that disagree, held while a third producer may still answer
         plan = credits.plan(start, self.prefetch, self.end, taken, self._loads(alive))
         for p in alive:
             indices = plan.get(p.endpoint)

@@ -666,6 +666,31 @@ def test_the_audit_catches_a_forging_producer_that_the_checksum_cannot(tmp_path,
     assert "\n" not in str(err.value) and "(audit)" in str(err.value) and "its frame " in str(err.value)
 
 
+def test_an_audit_tie_waits_for_a_third_producer_that_is_still_connecting(tmp_path, caplog):
+    """Two copies that differ, and the third producer has not said welcome yet (it is slow to start, or loaded):
+    the frame waits for its copy instead of condemning both at once (a good producer was quarantined with the
+    forger, then the third one against the forger's copy held for another frame, and the run failed). Copies from a
+    producer the audit caught are no evidence against the others."""
+    eps = [f"ipc://{tmp_path}/{name}.sock" for name in ("forge", "good1", "late")]
+    caplog.set_level("WARNING", logger="pxdbg.consumer")
+    late = FakeProducer(eps[2], IDENTITY)  # bound, so the consumer connects, but it answers nothing yet
+    try:
+        with FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[1], IDENTITY):
+            with BackgroundClient(eps, seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
+                assert wait_until(lambda: client.counters["audit_mismatches"] >= 1, 20), dict(client.counters)
+                time.sleep(0.3)  # the tie has waited some turns of the I/O loop
+                assert client.counters["producers_quarantined"] == 0, client.producer_report()
+                late.start()
+                got, _ = consume(client, 60)
+                states = client.producer_states()
+                counters = dict(client.counters)
+    finally:
+        late.close()
+    assert same(got, expected(0, 60)), "no forged frame is handed out"
+    assert states[eps[0]] == "quarantined" and states[eps[1]] != "quarantined", states
+    assert counters["producers_quarantined"] == 1, counters
+
+
 @pytest.mark.slow
 def test_a_farm_is_audited_by_default(tmp_path):
     eps = [f"ipc://{tmp_path}/a.sock", f"ipc://{tmp_path}/b.sock"]
