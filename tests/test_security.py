@@ -369,7 +369,6 @@ def test_context_destroy_with_a_consumer_guard_running(keys):
     assert not guard._thread.is_alive() and ctx.closed
 
 
-
 def _thread_cpu_s(native_id: int) -> float:
     """CPU seconds (user + system) one thread of this process has used, from /proc."""
     with open(f"/proc/self/task/{native_id}/stat") as f:

@@ -100,7 +100,7 @@ class ContextGuard:
     def _run(self) -> None:
         poller = zmq.Poller()
         polled: tuple[zmq.Socket, ...] = ()
-        next_check = 0.0
+        next_check = time.monotonic() + RELOAD_CHECK_S  # each allow-list was read when it was made
         try:
             while True:
                 with self.lock:
