@@ -233,7 +233,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
         ax.errorbar(idx, scale * v, yerr=scale * v_sd, fmt="o", ms=4, label=sample.name, color="tab:red")
         ax.set_ylabel(ylabel)
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
         _ratio_panel(rax, idx, v, v_sd, r, r_sd, where=None)
         rax.set_xticks(idx[::2], labels[::2], rotation=90, fontsize=7)
         rax.set_xlabel("sensor (layer.ladder.sensor)")
@@ -279,7 +279,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
             [f"layer {j + 1}\n{sample.name} / ref.: {ratio[j]:.4f} ± {sd[j]:.4f}" for j in range(2)],
             fontsize=8,
         )
-    axes[0].legend(fontsize=7)
+    axes[0].legend(fontsize=7, loc="upper right")
     fig.suptitle(
         "Layer figures: reference, this sample, and published GANs\n"
         "(error bars and grey band: statistical 1 sd; the GANs' figures come without one)",
@@ -297,7 +297,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
         for cut in TAIL_CUTS:
             ax.axvline(cut, color="0.6", lw=0.5, ls=":")
         rax.set_xlabel("hit charge (ADC)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc="upper right")
     fig.suptitle("Hit-charge spectrum per layer (dotted: the tail cuts)")
     yield fig, "hit_charge.png", "Hit-charge spectrum"
 
@@ -310,7 +310,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
     rax.set_xlabel("per-image occupancy (%)")
     ax.set_ylabel("fraction of images")
     ax.set_title("Per-image occupancy (one image = one sensor in one event)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper right")
     yield fig, "image_occupancy.png", "Per-image occupancy distribution"
 
     fig, axes, raxes = _ratio_figure(plt, 12, 2)
@@ -340,7 +340,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
     for ax in axes:
         ax.set_yscale("log")
         ax.set_ylabel("fraction of clusters")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper right")
     fig.suptitle("8-neighbour clusters")
     yield fig, "clusters.png", "Cluster size and cluster charge"
 
@@ -406,7 +406,7 @@ def draw_figures(sample: SampleMetrics, ref: SampleMetrics | ReferenceFigures) -
             rax.set_xlabel(axis)
             ax.set_ylabel("share of the sensor's hits")
             ax.set_title(f"sensor {sensor_name(worst)}: profile along {axis}", fontsize=9)
-            ax.legend(fontsize=8)
+            ax.legend(fontsize=8, loc="upper right")
         fig.suptitle("Per-sensor hit-density profiles: the sensor farthest from the reference along each axis")
         yield fig, "profiles.png", "Per-sensor hit-density profiles"
 
