@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -212,10 +214,31 @@ class Farm:
         )
 
     def wait_done(self, job: str, timeout: float = 300) -> None:
+        """Wait until the job is gone; if it is not, fail with where each of its unfinished tasks stands and what
+        loads the machine (a run that is slow inside CI only is otherwise a bare pytest timeout)."""
         try:
             self.cluster.wait_gone(job, timeout)
         except Exception as exc:
-            raise AssertionError(f"consumer job {job} did not finish: {exc}") from None
+            raise AssertionError(f"consumer job {job} did not finish: {exc}\n{self.progress_report(job)}") from None
+
+    def progress_report(self, job: str, most: int = 4) -> str:
+        """Each task of ``job`` whose log has no summary line yet, with its last progress line; the log tails of the
+        first ``most`` of them; the load average and the busiest processes."""
+        lines, tails = [], []
+        for path in sorted((self.root / "out").glob(f"consumers-{job}_*.out")):
+            log = path.read_text(errors="replace")
+            if re.search(r"^pxdbg consumers: task \d+ done$", log, re.M):
+                continue
+            counts = re.findall(r"^(\d+/\d+ events.*)$", log, re.M)
+            lines.append(f"{path.stem}: {counts[-1] if counts else 'no event yet'}")
+            if len(tails) < most:
+                tails.append(f"--- {path.name} (last 1500 characters)\n{log[-1500:]}")
+        ps = subprocess.run(
+            ["ps", "-eo", "pcpu,rss,etime,args", "--sort=-pcpu"], capture_output=True, text=True, timeout=10
+        ).stdout.splitlines()[:8]
+        ps = [line[:200] for line in ps]
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+        return "\n".join([f"unfinished tasks ({len(lines)}):", *lines, *tails, f"load average {load}; busiest:", *ps])
 
     def result(self, job: str, out: Path, task: int) -> TaskResult:
         from pxdbg.shared.digitsfile import read_digits
