@@ -115,6 +115,8 @@ def overdue(
     max_copies: int = 2,
     initial_latency: float = 1.0,
     urgent: Iterable = (),
+    draining: Iterable = (),
+    unsettled: Iterable = (),
 ) -> list[int]:
     """Stragglers: frames to ask of another producer, in order.
 
@@ -127,11 +129,22 @@ def overdue(
     A producer whose own latency is more than ``factor`` times the others' is a straggler as a whole: its frames
     are judged by the others' latency alone. So a farm that is uniformly slow (every producer saturated) makes
     no stragglers, while a producer far slower than the others, or one that hangs, does. Frames held by an
-    ``urgent`` producer (one that is draining: it may stop before sending them; or silent: it missed a pong) are
-    overdue after ``min_age``.
+    ``urgent`` producer (silent: it missed a pong, a partition or a stopped process) are overdue after ``min_age``.
+    A ``draining`` producer's are judged by the others' latency alone: it sends the batches it started (what it
+    had not started, its goodbye listed, and those are asked elsewhere at once), so asking them again after
+    ``min_age`` made a duplicate of nearly every one. An ``unsettled`` producer's latency (it rests on a few
+    frames: :data:`pxdbg.consumer.health.SETTLED_FRAMES`) makes no other producer a straggler as a whole: one new to
+    this consumer answers its first requests before its queue fills, and that made the established members look
+    slow (in the simulated rolling restart, where each drain moves consumers to new members, 2 % of the frames
+    were made twice).
     """
-    urgent = set(urgent)
-    typical = {key: typical_latency(v for k, v in latency.items() if k != key and k not in urgent) for key in latency}
+    urgent, draining, unsettled = set(urgent), set(draining), set(unsettled)
+    excluded = urgent | draining
+    typical = {key: typical_latency(v for k, v in latency.items() if k != key and k not in excluded) for key in latency}
+    settled = {
+        key: typical_latency(v for k, v in latency.items() if k != key and k not in excluded and k not in unsettled)
+        for key in latency
+    }
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
@@ -141,10 +154,12 @@ def overdue(
         if key in urgent:
             limit = min_age
         else:
-            others = typical.get(key)
+            others, evidence = typical.get(key), settled.get(key)
             own = latency.get(key) or others or initial_latency
-            if others and own > factor * others:  # far slower than the others: a straggler as a whole
+            if others and key in draining:  # leaving: judged by the others
                 own = others
+            elif evidence and own > factor * evidence:  # far slower than the others: a straggler as a whole
+                own = evidence
             limit = max(min_age, factor * own, factor * (others or own))
         if now - sent > limit:
             out.append(idx)
@@ -211,16 +226,28 @@ def hedges(
     min_age: float,
     initial_latency: float = 1.0,
     urgent: Iterable = (),
+    draining: Iterable = (),
+    unsettled: Iterable = (),
 ) -> HedgePlan:
     """Which stragglers to ask of which other producer now (see :func:`overdue` for ``copies``, ``latency``,
     ``urgent``). ``candidates``: the producers that may be asked (alive). Each overdue frame goes, like
     :func:`plan`, to the candidate with the earliest expected delivery among those that do not hold it and
     have spare credit (:func:`has_spare`, counting what this pass gave them); each is paid for with a token
-    taken from ``budget`` here (the one place that spends it), except a copy of an ``urgent`` producer's frame
-    (a re-issue, not a hedge), which any candidate below its limit takes, spare credit or not."""
-    urgent = set(urgent)
+    taken from ``budget`` here (the one place that spends it), except a copy of an ``urgent`` or ``draining``
+    producer's frame (a re-issue, not a hedge), which any candidate below its limit takes, spare credit or not."""
+    urgent = set(urgent) | set(draining)
     out = HedgePlan()
-    late = overdue(now, copies, latency, factor=factor, min_age=min_age, initial_latency=initial_latency, urgent=urgent)
+    late = overdue(
+        now,
+        copies,
+        latency,
+        factor=factor,
+        min_age=min_age,
+        initial_latency=initial_latency,
+        urgent=set(urgent) - set(draining),
+        draining=draining,
+        unsettled=unsettled,
+    )
     added: dict = {}
     for idx in late:
         holders = {key for key, _ in copies[idx]}

@@ -36,6 +36,8 @@ from pxdbg.shared.validators import positive_seconds
 CONNECTING, ALIVE, DRAINING, QUARANTINED = "connecting", "alive", "draining", "quarantined"
 #: Weight of the newest sample in a producer's latency and time-per-frame averages.
 EWMA = 0.3
+#: Frames a producer must have delivered to this consumer before its latency can make another a straggler.
+SETTLED_FRAMES = 5
 #: Most cap a producer is given before it says otherwise (frames it takes from one consumer at once).
 NO_CAP = 1 << 30
 
@@ -49,6 +51,12 @@ DRAINED = "drained"
 QUARANTINE_OVER = "quarantine_over"
 #: the verdicts that mean: quarantine it now (see :func:`quarantine`)
 QUARANTINE_NOW = frozenset({SLOW, STALLED, QUARANTINED})
+
+
+def settled(peer: PeerHealth) -> bool:
+    """Whether ``peer``'s latency rests on :data:`SETTLED_FRAMES` frames or more (see
+    :func:`pxdbg.consumer.credits.overdue`: an unsettled one makes no other producer a straggler as a whole)."""
+    return peer.frames >= SETTLED_FRAMES
 
 
 def typical_latency(values: Iterable[float | None]) -> float | None:

@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from pxdbg.consumer import credits
-from pxdbg.consumer.health import HealthPolicy
+from pxdbg.consumer.health import HealthPolicy, settled
 from pxdbg.consumer.peers import ALIVE, DRAINING, QUARANTINED, Peer, request_message
 
 if TYPE_CHECKING:
@@ -92,9 +92,11 @@ class RequestPlanner:
                     copies.setdefault(idx, []).append((p.endpoint, sent))
         if not copies:
             return
-        # a draining producer's frames are asked elsewhere too at once: it may stop before sending them
-        # and so are a silent producer's (it missed a pong: a partition or a stopped process, not slowness)
-        draining = [p.endpoint for p in working if p.state == DRAINING or p.health.silent_since]
+        # a silent producer's frames are asked elsewhere at once (it missed a pong: a partition or a stopped
+        # process, not slowness); a draining one's once late by the others' latency (it sends what it started)
+        silent = [p.endpoint for p in working if p.health.silent_since]
+        leaving = [p.endpoint for p in working if p.state == DRAINING and not p.health.silent_since]
+        draining = silent + leaving
         if self._budget.ratio == 0 and not draining:
             return
         latency = {p.endpoint: p.health.latency for p in working}
@@ -107,7 +109,9 @@ class RequestPlanner:
             factor=self.policy.straggler_factor,
             min_age=self.policy.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
-            urgent=draining,
+            urgent=silent,
+            draining=leaving,
+            unsettled=[p.endpoint for p in working if not settled(p.health)],
         )
         for name, late in (("hedges_skipped_budget", decided.over_budget), ("hedges_skipped_busy", decided.no_spare)):
             fresh = set(late) - self._skipped[name]

@@ -57,8 +57,18 @@ def test_overdue_judges_each_frame_by_its_producers_latency_and_the_others():
     # nobody delivered yet: an initial guess of the latency
     assert credits.overdue(3.0, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == []
     assert credits.overdue(4.5, {1: [("x", 0.0)]}, {"x": None}, factor=4, min_age=0.05, initial_latency=1.0) == [1]
-    # a draining producer's frames are due after min_age alone
+    # a silent producer's frames are due after min_age alone
     assert credits.overdue(0.1, {1: [("b", 0.0)]}, latency, factor=4, min_age=0.05, urgent=["b"]) == [1]
+    # a draining one's by the others' latency alone (it sends what it started; asked again at min_age, each was
+    # a duplicate): b's others are a (0.1 s) and new (none): due after 4 x 0.1 s, whatever its own 0.3 s
+    assert credits.overdue(0.1, {1: [("b", 0.0)]}, latency, factor=4, min_age=0.05, draining=["b"]) == []
+    assert credits.overdue(0.41, {1: [("b", 0.0)]}, latency, factor=4, min_age=0.05, draining=["b"]) == [1]
+    # a producer new to this consumer (its latency on a few frames, before its queue filled) makes no other one a
+    # straggler as a whole: old's 0.4 s is 8x new's 0.05 s, yet its frames are judged by its own latency
+    fresh = {"old": 0.4, "new": 0.05}
+    assert credits.overdue(0.3, {1: [("old", 0.0)]}, fresh, factor=4, min_age=0.05) == [1]
+    assert credits.overdue(0.3, {1: [("old", 0.0)]}, fresh, factor=4, min_age=0.05, unsettled=["new"]) == []
+    assert credits.overdue(1.7, {1: [("old", 0.0)]}, fresh, factor=4, min_age=0.05, unsettled=["new"]) == [1]
 
 
 def test_a_uniformly_slow_farm_makes_no_stragglers_but_one_far_slower_producer_does():
@@ -123,10 +133,15 @@ def test_hedges_stay_within_the_budget():
     budget.earn(10**6)
     assert budget.tokens == 4, "the bucket holds at most burst tokens"
     assert credits.HedgeBudget(ratio=0.0).tokens == 0
-    # a draining producer's frames are re-issued without a token, ahead of the budget
+    # a silent or draining producer's frames are re-issued without a token, ahead of the budget (a draining
+    # one's once late by the others' latency: 4 x 0.05 s)
     empty = credits.HedgeBudget(ratio=0.0)
     late = {0: [("d", 0.9)]}
     got = credits.hedges(1.0, late, {"d": 0.05, "a": 0.05}, idle, empty, factor=4, min_age=0.05, urgent=["d"])
+    assert got.asked == {"a": [0]} and got.tokens_spent == 0
+    got = credits.hedges(1.0, late, {"d": 0.05, "a": 0.05}, idle, empty, factor=4, min_age=0.05, draining=["d"])
+    assert got.asked == {} and got.over_budget == []
+    got = credits.hedges(1.25, late, {"d": 0.05, "a": 0.05}, idle, empty, factor=4, min_age=0.05, draining=["d"])
     assert got.asked == {"a": [0]} and got.tokens_spent == 0
     # over many frames: at most burst + ratio x received hedges, whatever is overdue
     budget, hedged = credits.HedgeBudget(ratio=0.05, burst=4), 0

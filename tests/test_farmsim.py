@@ -53,7 +53,7 @@ def test_the_emulated_load_case_3_producers_x_30_consumers():
 
 
 def test_the_emulated_straggler_case_one_producer_ten_times_slower():
-    # measured: 88 % (77-92 % over runs) of the two fast producers' rate alone; 4-8 hedges; simulated 74-85 %
+    # measured: 88 % (77-92 % over runs) of the two fast producers' rate alone; 4-8 hedges; simulated 78-86 %
     common = dict(consumers=1, frame_s=0.027, events=240)
     ratios, hedges = [], []
     for seed in range(3):

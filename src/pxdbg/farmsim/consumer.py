@@ -261,7 +261,9 @@ class Consumer:
                     copies.setdefault(idx, []).append((ep, sent))
         if not copies:
             return
-        urgent = [ep for ep in working if self.peers[ep].state == DRAINING or self.peers[ep].silent_since]
+        silent = [ep for ep in working if self.peers[ep].silent_since]
+        leaving = [ep for ep in working if self.peers[ep].state == DRAINING and not self.peers[ep].silent_since]
+        urgent = silent + leaving
         if self.budget.tokens < 1 and not urgent:
             # credits.hedges could only say "over budget" (what the client asks it every 10 ms in that case):
             # skipping the call changes no decision and is most of the simulator's time under load
@@ -278,7 +280,9 @@ class Consumer:
             factor=s.policy.straggler_factor,
             min_age=s.policy.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
-            urgent=urgent,
+            urgent=silent,
+            draining=leaving,
+            unsettled=[ep for ep in working if not health.settled(self.peers[ep])],
         )
         fresh = set(decided.over_budget) - self.skipped
         if fresh:  # each overdue frame counted once, as the client does
