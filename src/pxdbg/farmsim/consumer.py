@@ -46,7 +46,7 @@ class Consumer:
         """Re-resolve the endpoint string: the subset decides whom to use."""
         if self.finished is not None:
             return
-        chosen = set(self.subset.choose(self.sim.registered(), now))
+        chosen = self.subset.choose(self.sim.registered(), now)  # a list: its order, not a set's, drives events
         for ep in [ep for ep in self.peers if ep not in chosen]:
             if self.peers[ep].state != DRAINING:  # a draining one may still deliver what it owes
                 self.disconnect(ep, now)
@@ -60,7 +60,7 @@ class Consumer:
         self.peers[ep] = PeerHealth()
         self.cids[ep] = f"{self.index}:{self.serial}".encode()
         producer = self.sim.by_endpoint[ep]
-        producer.clients.add(self)
+        producer.clients[self] = None
         self.sim.at(now + self.sim.settings.net_s, self.hello, ep)
 
     def hello(self, now: float, ep: str) -> None:
@@ -89,7 +89,7 @@ class Consumer:
         self._unhedge(ep)
         cid = self.cids.pop(ep)
         producer = self.sim.by_endpoint[ep]
-        producer.clients.discard(self)
+        producer.clients.pop(self, None)
         # a producer that hears the bye forgets the consumer at once; one that is cut off, after its timeout
         later = self.sim.settings.net_s if producer.reachable else CLIENT_TIMEOUT_S
         self.sim.at(now + later, producer.forget, cid)

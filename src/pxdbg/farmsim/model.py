@@ -210,7 +210,7 @@ class Sim:
         producer._new_queues()
         producer.up = producer.reachable = producer.registered = True
         producer.epoch += 1
-        producer.clients = {c for c in producer.clients if producer.endpoint in c.peers}
+        producer.clients = {c: None for c in producer.clients if producer.endpoint in c.peers}
         self._register(now)
         self._answer(producer, now)
 

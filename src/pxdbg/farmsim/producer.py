@@ -27,7 +27,9 @@ class Producer:
         self.busy = False
         self.busy_s = 0.0
         self.frames = 0
-        self.clients: set[Consumer] = set()  # consumers that hold a connection to it
+        # consumers that hold a connection to it, in the order they connected (a dict: a set's order would follow
+        # the objects' addresses, and the run would differ between two runs of the same seed)
+        self.clients: dict[Consumer, None] = {}
         self.max_connections = 0
         self.refused = 0
         self._new_queues()
