@@ -97,7 +97,9 @@ def test_fp32_inference_network_gives_the_checkpoint_module_outputs(module, widt
     z = torch.randn(2, 96, generator=torch.Generator().manual_seed(12))
     with torch.inference_mode():
         ref, out = net(z), fast(z)
-    assert ref.std() > 1e-3
+    # the output must vary by several times the tolerance, or the comparison says nothing (the narrow convnet's
+    # tanh output spreads by ~1e-3: 9.3e-4 from conftest's fixed initialisation)
+    assert ref.std() > 5e-4, f"the comparison would be empty for a near-constant output (std {float(ref.std()):.2e})"
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-4)
 
 
