@@ -17,11 +17,11 @@ is dropped.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from statistics import median
 
-from pxdbg.consumer.health import typical_latency
+from pxdbg.consumer.health import DRAINING, PeerHealth, settled, typical_latency
 
 #: Seconds from request to arrival assumed for a producer while no producer has delivered a frame.
 INITIAL_LATENCY_S = 1.0
@@ -105,6 +105,30 @@ def plan(start: int, prefetch: int, end: int | None, taken: Iterable[int], peers
     return out
 
 
+@dataclass(frozen=True)
+class HedgeRoles:
+    """What :func:`hedges` needs to know of the producers beyond their latency (see :func:`overdue`)."""
+
+    silent: list  # missed a pong: their frames are asked elsewhere after min_age
+    leaving: list  # draining (and not silent): their frames once late by the others' latency
+    unsettled: list  # latency from a few frames: it makes no other producer a straggler
+
+    @property
+    def reissue(self) -> list:
+        """The producers whose frames are re-issued (no hedge token) rather than hedged."""
+        return self.silent + self.leaving
+
+
+def hedge_roles(healths: Mapping[Hashable, PeerHealth]) -> HedgeRoles:
+    """The roles of the producers ``healths`` ({key: its health}) in :func:`hedges`, as the client and the
+    farm simulator both ask them."""
+    return HedgeRoles(
+        silent=[k for k, h in healths.items() if h.silent_since],
+        leaving=[k for k, h in healths.items() if h.state == DRAINING and not h.silent_since],
+        unsettled=[k for k, h in healths.items() if not settled(h)],
+    )
+
+
 def overdue(
     now: float,
     copies: dict,
@@ -141,10 +165,12 @@ def overdue(
     urgent, draining, unsettled = set(urgent), set(draining), set(unsettled)
     excluded = urgent | draining
     typical = {key: typical_latency(v for k, v in latency.items() if k != key and k not in excluded) for key in latency}
-    settled = {
-        key: typical_latency(v for k, v in latency.items() if k != key and k not in excluded and k not in unsettled)
-        for key in latency
-    }
+    evidence_of = typical  # the others' latency that can make a producer a straggler as a whole
+    if unsettled & latency.keys():
+        excluded |= unsettled
+        evidence_of = {
+            key: typical_latency(v for k, v in latency.items() if k != key and k not in excluded) for key in latency
+        }
     out = []
     for idx in sorted(copies):
         requests = copies[idx]
@@ -154,7 +180,7 @@ def overdue(
         if key in urgent:
             limit = min_age
         else:
-            others, evidence = typical.get(key), settled.get(key)
+            others, evidence = typical.get(key), evidence_of.get(key)
             own = latency.get(key) or others or initial_latency
             if others and key in draining:  # leaving: judged by the others
                 own = others
@@ -235,8 +261,7 @@ def hedges(
     have spare credit (:func:`has_spare`, counting what this pass gave them); each is paid for with a token
     taken from ``budget`` here (the one place that spends it), except a copy of an ``urgent`` or ``draining``
     producer's frame (a re-issue, not a hedge), which any candidate below its limit takes, spare credit or not."""
-    urgent = set(urgent) | set(draining)
-    out = HedgePlan()
+    draining = set(draining)
     late = overdue(
         now,
         copies,
@@ -244,10 +269,12 @@ def hedges(
         factor=factor,
         min_age=min_age,
         initial_latency=initial_latency,
-        urgent=set(urgent) - set(draining),
+        urgent=urgent,
         draining=draining,
         unsettled=unsettled,
     )
+    reissue = set(urgent) | draining  # their frames will not come, or are late by the others' measure
+    out = HedgePlan()
     added: dict = {}
     for idx in late:
         holders = {key for key, _ in copies[idx]}
@@ -259,12 +286,12 @@ def hedges(
             n = added.get(p.key, 0)
             q = PeerLoad(p.key, p.outstanding + n, p.seconds_per_frame, p.limit, p.latency, p.oldest_age)
             # an urgent frame will not come from its producer: any producer below its limit takes it, busy or not
-            if has_spare(q) or (first in urgent and q.outstanding < q.limit):
+            if has_spare(q) or (first in reissue and q.outstanding < q.limit):
                 spare.append(q)
         if not spare:
             out.no_spare.append(idx)
             continue
-        if first not in urgent:
+        if first not in reissue:
             if not budget.spend():
                 out.over_budget.append(idx)
                 continue

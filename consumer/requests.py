@@ -14,7 +14,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from pxdbg.consumer import credits
-from pxdbg.consumer.health import HealthPolicy, settled
+from pxdbg.consumer.health import HealthPolicy
 from pxdbg.consumer.peers import ALIVE, DRAINING, QUARANTINED, Peer, request_message
 
 if TYPE_CHECKING:
@@ -94,24 +94,22 @@ class RequestPlanner:
             return
         # a silent producer's frames are asked elsewhere at once (it missed a pong: a partition or a stopped
         # process, not slowness); a draining one's once late by the others' latency (it sends what it started)
-        silent = [p.endpoint for p in working if p.health.silent_since]
-        leaving = [p.endpoint for p in working if p.state == DRAINING and not p.health.silent_since]
-        draining = silent + leaving
-        if self._budget.ratio == 0 and not draining:
+        roles = credits.hedge_roles({p.endpoint: p.health for p in working})
+        if self._budget.ratio == 0 and not roles.reissue:
             return
         latency = {p.endpoint: p.health.latency for p in working}
         decided = credits.hedges(
             now,
             copies,
             latency,
-            self._loads([p for p in alive if not p.health.silent_since], now, trust_all=bool(draining)),
+            self._loads([p for p in alive if not p.health.silent_since], now, trust_all=bool(roles.reissue)),
             self._budget,
             factor=self.policy.straggler_factor,
             min_age=self.policy.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
-            urgent=silent,
-            draining=leaving,
-            unsettled=[p.endpoint for p in working if not settled(p.health)],
+            urgent=roles.silent,
+            draining=roles.leaving,
+            unsettled=roles.unsettled,
         )
         for name, late in (("hedges_skipped_budget", decided.over_budget), ("hedges_skipped_busy", decided.no_spare)):
             fresh = set(late) - self._skipped[name]
@@ -124,7 +122,7 @@ class RequestPlanner:
                 continue
             peer.health.note_requested(indices, now)
             for i in indices:
-                if decided.first[i] in draining:  # a re-issue the draining producer asked for, not a hedge
+                if decided.first[i] in roles.reissue:  # a re-issue the draining producer asked for, not a hedge
                     self.counters["frames_reissued"] += 1
                 else:
                     self._hedged[i] = decided.first[i]

@@ -261,9 +261,8 @@ class Consumer:
                     copies.setdefault(idx, []).append((ep, sent))
         if not copies:
             return
-        silent = [ep for ep in working if self.peers[ep].silent_since]
-        leaving = [ep for ep in working if self.peers[ep].state == DRAINING and not self.peers[ep].silent_since]
-        urgent = silent + leaving
+        roles = credits.hedge_roles({ep: self.peers[ep] for ep in working})
+        urgent = roles.reissue
         if self.budget.tokens < 1 and not urgent:
             # credits.hedges could only say "over budget" (what the client asks it every 10 ms in that case):
             # skipping the call changes no decision and is most of the simulator's time under load
@@ -280,9 +279,9 @@ class Consumer:
             factor=s.policy.straggler_factor,
             min_age=s.policy.straggler_min_s,
             initial_latency=INITIAL_LATENCY_S,
-            urgent=silent,
-            draining=leaving,
-            unsettled=[ep for ep in working if not health.settled(self.peers[ep])],
+            urgent=roles.silent,
+            draining=roles.leaving,
+            unsettled=roles.unsettled,
         )
         fresh = set(decided.over_budget) - self.skipped
         if fresh:  # each overdue frame counted once, as the client does
