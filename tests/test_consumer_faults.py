@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -645,12 +646,20 @@ def test_the_audit_catches_a_forging_producer_that_the_checksum_cannot(tmp_path,
     one lies cannot be told, so neither is used again and the run fails in one line naming the frame."""
     eps = [f"ipc://{tmp_path}/{name}.sock" for name in ("forge", "good1", "good2")]
     caplog.set_level("WARNING", logger="pxdbg.consumer")
-    with FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[1], IDENTITY), FakeProducer(eps[2], IDENTITY):
-        with BackgroundClient(eps, seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
-            client.wait_for_producers(3)
-            got, _ = consume(client, 60)
-            report = client.producer_report()[eps[0]]
-            counters = dict(client.counters)
+    # the forger answers once the two others have said welcome: a frame that comes while no other producer can be
+    # asked is handed out unaudited (by design), and the forger's, first alone, would have been
+    forger = FakeProducer(eps[0], IDENTITY, "forge")
+    try:
+        with FakeProducer(eps[1], IDENTITY), FakeProducer(eps[2], IDENTITY):
+            with BackgroundClient(eps, seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
+                client.wait_for_producers(2)
+                forger.start()
+                client.wait_for_producers(3)
+                got, _ = consume(client, 60)
+                report = client.producer_report()[eps[0]]
+                counters = dict(client.counters)
+    finally:
+        forger.close()
     print(f"\naudit of every frame, one forger among three producers: {counters}")
     assert same(got, expected(0, 60)), "no forged frame is handed out"
     assert "differs from the copy of" in report and "(audit)" in report
@@ -673,19 +682,34 @@ def test_an_audit_tie_waits_for_a_third_producer_that_is_still_connecting(tmp_pa
     producer the audit caught are no evidence against the others."""
     eps = [f"ipc://{tmp_path}/{name}.sock" for name in ("forge", "good1", "late")]
     caplog.set_level("WARNING", logger="pxdbg.consumer")
-    late = FakeProducer(eps[2], IDENTITY)  # bound, so the consumer connects, but it answers nothing yet
+    # bound, so the consumer connects, but they answer nothing until started: the forger once the good one said
+    # welcome (a frame that comes while no other producer can be asked is handed out unaudited, by design), the
+    # third once a tie waits for it
+    forger, late = FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[2], IDENTITY)
     try:
-        with FakeProducer(eps[0], IDENTITY, "forge"), FakeProducer(eps[1], IDENTITY):
+        with FakeProducer(eps[1], IDENTITY):
             with BackgroundClient(eps, seed=SEED, prefetch=8, audit=1.0, **FAST) as client:
-                assert wait_until(lambda: client.counters["audit_mismatches"] >= 1, 20), dict(client.counters)
-                time.sleep(0.3)  # the tie has waited some turns of the I/O loop
-                assert client.counters["producers_quarantined"] == 0, client.producer_report()
-                late.start()
-                got, _ = consume(client, 60)
+                client.wait_for_producers(1)
+                forger.start()
+                client.wait_for_producers(2)
+                seen: dict = {}
+
+                def start_the_third_once_a_tie_waits() -> None:
+                    seen["tie"] = wait_until(lambda: client.counters["audit_mismatches"] >= 1, 20)
+                    time.sleep(0.3)  # the tie has waited some turns of the I/O loop
+                    seen["quarantined then"] = client.counters["producers_quarantined"]
+                    late.start()
+
+                starter = threading.Thread(target=start_the_third_once_a_tie_waits, daemon=True)
+                starter.start()
+                got, _ = consume(client, 60)  # waits at the tie's frame until the third producer answers
+                starter.join(30)
                 states = client.producer_states()
                 counters = dict(client.counters)
     finally:
+        forger.close()
         late.close()
+    assert seen == {"tie": True, "quarantined then": 0}, (seen, counters)
     assert same(got, expected(0, 60)), "no forged frame is handed out"
     assert states[eps[0]] == "quarantined" and states[eps[1]] != "quarantined", states
     assert counters["producers_quarantined"] == 1, counters
